@@ -1,0 +1,297 @@
+"""DeployableModel: the result of a pipeline, ready to export, save and reload safely."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from ._io import atomic_path
+from ._version import __version__
+from .errors import ArtifactError
+from .forms import Form
+from .quant_recipe import QuantRecipe
+from .report import Report
+from .structure import apply_snapshot, snapshot
+
+if TYPE_CHECKING:
+    from .data.bundle import DataBundle
+    from .export.base import Artifact
+
+log = logging.getLogger("edgecompress")
+
+ECM_FORMAT = "edgecompress-model"
+ECM_VERSION = 1
+Builder = Callable[[], nn.Module]
+
+
+@dataclass
+class InputSpec:
+    """Name, shape (with a batch of 1), dtype and layout of the model's input."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    name: str = "input"
+    layout: str = "NCHW"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "layout": self.layout}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+        return cls(shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"),
+                   name=d.get("name", "input"), layout=d.get("layout", "NCHW"))
+
+    @classmethod
+    def from_tensor(cls, x: torch.Tensor, layout: str = "NCHW") -> "InputSpec":
+        return cls(shape=(1, *x.shape[1:]), dtype=str(x.numpy().dtype) if x.device.type == "cpu"
+                   else "float32", layout=layout)
+
+
+@dataclass
+class DeployableModel:
+    """A compressed model with everything an exporter needs.
+
+    Attributes:
+        model: the compressed ``torch.nn.Module`` (for INT8 recipes, the simulated model).
+        input_spec: the input it takes.
+        form: its form (float, fake-quantized, ONNX graph).
+        report: the measured report (stages, then exported artifacts).
+        history: one entry per pass, with the pass's options.
+        quant_recipe: what a quantization pass decided (exporters realise it natively).
+        float_model: the float model the quantization started from (exporters calibrate it).
+        info: data facts carried into artifacts (classes, preprocessing).
+        data: the DataBundle used (not saved; samples for parity checks).
+    """
+
+    model: nn.Module
+    input_spec: InputSpec
+    form: Form = Form.TORCH_FLOAT
+    report: Report = field(default_factory=Report)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    quant_recipe: QuantRecipe | None = None
+    float_model: nn.Module | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    data: "DataBundle | None" = None
+    builder: str | None = None
+
+    # -- use ------------------------------------------------------------------------------------
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        """An input of the right shape: real data when a bundle is attached, else zeros."""
+        if self.data is not None and self.data.example_input is not None:
+            x = self.data.example_input
+            return x.expand(batch_size, *x.shape[1:]).clone() if batch_size != x.shape[0] else x
+        return torch.zeros((batch_size, *self.input_spec.shape[1:]))
+
+    def sample_inputs(self, n: int = 64) -> torch.Tensor:
+        """Up to ``n`` real inputs from the bundle's validation data (parity checks use these)."""
+        if self.data is None:
+            return self.example_input()
+        return self.data.samples("val", n)
+
+    def export(self, format: str, path: str | Path, **options: Any) -> "Artifact":
+        """Export to ``format`` at ``path``; the artifact verifies itself through its runner.
+
+        See :mod:`edgecompress.formats` for the formats and each exporter for its options.
+        """
+        from .formats import get_format
+        from .plugins import load_object
+
+        spec = get_format(format)
+        exporter = load_object(spec.exporter)(spec)
+        artifact = exporter.export(self, Path(path), **options)
+        self.report.add_artifact(artifact.metrics())
+        return artifact
+
+    def manifest_metadata(self) -> dict[str, Any]:
+        return {"edgecompress_version": __version__, "input": self.input_spec.to_dict(),
+                "history": [h.get("pass") for h in self.history], **self.info}
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, path: str | Path, builder: str | None = None, portable: bool = True) -> Path:
+        """Write an ``.ecm`` file: JSON manifest + tensors only, no pickled code.
+
+        The structure of every layer (widths after pruning, fused layers) is recorded so
+        :meth:`load` rebuilds the model from ``builder`` — a ``"module:function"`` that returns
+        the *uncompressed* model — and loads the weights with ``weights_only=True``. With
+        ``portable`` the model is also saved as a ``torch.export`` program, which reloads
+        without any builder (as an inference ``GraphModule``).
+        """
+        builder = builder or self.builder
+        manifest = {
+            "format": ECM_FORMAT, "version": ECM_VERSION, "edgecompress_version": __version__,
+            "form": self.form.value, "input_spec": self.input_spec.to_dict(),
+            "history": self.history, "report": self.report.to_dict(), "info": self.info,
+            "builder": builder, "structure": snapshot(self.model),
+            "model_class": f"{type(self.model).__module__}:{type(self.model).__qualname__}",
+            "quant_recipe": self.quant_recipe.to_metadata() if self.quant_recipe else None,
+            "float_structure": snapshot(self.float_model) if self.float_model is not None else None,
+        }
+        files = {"weights.pt": _tensor_bytes(self.model.state_dict())}
+        if self.float_model is not None:
+            files["float_weights.pt"] = _tensor_bytes(self.float_model.state_dict())
+        if self.quant_recipe is not None and self.quant_recipe.calib_samples is not None:
+            files["calib_samples.pt"] = _tensor_bytes({"x": self.quant_recipe.calib_samples})
+        if portable:
+            program = _export_program(self.model, self.example_input())
+            if program is not None:
+                files["program.pt2"] = program
+                manifest["portable"] = True
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=str))
+            for name, data in files.items():
+                zf.writestr(name, data)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, builder: Builder | str | None = None) -> "DeployableModel":
+        """Read an ``.ecm`` file without unpickling anything but tensors.
+
+        The model is rebuilt from ``builder`` (argument, else the one recorded at save time)
+        when it can be imported; otherwise from the saved ``torch.export`` program.
+        """
+        p = Path(path)
+        if not p.exists():
+            raise ArtifactError(f"{p} does not exist")
+        try:
+            with zipfile.ZipFile(p) as zf:
+                names = set(zf.namelist())
+                if "manifest.json" not in names or "weights.pt" not in names:
+                    raise ArtifactError(f"{p} is not an edgecompress model (.ecm): "
+                                        f"manifest.json or weights.pt is missing")
+                manifest = json.loads(zf.read("manifest.json"))
+                blobs = {n: zf.read(n) for n in names if n != "manifest.json"}
+        except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as exc:
+            raise ArtifactError(f"{p} is not a readable .ecm file (truncated or corrupt?): "
+                                f"{exc}") from exc
+        if manifest.get("format") != ECM_FORMAT or int(manifest.get("version", 0)) > ECM_VERSION:
+            raise ArtifactError(f"{p}: unsupported model file (format {manifest.get('format')!r}, "
+                                f"version {manifest.get('version')!r}); this edgecompress reads "
+                                f"{ECM_FORMAT} up to version {ECM_VERSION}")
+        weights = _safe_tensors(blobs["weights.pt"], p, "weights.pt")
+        model = _rebuild(manifest, weights, blobs, builder, p)
+        float_model = None
+        if "float_weights.pt" in blobs and manifest.get("float_structure"):
+            float_model = _rebuild_with_builder(builder or manifest.get("builder"),
+                                                manifest["float_structure"],
+                                                _safe_tensors(blobs["float_weights.pt"], p,
+                                                              "float_weights.pt"), p)
+        recipe = None
+        if manifest.get("quant_recipe"):
+            calib = None
+            if "calib_samples.pt" in blobs:
+                calib = _safe_tensors(blobs["calib_samples.pt"], p, "calib_samples.pt")["x"]
+            recipe = QuantRecipe.from_metadata(manifest["quant_recipe"], calib)
+        return cls(model=model.eval(), input_spec=InputSpec.from_dict(manifest["input_spec"]),
+                   form=Form(manifest.get("form", Form.TORCH_FLOAT.value)),
+                   report=Report.from_dict(manifest.get("report", {})),
+                   history=list(manifest.get("history", [])), quant_recipe=recipe,
+                   float_model=float_model, info=dict(manifest.get("info", {})),
+                   builder=manifest.get("builder"))
+
+    def copy(self) -> "DeployableModel":
+        return copy.deepcopy(self)
+
+    def __repr__(self) -> str:
+        return (f"DeployableModel({type(self.model).__name__}, input={self.input_spec.shape}, "
+                f"form={self.form.value}, stages={len(self.report.stages)}, "
+                f"recipe={self.quant_recipe.precision if self.quant_recipe else None})")
+
+
+def _tensor_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _safe_tensors(data: bytes, path: Path, member: str) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
+            TypeError) as exc:
+        raise ArtifactError(f"refused to load {path} ({member}): it holds something other than "
+                            f"tensors (a pickled object that could run code) or is corrupt. "
+                            f"Nothing from it was executed. Detail: {str(exc)[:300]}") from exc
+
+
+def _export_program(model: nn.Module, example: torch.Tensor) -> bytes | None:
+    """Serialize ``model`` as a torch.export program (None when the model does not export)."""
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model.eval(), (example,), strict=False)
+        buf = io.BytesIO()
+        torch.export.save(ep, buf)
+        return buf.getvalue()
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds of errors
+        log.info("model not saved as a torch.export program (%s); reloading it will need a "
+                 "builder", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return None
+
+
+def _load_program(data: bytes, path: Path) -> nn.Module:
+    """Load a torch.export program only after proving every pickle inside is tensors-only.
+
+    ``torch.export.load`` retries with ``weights_only=False`` when a safe load fails; checking
+    each member first with ``weights_only=True`` means that fallback can never run code.
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            if name.endswith(".pt"):
+                _safe_tensors(zf.read(name), path, f"program.pt2/{name}")
+    try:
+        return torch.export.load(io.BytesIO(data)).module()
+    except Exception as exc:  # noqa: BLE001
+        raise ArtifactError(f"{path}: the saved torch.export program cannot be loaded by this "
+                            f"torch ({torch.__version__}): {exc}") from exc
+
+
+def _resolve_builder(builder: Builder | str | None) -> Builder | None:
+    if builder is None or callable(builder):
+        return builder
+    from .plugins import load_object
+
+    try:
+        return load_object(builder)
+    except (ImportError, AttributeError) as exc:
+        log.info("builder %s is not importable here (%s)", builder, exc)
+        return None
+
+
+def _rebuild_with_builder(builder: Builder | str | None, structure: dict[str, Any],
+                          weights: dict[str, Any], path: Path) -> nn.Module | None:
+    fn = _resolve_builder(builder)
+    if fn is None:
+        return None
+    model = fn()
+    apply_snapshot(model, structure)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: the weights do not fit the model the builder made: "
+                            f"{str(exc)[:500]}") from exc
+    return model
+
+
+def _rebuild(manifest: dict[str, Any], weights: dict[str, Any], blobs: dict[str, bytes],
+             builder: Builder | str | None, path: Path) -> nn.Module:
+    model = _rebuild_with_builder(builder or manifest.get("builder"), manifest["structure"],
+                                  weights, path)
+    if model is not None:
+        return model
+    if "program.pt2" in blobs:
+        return _load_program(blobs["program.pt2"], path)
+    raise ArtifactError(f"{path}: cannot rebuild the model: it was saved without a "
+                        f"torch.export program and no builder is importable. Pass "
+                        f"builder='package.module:function' (a function returning the "
+                        f"uncompressed model) to DeployableModel.load")

@@ -1,0 +1,43 @@
+"""The ``torch`` format: a DeployableModel saved as ``.ecm`` (weights + structure, no code)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..metadata import read_sidecar, write_sidecar
+from ..options import option
+from .base import Exporter, ExportOptions
+
+if TYPE_CHECKING:
+    from ..deployable import DeployableModel
+
+
+@dataclass
+class EcmOptions(ExportOptions):
+    builder: str | None = option(None, "'module:function' returning the uncompressed model, "
+                                       "recorded so the file reloads as the original class.")
+    portable: bool = option(True, "Also store a torch.export program (reloads without builder).")
+
+
+class EcmExporter(Exporter):
+    """Writes ``.ecm`` files (see :meth:`DeployableModel.save`); runs them with TorchRunner."""
+
+    Options = EcmOptions
+
+    def float_precision(self, opts: Any) -> str:
+        return "fp32"
+
+    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
+              metadata: dict[str, Any]) -> dict[str, Any]:
+        dm.save(tmp, builder=opts.builder, portable=opts.portable)
+        return {}
+
+    def store_metadata(self, path: Path, metadata: dict[str, Any]) -> None:
+        write_sidecar(path, json.loads(json.dumps(metadata, default=str)), [path])
+
+    @staticmethod
+    def read_metadata(path: Path) -> dict[str, Any]:
+        return read_sidecar(path)

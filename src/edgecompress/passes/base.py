@@ -1,0 +1,115 @@
+"""The Pass base class and the context a pass runs in."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..forms import Form
+from ..options import from_options, options_dict, options_schema, validate_options
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data.bundle import DataBundle
+    from ..quant_recipe import QuantRecipe
+    from ..targets import Target
+
+log = logging.getLogger("edgecompress")
+
+
+@dataclass
+class PassContext:
+    """What a pass can see besides the model: data, seed, device, target and pipeline state.
+
+    ``model_before`` is a frozen copy of the model that entered the current pass (the teacher of
+    a distillation recovery). Passes that quantize set ``quant_recipe`` and ``float_model`` so
+    exporters can realise INT8 natively; passes that change structure add to ``structure``.
+    """
+
+    data: "DataBundle"
+    seed: int = 0
+    device: "torch.device | str | None" = None
+    target: "Target | None" = None
+    model_before: Any = None
+    quant_recipe: "QuantRecipe | None" = None
+    float_model: Any = None
+    structure: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # per-stage notes shown in the report
+    stage_index: int = 0
+
+    def note(self, key: str, value: Any) -> None:
+        """Record a fact about the current stage (shown in the report's notes)."""
+        self.notes[key] = value
+
+    def resolved_device(self) -> "torch.device":
+        from ..training import pick_device
+        return pick_device(self.device)
+
+
+class Pass:
+    """Base class of every compression pass.
+
+    A subclass is a ``@dataclass`` whose fields are declared with :func:`edgecompress.options.option`
+    (validated at construction), sets ``name``, ``accepts`` and ``produces`` and implements
+    :meth:`run`. Register it in :mod:`edgecompress.passes` (or through the
+    ``edgecompress.passes`` entry-point group) and it works in recipes too.
+    """
+
+    name: ClassVar[str] = "pass"
+    accepts: ClassVar[tuple[Form, ...]] = (Form.TORCH_FLOAT,)
+    produces: ClassVar[Form | None] = None  # None: gives the form it was given
+
+    def __post_init__(self) -> None:
+        validate_options(self)
+        self.validate()
+
+    # -- hooks a subclass may override ------------------------------------------------------
+    def validate(self) -> None:
+        """Cross-option checks (raise ConfigError). Called at construction."""
+
+    def output_form(self, form: Form) -> Form:
+        """The form this pass gives when given ``form``."""
+        return self.produces or form
+
+    def check_data(self, data: "DataBundle") -> None:
+        """Raise DataError before anything runs when ``data`` lacks what this pass needs."""
+
+    def run(self, model: Any, ctx: PassContext) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.run is not implemented")
+
+    # -- recipes ------------------------------------------------------------------------------
+    def to_recipe(self) -> dict[str, Any]:
+        """This pass as plain data: ``{"pass": name, **options}``."""
+        return {"pass": self.name, **options_dict(self)}
+
+    @classmethod
+    def from_recipe(cls, options: dict[str, Any], where: str = "") -> "Pass":
+        return from_options(cls, options, where or f"pass '{cls.name}'")
+
+    @classmethod
+    def schema(cls) -> dict[str, dict[str, Any]]:
+        return options_schema(cls)
+
+    def replace(self, **changes: Any) -> "Pass":
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in options_dict(self, recipe_only=False).items()
+                         if not _is_heavy(v))
+        return f"{self.name}({opts})"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Pass":
+        return copy.copy(self)
+
+
+def _is_heavy(value: Any) -> bool:
+    try:
+        import torch
+        return isinstance(value, torch.nn.Module)
+    except ImportError:  # pragma: no cover
+        return False

@@ -1,0 +1,311 @@
+"""Pipeline: an ordered list of typed passes, checked as a whole, run and measured stage by stage."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .data.bundle import DataBundle
+from .deployable import DeployableModel, InputSpec
+from .errors import ChainError, ConfigError, EdgeCompressError, PassError
+from .forms import Form
+from .measure import compressed_sizes, count_macs, count_params, serialized_state, sparsity
+from .options import option, validate_options
+from .passes import Pass, PassContext, get_pass
+from .report import Report, StageMetrics
+from .training import accuracy, seed_everything
+
+log = logging.getLogger("edgecompress")
+
+
+@dataclass
+class Measure:
+    """What the pipeline measures after each stage (everything on by default)."""
+
+    accuracy: bool = option(True, "Top-1 accuracy on data.val.")
+    accuracy_samples: int | None = option(None, "Cap on validation samples (None: all).", low=1)
+    latency: bool = option(True, "Latency through a TorchRunner, batch 1.")
+    latency_runs: int = option(30, "Timed runs for latency.", low=1)
+    latency_warmup: int = option(5, "Untimed warm-up runs.", low=0)
+    threads: int | None = option(None, "Threads for latency (None: torch's default).", low=1)
+    macs: bool = option(True, "Count MACs with torch's FLOP counter.")
+    compressed: bool = option(False, "Also measure xz/zip-compressed sizes of the weights.")
+
+    def __post_init__(self) -> None:
+        validate_options(self)
+
+
+def measure_stage(model: Any, form: Form, data: DataBundle, cfg: Measure, name: str) -> StageMetrics:
+    """Measure one stage's model: every field is counted or timed, none estimated."""
+    if form is Form.ONNX_GRAPH:
+        return _measure_onnx(model, data, cfg, name)
+    from .runtime.torch_runner import TorchRunner
+
+    assert data.example_input is not None
+    state = serialized_state(model)
+    m = StageMetrics(stage=name, form=form.value, params=count_params(model),
+                     size_bytes=len(state), sparsity=sparsity(model))
+    if cfg.compressed:
+        m.compressed_bytes = compressed_sizes(state)
+    if cfg.macs:
+        m.macs = count_macs(model, data.example_input)
+    if cfg.accuracy and data.val is not None:
+        m.accuracy = accuracy(model, data.val, limit_samples=cfg.accuracy_samples)
+    if cfg.latency:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        runner = TorchRunner.from_module(model, data.example_input[:1].to(device), cfg.threads)
+        m.latency_ms = runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
+                                        with_system=False).p50_ms
+    return m
+
+
+def _measure_onnx(model: Any, data: DataBundle, cfg: Measure, name: str) -> StageMetrics:
+    from onnx import numpy_helper
+
+    from .runtime.ort import OrtRunner
+
+    raw = model.SerializeToString()
+    params = sum(int(numpy_helper.to_array(t).size) for t in model.graph.initializer)
+    m = StageMetrics(stage=name, form=Form.ONNX_GRAPH.value, params=params, size_bytes=len(raw))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stage.onnx"
+        path.write_bytes(raw)
+        runner = OrtRunner(path, threads=cfg.threads, verify=False)
+        if cfg.accuracy and data.val is not None:
+            from .export.parity import artifact_accuracy
+            m.accuracy = artifact_accuracy(runner, data, cfg.accuracy_samples)
+        if cfg.latency:
+            m.latency_ms = runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
+                                            with_system=False).p50_ms
+    return m
+
+
+def _start_form(model: Any) -> Form:
+    if isinstance(model, nn.Module):
+        return Form.TORCH_FLOAT
+    if type(model).__name__ == "ModelProto":
+        return Form.ONNX_GRAPH
+    raise ConfigError(f"Pipeline.run needs a torch.nn.Module (or an onnx.ModelProto), got "
+                      f"{type(model).__name__}")
+
+
+class Pipeline:
+    """An ordered list of passes.
+
+    ``Pipeline([...]).run(model, data)`` checks the chain of model forms and each pass's data
+    needs before running anything, leaves ``model`` untouched (it works on a copy), runs the
+    passes in order and measures every stage into ``DeployableModel.report``.
+
+    Args:
+        passes: the passes, in order.
+        measure: what to measure per stage (``False`` measures sizes only — fastest).
+        seed: seeds every pass (pass ``i`` runs with ``seed + i``) for reproducible runs.
+        device: training device for passes that train (None: CUDA when available).
+    """
+
+    def __init__(self, passes: Sequence[Pass], measure: Measure | bool = True, seed: int = 0,
+                 device: str | None = None):
+        bad = [p for p in passes if not isinstance(p, Pass)]
+        if bad:
+            raise ConfigError(f"Pipeline takes Pass objects; got {type(bad[0]).__name__} "
+                              f"({bad[0]!r}). Build passes with ec.passes.<Name>(...)")
+        self.passes = list(passes)
+        if measure is True:
+            measure = Measure()
+        elif measure is False:
+            measure = Measure(accuracy=False, latency=False, macs=False)
+        self.measure = measure
+        self.seed = seed
+        self.device = device
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check(self, start: Form = Form.TORCH_FLOAT) -> list[Form]:
+        """The form after each pass; ChainError naming the first pass that cannot take its input."""
+        forms = [start]
+        for i, p in enumerate(self.passes):
+            if forms[-1] not in p.accepts:
+                raise ChainError(
+                    f"pass {i + 1} '{p.name}' takes {' or '.join(f.value for f in p.accepts)}, "
+                    f"but receives {forms[-1].value}"
+                    + (f" from pass {i} '{self.passes[i - 1].name}'" if i else " (the input model)")
+                    + ". Reorder the passes or add one that converts between these forms")
+            forms.append(p.output_form(forms[-1]))
+        return forms
+
+    # -- run ------------------------------------------------------------------------------------
+    def run(self, model: Any, data: DataBundle, *, target: Any = None, on_error: str = "raise",
+            builder: str | None = None) -> DeployableModel:
+        """Run every pass on a copy of ``model``; return the DeployableModel.
+
+        ``on_error="raise"`` (default) raises when a pass fails; the exception's ``partial``
+        attribute holds a DeployableModel of the stages that succeeded. ``on_error="stop"``
+        returns that DeployableModel instead, with the failure recorded in its report.
+        ``target`` (a name such as ``"rpi5"`` or an ``ec.targets.Target``) fills pass options
+        the user left at their defaults; the report says which.
+        """
+        if on_error not in ("raise", "stop"):
+            raise ConfigError(f"on_error must be 'raise' or 'stop', got {on_error!r}")
+        if not isinstance(data, DataBundle):
+            raise ConfigError(f"Pipeline.run needs an ec.DataBundle as data, got "
+                              f"{type(data).__name__}; see ec.data.digits() or ec.DataBundle(...)")
+        passes, target_obj, target_notes = self._apply_target(target)
+        forms = Pipeline(passes).check(_start_form(model))
+        for p in passes:
+            p.check_data(data)
+        work = copy.deepcopy(model)
+        if isinstance(work, nn.Module):
+            work.eval()
+        ctx = PassContext(data=data, seed=self.seed, device=self.device, target=target_obj)
+        report = Report(info={"data": data.describe(), "seed": self.seed,
+                              "target": getattr(target_obj, "name", None),
+                              "from_target": target_notes})
+        report.stages.append(measure_stage(work, forms[0], data, self.measure, "input"))
+        history: list[dict[str, Any]] = []
+        for i, p in enumerate(passes):
+            stage = _stage_name(p, passes[:i])
+            ctx.model_before, ctx.notes, ctx.stage_index = copy.deepcopy(work), {}, i + 1
+            seed_everything(self.seed + i)
+            log.info("stage %d/%d: %s", i + 1, len(passes), p.describe())
+            t0 = time.perf_counter()
+            try:
+                out = p.run(work, ctx)
+            except Exception as exc:  # noqa: BLE001 - recorded, then raised or stopped on
+                work = ctx.model_before  # the pass may have changed the model part-way
+                report.stages.append(StageMetrics(stage=stage, form=forms[i].value,
+                                                  seconds=time.perf_counter() - t0,
+                                                  error=f"{type(exc).__name__}: {exc}"))
+                partial = self._deployable(work, forms[i], data, report, history, ctx, builder)
+                if on_error == "stop":
+                    log.error("stage '%s' failed, stopping: %s", stage, exc)
+                    return partial
+                err = _with_partial(exc, stage, i, partial)
+                if err is exc:
+                    raise
+                raise err from exc
+            work = out
+            seconds = time.perf_counter() - t0
+            metrics = measure_stage(work, forms[i + 1], data, self.measure, stage)
+            metrics.seconds, metrics.notes = seconds, dict(ctx.notes)
+            report.stages.append(metrics)
+            history.append({"pass": p.name, "options": p.to_recipe(), "notes": dict(ctx.notes)})
+        ctx.model_before = None
+        return self._deployable(work, forms[-1], data, report, history, ctx, builder)
+
+    def _apply_target(self, target: Any) -> tuple[list[Pass], Any, dict[str, Any]]:
+        if target is None:
+            return self.passes, None, {}
+        from .targets import get_target
+
+        t = get_target(target)
+        passes, notes = t.apply(self.passes)
+        return passes, t, notes
+
+    def _deployable(self, model: Any, form: Form, data: DataBundle, report: Report,
+                    history: list[dict[str, Any]], ctx: PassContext,
+                    builder: str | None) -> DeployableModel:
+        assert data.example_input is not None
+        layout = data.preprocess.layout if data.preprocess else "NCHW"
+        info = {"num_classes": data.num_classes,
+                "class_names": list(data.class_names) if data.class_names else None,
+                "preprocess": data.preprocess.to_dict() if data.preprocess else None,
+                "data": data.name, "structure": ctx.structure,
+                "target": getattr(ctx.target, "name", None)}
+        return DeployableModel(model=model, input_spec=InputSpec.from_tensor(data.example_input, layout),
+                               form=form, report=report, history=history,
+                               quant_recipe=ctx.quant_recipe, float_model=ctx.float_model,
+                               info=info, data=data, builder=builder)
+
+    # -- recipes -------------------------------------------------------------------------------
+    def to_recipe(self) -> dict[str, Any]:
+        """The pipeline as plain data (see :meth:`from_recipe`)."""
+        return {"passes": [p.to_recipe() for p in self.passes], "seed": self.seed}
+
+    @classmethod
+    def from_recipe(cls, recipe: str | Path | dict[str, Any]) -> "Pipeline":
+        """Build a pipeline from a recipe dict or a ``.json`` / ``.yaml`` file.
+
+        A recipe is ``{"passes": [{"pass": "<name>", <option>: <value>, ...}, ...]}`` with the
+        same option names and validation as the Python API. The chain of forms is checked too,
+        so a bad recipe fails before any work.
+        """
+        data = _read_recipe(recipe) if not isinstance(recipe, dict) else recipe
+        unknown = set(data) - {"passes", "seed"}
+        if unknown:
+            raise ConfigError(f"recipe: unknown key(s) {', '.join(sorted(unknown))}; a recipe "
+                              f"has 'passes' (a list) and optionally 'seed'")
+        items = data.get("passes")
+        if not isinstance(items, list) or not items:
+            raise ConfigError("recipe: 'passes' must be a non-empty list of "
+                              "{'pass': <name>, <option>: <value>} entries")
+        passes = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "pass" not in item:
+                raise ConfigError(f"recipe: entry {i + 1} must be a mapping with a 'pass' key, "
+                                  f"got {item!r}")
+            options = {k: v for k, v in item.items() if k != "pass"}
+            pass_cls = get_pass(str(item["pass"]))
+            passes.append(pass_cls.from_recipe(options, where=f"recipe entry {i + 1} "
+                                                              f"('{item['pass']}')"))
+        pipe = cls(passes, seed=int(data.get("seed", 0)))
+        pipe.check()
+        return pipe
+
+    def save_recipe(self, path: str | Path) -> Path:
+        """Write :meth:`to_recipe` as JSON or YAML (by suffix)."""
+        from ._io import atomic_write_bytes
+
+        p = Path(path)
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+            text = yaml.safe_dump(self.to_recipe(), sort_keys=False)
+        else:
+            text = json.dumps(self.to_recipe(), indent=2)
+        return atomic_write_bytes(p, text.encode())
+
+    def __repr__(self) -> str:
+        return "Pipeline([" + ", ".join(p.describe() for p in self.passes) + "])"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pipeline) and self.to_recipe() == other.to_recipe()
+
+
+def _read_recipe(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"recipe file {p} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - yaml and json raise different types
+        raise ConfigError(f"recipe file {p} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe file {p} must hold a mapping with a 'passes' list")
+    return data
+
+
+def _stage_name(p: Pass, earlier: Sequence[Pass]) -> str:
+    n = sum(1 for q in earlier if q.name == p.name)
+    return p.name if n == 0 else f"{p.name}#{n + 1}"
+
+
+def _with_partial(exc: Exception, stage: str, index: int, partial: DeployableModel) -> Exception:
+    if isinstance(exc, EdgeCompressError) and not isinstance(exc, PassError):
+        err: Exception = exc
+    else:
+        err = PassError(f"pass {index + 1} '{stage}' failed: {type(exc).__name__}: {exc}", stage)
+    err.partial = partial  # type: ignore[attr-defined]
+    err.stage = stage  # type: ignore[attr-defined]
+    return err

@@ -1,0 +1,59 @@
+"""The quantization recipe a quantization pass records for exporters to realise natively."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class QuantRecipe:
+    """What a quantization pass decided, independent of any export format.
+
+    ``calib_samples`` are kept so each exporter can calibrate with its own tool; ``ranges``
+    holds learned (QAT) or observed activation ranges by tensor name where a pass records them.
+    """
+
+    scheme: str  # "static" or "dynamic"
+    bits: int = 8
+    per_channel: bool = True
+    method: str = "minmax"  # calibration method: minmax / percentile / entropy
+    backend: str = "x86"  # engine hint: x86 or arm
+    skip: tuple[str, ...] = ()
+    layers: tuple[str, ...] = ()  # dynamic: layer types to quantize
+    source: str = "ptq"  # ptq / qat / dynamic
+    calib_samples: torch.Tensor | None = None
+    ranges: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> str:
+        return f"int{self.bits}-{self.scheme}"
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Plain data for artifact metadata (no tensors)."""
+        d = asdict(self)
+        d.pop("calib_samples")
+        d["ranges"] = {k: v for k, v in self.ranges.items() if _plain(v)}
+        d["calib_count"] = 0 if self.calib_samples is None else int(self.calib_samples.shape[0])
+        d["skip"], d["layers"] = list(self.skip), list(self.layers)
+        return d
+
+    @classmethod
+    def from_metadata(cls, d: dict[str, Any], calib_samples: torch.Tensor | None = None) -> "QuantRecipe":
+        data = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "calib_samples"}
+        data["skip"] = tuple(data.get("skip", ()))
+        data["layers"] = tuple(data.get("layers", ()))
+        return cls(**data, calib_samples=calib_samples)
+
+
+def _plain(v: Any) -> bool:
+    if isinstance(v, (int, float, str, bool, type(None))):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    return False

@@ -1,0 +1,59 @@
+"""ONNX Runtime runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError
+from ..onnx_utils import load_onnx, read_metadata, verify_weights
+from .base import Runner, TensorSpec
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
+              "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+class OrtRunner(Runner):
+    """Runs ``.onnx`` files with ONNX Runtime.
+
+    Options: ``threads`` (intra-op threads; None lets ORT choose), ``providers`` (default
+    ``["CPUExecutionProvider"]``), ``verify`` (check the recorded weights sha256, default True).
+    """
+
+    format = "onnx"
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        model = load_onnx(self.path)
+        self.metadata = read_metadata(model)
+        if self.options.get("verify", True):
+            verify_weights(model, self.metadata, self.path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+            opts.inter_op_num_threads = 1
+        providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), opts,
+                                                providers=list(providers))
+        except Exception as exc:  # ORT raises its own exception types
+            raise ArtifactError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
+        self.inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
+                                  _ORT_TYPES.get(i.type, "float32"))
+                       for i in self.session.get_inputs()]
+        self.outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else None for d in o.shape),
+                                   _ORT_TYPES.get(o.type, "float32"))
+                        for o in self.session.get_outputs()]
+        self._input_name = self.inputs[0].name
+        self._output_name = self.outputs[0].name
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self._output_name], {self._input_name: x})[0]
+
+    def run_all(self, feeds: dict[str, Any]) -> list[np.ndarray]:
+        """Run with several named inputs and return every output."""
+        return self.session.run(None, feeds)
