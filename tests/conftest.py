@@ -1,0 +1,55 @@
+"""Shared fixtures: real data (scikit-learn's bundled digits) and a really trained small CNN."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("EDGECOMPRESS_PROGRESS", "0")
+
+import edgecompress as ec  # noqa: E402
+from edgecompress.models import small_cnn, small_resnet  # noqa: E402
+from edgecompress.training import TrainConfig, cross_entropy_loss, train  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits() -> ec.DataBundle:
+    """Digits at 16×16: small enough that every test trains and exports in seconds."""
+    return ec.data.digits(image_size=16, batch_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits32() -> ec.DataBundle:
+    return ec.data.digits(image_size=32, batch_size=64, seed=0)
+
+
+def _trained(builder, data, epochs=3):
+    torch.manual_seed(0)
+    model = builder()
+    train(model, data.train, cross_entropy_loss, TrainConfig(epochs=epochs, lr=3e-3), val_loader=data.val)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def _cnn_weights(digits):
+    return _trained(lambda: small_cnn(width=16), digits)
+
+
+@pytest.fixture()
+def trained_cnn(_cnn_weights) -> torch.nn.Module:
+    """A SmallCNN (width 16) trained on digits to >90% val accuracy; a fresh copy per test."""
+    return copy.deepcopy(_cnn_weights)
+
+
+@pytest.fixture(scope="session")
+def _resnet_weights(digits):
+    return _trained(lambda: small_resnet(width=8), digits)
+
+
+@pytest.fixture()
+def trained_resnet(_resnet_weights) -> torch.nn.Module:
+    """A SmallResNet (residual adds, width 8) trained on digits; a fresh copy per test."""
+    return copy.deepcopy(_resnet_weights)
