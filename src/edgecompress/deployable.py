@@ -137,7 +137,7 @@ class DeployableModel:
             "quant_recipe": self.quant_recipe.to_metadata() if self.quant_recipe else None,
             "float_structure": snapshot(self.float_model) if self.float_model is not None else None,
         }
-        files = {"weights.pt": _tensor_bytes(self.model.state_dict())}
+        files = {"weights.pt": _tensor_bytes(_model_state(self.model, self.quant_recipe))}
         if self.float_model is not None:
             files["float_weights.pt"] = _tensor_bytes(self.float_model.state_dict())
         if self.quant_recipe is not None and self.quant_recipe.calib_samples is not None:
@@ -179,7 +179,6 @@ class DeployableModel:
                                 f"version {manifest.get('version')!r}); this edgecompress reads "
                                 f"{ECM_FORMAT} up to version {ECM_VERSION}")
         weights = _safe_tensors(blobs["weights.pt"], p, "weights.pt")
-        model = _rebuild(manifest, weights, blobs, builder, p)
         float_model = None
         if "float_weights.pt" in blobs and manifest.get("float_structure"):
             float_model = _rebuild_with_builder(builder or manifest.get("builder"),
@@ -192,6 +191,9 @@ class DeployableModel:
             if "calib_samples.pt" in blobs:
                 calib = _safe_tensors(blobs["calib_samples.pt"], p, "calib_samples.pt")["x"]
             recipe = QuantRecipe.from_metadata(manifest["quant_recipe"], calib)
+        model = _rebuild_from_recipe(recipe, float_model, weights)
+        if model is None:
+            model = _rebuild(manifest, weights, blobs, builder, p)
         return cls(model=model.eval(), input_spec=InputSpec.from_dict(manifest["input_spec"]),
                    form=Form(manifest.get("form", Form.TORCH_FLOAT.value)),
                    report=Report.from_dict(manifest.get("report", {})),
@@ -206,6 +208,47 @@ class DeployableModel:
         return (f"DeployableModel({type(self.model).__name__}, input={self.input_spec.shape}, "
                 f"form={self.form.value}, stages={len(self.report.stages)}, "
                 f"recipe={self.quant_recipe.precision if self.quant_recipe else None})")
+
+
+class ExportedProgramModule(nn.Module):
+    """An inference-only model reloaded from a ``torch.export`` program (no builder needed).
+
+    The exported graph is frozen in eval mode, so ``train()``/``eval()`` only flip the flag.
+    """
+
+    def __init__(self, program_module: nn.Module):
+        super().__init__()
+        self.program = program_module
+
+    def forward(self, *args: Any) -> Any:
+        return self.program(*args)
+
+    def train(self, mode: bool = True) -> "ExportedProgramModule":
+        self.training = mode
+        return self
+
+
+def _model_state(model: nn.Module, recipe: QuantRecipe | None) -> dict[str, Any]:
+    """The state dict to save; a model rebuilt from its recipe keeps plain tensors only
+    (torch's packed int8 modules hold objects ``weights_only`` loading refuses)."""
+    state = model.state_dict()
+    if recipe is None or not recipe.extra.get("rebuild"):
+        return state
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and not v.is_quantized}
+
+
+def _rebuild_from_recipe(recipe: QuantRecipe | None, float_model: nn.Module | None,
+                         weights: dict[str, Any]) -> nn.Module | None:
+    """A quantized model rebuilt by the recipe's own hook from the float model (None: no hook)."""
+    hook = recipe.extra.get("rebuild") if recipe is not None else None
+    if not hook or float_model is None:
+        return None
+    if not str(hook).startswith("edgecompress."):  # the name comes from the file: import ours only
+        raise ArtifactError(f"refusing to rebuild the model with {hook!r}: only edgecompress's "
+                            f"own rebuild functions are imported from a model file")
+    from .plugins import load_object
+
+    return load_object(hook)(float_model, recipe, weights)
 
 
 def _tensor_bytes(obj: Any) -> bytes:
@@ -226,17 +269,28 @@ def _safe_tensors(data: bytes, path: Path, member: str) -> dict[str, Any]:
 
 
 def _export_program(model: nn.Module, example: torch.Tensor) -> bytes | None:
-    """Serialize ``model`` as a torch.export program (None when the model does not export)."""
-    try:
-        with torch.no_grad():
-            ep = torch.export.export(model.eval(), (example,), strict=False)
-        buf = io.BytesIO()
-        torch.export.save(ep, buf)
-        return buf.getvalue()
-    except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds of errors
-        log.info("model not saved as a torch.export program (%s); reloading it will need a "
-                 "builder", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        return None
+    """Serialize ``model`` as a torch.export program (None when the model does not export).
+
+    The batch dimension is exported as dynamic (from a batch of 2: torch specialises size-1
+    dimensions); a model that only works at one batch size falls back to a static export.
+    """
+    model = model.eval()
+    batch2 = torch.cat([example[:1], example[:1]])
+    attempts = (((batch2,), ({0: torch.export.Dim("batch", min=1, max=4096)},)),
+                ((example[:1],), None))
+    last: Exception | None = None
+    for args, dynamic in attempts:
+        try:
+            with torch.no_grad():
+                ep = torch.export.export(model, args, dynamic_shapes=dynamic, strict=False)
+            buf = io.BytesIO()
+            torch.export.save(ep, buf)
+            return buf.getvalue()
+        except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds of errors
+            last = exc
+    log.info("model not saved as a torch.export program (%s); reloading it will need a builder",
+             str(last).splitlines()[0][:200] if str(last) else type(last).__name__)
+    return None
 
 
 def _load_program(data: bytes, path: Path) -> nn.Module:
@@ -250,7 +304,7 @@ def _load_program(data: bytes, path: Path) -> nn.Module:
             if name.endswith(".pt"):
                 _safe_tensors(zf.read(name), path, f"program.pt2/{name}")
     try:
-        return torch.export.load(io.BytesIO(data)).module()
+        return ExportedProgramModule(torch.export.load(io.BytesIO(data)).module())
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: the saved torch.export program cannot be loaded by this "
                             f"torch ({torch.__version__}): {exc}") from exc

@@ -14,7 +14,7 @@ from .bundle import DataBundle, Preprocess
 
 
 def _as_float_images(x: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x))
+    t = torch.as_tensor(np.array(x))  # a copy: IDX buffers are read-only
     if t.dim() == 3:  # N, H, W → N, 1, H, W
         t = t.unsqueeze(1)
     if t.dim() != 4:
@@ -64,8 +64,8 @@ def bundle_from_arrays(x_train: np.ndarray | torch.Tensor, y_train: np.ndarray |
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     xt, xv = (xt - m) / s, (xv - m) / s
-    yt = torch.as_tensor(np.asarray(y_train)).long()
-    yv = torch.as_tensor(np.asarray(y_val)).long()
+    yt = torch.as_tensor(np.array(y_train)).long()
+    yv = torch.as_tensor(np.array(y_val)).long()
     num_classes = int(max(int(yt.max()), int(yv.max())) + 1)
     calib_n = min(calib_size, len(xt))
     return DataBundle(

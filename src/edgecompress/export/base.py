@@ -30,7 +30,7 @@ class ExportOptions:
     """Options every exporter takes (format-specific exporters add their own)."""
 
     verify: bool = option(True, "Run the artifact through its Runner and record parity.")
-    parity_samples: int = option(64, "Validation samples used for the parity check.", low=1)
+    parity_samples: int = option(256, "Validation samples used for the parity check.", low=1)
     on_parity_fail: str = option("warn", "What a failed parity check does.", choices=("warn", "raise"))
     tolerance: float | None = option(None, "Max |diff| relative to the output scale "
                                            "(None: the precision's default).", low=0)
@@ -131,6 +131,7 @@ class Exporter:
         if opts.verify:
             self.verify(dm, artifact, opts)
             self.store_metadata(path, artifact.metadata)
+            artifact.size_bytes = path_size(path)  # the parity record adds a few bytes
         log.info("exported %s", artifact)
         return artifact
 

@@ -1,0 +1,134 @@
+"""The ``edgecompress`` command line: demo, compress, bench, info, formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import EdgeCompressError
+
+log = logging.getLogger("edgecompress")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs, image_size=args.image_size, seed=args.seed,
+             threads=args.threads)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .runtime import load
+
+    runner = load(args.artifact, threads=args.threads)
+    stats = runner.benchmark(warmup=args.warmup, runs=args.runs, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"artifact": str(args.artifact), "format": runner.format,
+                          **stats.to_dict()}, indent=2))
+    else:
+        print(f"{args.artifact} [{runner.format}]")
+        print(stats)
+        if stats.system:
+            print("system:", json.dumps(stats.system))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .runtime import load
+
+    info = load(args.artifact).info()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{info['path']}  format={info['format']}  size={info['size_bytes']:,} bytes")
+    for kind in ("inputs", "outputs"):
+        for spec in info[kind]:
+            print(f"  {kind[:-1]:6s} {spec['name']}: shape={spec['shape']} dtype={spec['dtype']}")
+    for key, value in sorted(info["metadata"].items()):
+        text = json.dumps(value, default=str)
+        print(f"  {key}: {text if len(text) < 200 else text[:197] + '...'}")
+    return 0
+
+
+def _cmd_formats(args: argparse.Namespace) -> int:
+    from .formats import format_table
+
+    rows = format_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ["format", "suffix", "extra", "fp16", "int8 static", "int8 dynamic", "available"]
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .compress import compress_from_args
+
+    return compress_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a small CNN on bundled digits, compress, export, "
+                                       "benchmark and print the measured report")
+    demo.add_argument("--out", default="edgecompress-demo", help="output folder")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.add_argument("--image-size", type=int, default=32)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, default=None)
+
+    bench = sub.add_parser("bench", help="measure an artifact's latency through its Runner")
+    bench.add_argument("artifact")
+    bench.add_argument("--runs", type=int, default=100)
+    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--json", action="store_true")
+
+    info = sub.add_parser("info", help="inputs, outputs, size and metadata of an artifact")
+    info.add_argument("artifact")
+    info.add_argument("--json", action="store_true")
+
+    formats = sub.add_parser("formats", help="the export formats and whether they run here")
+    formats.add_argument("--json", action="store_true")
+
+    from .compress import add_compress_arguments
+
+    add_compress_arguments(sub.add_parser("compress", help="run a recipe on a model and export"))
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _cmd_demo, "bench": _cmd_bench, "info": _cmd_info, "formats": _cmd_formats,
+    "compress": _cmd_compress,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeCompressError as exc:
+        print(f"edgecompress {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
