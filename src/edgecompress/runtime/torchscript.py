@@ -1,0 +1,68 @@
+"""Runner for ``.ptl`` files on PyTorch's lite interpreter (what mobile apps embed)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError
+from ..metadata import read_sidecar
+from .base import Runner, TensorSpec
+
+
+class LiteInterpreterRunner(Runner):
+    """Runs ``.ptl`` files with ``torch.jit.mobile._load_for_lite_interpreter``.
+
+    Options: ``threads`` (``torch.set_num_threads``, process-wide), ``engine`` (quantized
+    engine; default: the one the file was exported for, from its metadata). INT8 files hold
+    weights packed for one engine, so the engine is set process-wide before loading.
+    """
+
+    format = "torchscript"
+
+    def _load(self) -> None:
+        import torch
+        from torch.jit.mobile import _load_for_lite_interpreter
+
+        with open(self.path, "rb") as fh:
+            head = fh.read(4)
+        if head[:2] != b"PK":  # .ptl files are zip archives
+            raise ArtifactError(f"{self.path} is not a TorchScript lite-interpreter file (not a "
+                                f"zip archive; empty, truncated or another file type). "
+                                f"Re-export it with dm.export('torchscript', ...)")
+        self.metadata = read_sidecar(self.path)
+        self.engine = self.options.get("engine") or self.metadata.get("quant_engine")
+        if self.engine:
+            supported = torch.backends.quantized.supported_engines
+            if self.engine not in supported:
+                raise ArtifactError(f"{self.path} holds INT8 weights for the '{self.engine}' "
+                                    f"engine, which this torch lacks (it has "
+                                    f"{', '.join(supported)}); re-export with engine= one of "
+                                    f"those")
+            torch.backends.quantized.engine = self.engine
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the lite interpreter's deprecation notice
+                self.module = _load_for_lite_interpreter(str(self.path))
+        except (RuntimeError, ValueError) as exc:
+            raise ArtifactError(f"the lite interpreter cannot load {self.path} (truncated or "
+                                f"corrupt .ptl?): {str(exc).splitlines()[0][:300]}") from exc
+        self._torch = torch
+        self._specs()
+
+    def _specs(self) -> None:
+        shape = (self.metadata.get("input") or {}).get("shape")
+        if not shape:
+            return  # no metadata: inputs are passed through unchecked
+        self.inputs = [TensorSpec("input", (None, *shape[1:]), "float32")]
+        out = self._run(np.zeros((1, *shape[1:]), dtype=np.float32))
+        self.outputs = [TensorSpec("output", (None, *out.shape[1:]), str(out.dtype))]
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            out: Any = self.module(self._torch.from_numpy(x))
+        return out.detach().float().numpy()
