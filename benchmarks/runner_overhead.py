@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -77,6 +78,13 @@ def main() -> None:
     print(f"ratio {ratio:.3f} ({'within' if result['within_5_percent'] else 'NOT within'} 5 %)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runner_overhead.json").write_text(json.dumps(result, indent=2))
+    (args.out / "runner_overhead.md").write_text(
+        "| loop | median p50 ms |\n|---|---:|\n"
+        f"| bare `InferenceSession.run` | {bare_ms:.3f} |\n"
+        f"| `ec.load(...).benchmark()` | {ours_ms:.3f} |\n\n"
+        f"Ratio {ratio:.3f} ({args.rounds} interleaved rounds of {args.runs} runs, "
+        f"{args.threads} threads; CPU load average at the end: "
+        f"{os.getloadavg()[0]:.1f}).\n")
 
 
 if __name__ == "__main__":
