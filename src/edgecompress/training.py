@@ -177,7 +177,7 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, cfg: T
             sched.step()
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", **_last_val(state))
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         acc = accuracy(model, val_loader, device) if val_loader is not None else None
@@ -196,6 +196,12 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, cfg: T
         model.load_state_dict(state.best_weights)
     model.eval()
     return TrainResult(state.history, state.best_epoch, state.best_acc)
+
+
+def _last_val(state: "_TrainState") -> dict[str, str]:
+    """The previous epoch's validation accuracy for the progress bar (empty before one exists)."""
+    acc = state.history[-1]["val_accuracy"] if state.history else None
+    return {} if acc is None else {"val_acc": f"{acc:.4f}"}
 
 
 @dataclass
