@@ -1,0 +1,74 @@
+"""Every example runs in its fast mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgecompress as ec
+from edgecompress.passes import PASSES
+from edgecompress.plugins import load_plugins
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quickstart_fast(tmp_path):
+    dm = _module("quickstart").main(["--fast", "--out", str(tmp_path)])
+    assert (tmp_path / "model.onnx").exists() and (tmp_path / "model.ecm").exists()
+    stages = [s.stage for s in dm.report.stages]
+    assert stages == ["input", "fuse", "structured_prune", "quantize_ptq"]
+    assert dm.report.artifacts[0].precision.startswith("int8")
+    assert dm.report.artifacts[0].parity_ok
+
+
+def _digit_pngs(folder: Path, n: int = 12) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i in range(n):
+        cls = folder / str(d.target[i])
+        cls.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).save(cls / f"{i}.png")
+
+
+def test_rpi_loop_on_an_image_folder(tmp_path, trained_cnn, digits):
+    dm = ec.Pipeline([ec.passes.Fuse()], measure=False).run(trained_cnn, digits)
+    art = dm.export("onnx", tmp_path / "m.onnx", benchmark_runs=0)
+    _digit_pngs(tmp_path / "frames")
+    summary = _module("rpi_camera_loop").main([str(art.path), "--source", str(tmp_path / "frames"),
+                                               "--max-frames", "20", "--budget-ms", "1000",
+                                               "--threads", "1"])
+    assert summary["frames"] == 20 and summary["within_budget"] == 20
+    assert summary["system"]["cpu_count"] >= 1
+
+
+def test_plugin_package_installs_and_registers_its_pass(tmp_path, trained_cnn, digits, monkeypatch):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(target),
+                    str(EXAMPLES / "plugin_package")], check=True)
+    monkeypatch.syspath_prepend(str(target))
+    try:
+        load_plugins(force=True)
+        pipe = ec.Pipeline.from_recipe({"passes": [{"pass": "clip_weights", "percentile": 99.0}]})
+        dm = pipe.run(trained_cnn, digits)
+        assert dm.history[0]["notes"]["clipped_weights"] > 0
+        assert dm.report.stages[-1].accuracy > 0.8
+        with pytest.raises(ec.ConfigError, match="percentile"):
+            ec.Pipeline.from_recipe({"passes": [{"pass": "clip_weights", "percentile": 10}]})
+    finally:
+        PASSES.pop("clip_weights", None)
+        sys.modules.pop("ec_plugin_example", None)
