@@ -1,0 +1,58 @@
+"""`edgecompress compress`: recipe + model + data → artifacts, report.json, report.md, plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import edgecompress as ec
+from edgecompress.cli import main
+
+
+def _recipe(tmp_path, passes):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"passes": passes}))
+    return path
+
+
+def test_compress_writes_artifacts_reports_and_plot(tmp_path, capsys):
+    recipe = _recipe(tmp_path, [{"pass": "fuse"}])
+    out = tmp_path / "out"
+    code = main(["compress", "--model", "edgecompress.models:small_cnn", "--data", "digits",
+                 "--image-size", "16", "--recipe", str(recipe), "--target", "x86",
+                 "--export", "onnx,torch", "--out", str(out), "--benchmark-runs", "3"])
+    assert code == 0
+    for name in ("model.onnx", "model.ecm", "report.json", "report.md", "plot.png", "recipe.yaml"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["input", "fuse"]
+    assert {a["format"] for a in report["artifacts"]} == {"onnx", "torch"}
+    assert all(a["parity_ok"] for a in report["artifacts"])
+    assert "Target: **x86**" in (out / "report.md").read_text()
+    assert ec.Pipeline.from_recipe(out / "recipe.yaml") == ec.Pipeline.from_recipe(recipe)
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("passes, words", [
+    ([{"pass": "fuse", "bogus": 1}], "unknown option 'bogus'"),
+    ([{"pass": "no_such_pass"}], "unknown pass 'no_such_pass'"),
+])
+def test_bad_recipe_fails_before_work_with_exit_code_2(tmp_path, capsys, passes, words):
+    out = tmp_path / "out"
+    code = main(["compress", "--model", "edgecompress.models:small_cnn", "--recipe",
+                 str(_recipe(tmp_path, passes)), "--out", str(out)])
+    assert code == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_model_and_format_are_clear_errors(tmp_path, capsys):
+    recipe = _recipe(tmp_path, [{"pass": "fuse"}])
+    assert main(["compress", "--model", "nowhere:fn", "--recipe", str(recipe)]) == 2
+    assert "cannot import" in capsys.readouterr().err
+    assert main(["compress", "--model", "edgecompress.models:small_cnn", "--recipe", str(recipe),
+                 "--export", "onnx,gguf", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown export format 'gguf'" in capsys.readouterr().err
