@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -17,7 +18,8 @@ class LiteInterpreterRunner(Runner):
 
     Options: ``threads`` (``torch.set_num_threads``, process-wide), ``engine`` (quantized
     engine; default: the one the file was exported for, from its metadata). INT8 files hold
-    weights packed for one engine, so the engine is set process-wide before loading.
+    weights packed for one engine; it is selected while loading and running, and torch's
+    process-wide setting is restored afterwards.
     """
 
     format = "torchscript"
@@ -41,11 +43,10 @@ class LiteInterpreterRunner(Runner):
                                     f"engine, which this torch lacks (it has "
                                     f"{', '.join(supported)}); re-export with engine= one of "
                                     f"those")
-            torch.backends.quantized.engine = self.engine
         if self.threads:
             torch.set_num_threads(int(self.threads))
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), self._engine():
                 warnings.simplefilter("ignore")  # the lite interpreter's deprecation notice
                 self.module = _load_for_lite_interpreter(str(self.path))
         except (RuntimeError, ValueError) as exc:
@@ -62,7 +63,20 @@ class LiteInterpreterRunner(Runner):
         out = self._run(np.zeros((1, *shape[1:]), dtype=np.float32))
         self.outputs = [TensorSpec("output", (None, *out.shape[1:]), str(out.dtype))]
 
+    @contextlib.contextmanager
+    def _engine(self) -> Iterator[None]:
+        import torch
+
+        before = torch.backends.quantized.engine
+        if self.engine and before != self.engine:
+            torch.backends.quantized.engine = self.engine
+        try:
+            yield
+        finally:
+            if torch.backends.quantized.engine != before:
+                torch.backends.quantized.engine = before
+
     def _run(self, x: np.ndarray) -> np.ndarray:
-        with self._torch.no_grad():
+        with self._torch.no_grad(), self._engine():
             out: Any = self.module(self._torch.from_numpy(x))
         return out.detach().float().numpy()
