@@ -1,0 +1,209 @@
+"""StructuredPrune: remove whole channels, neurons and head dimensions, so the model shrinks.
+
+Unlike ``torch.nn.utils.prune.ln_structured`` (which only zeroes a mask), the pruned layers are
+rebuilt with fewer channels: parameters, MACs and latency drop for real. Torch-Pruning's
+dependency graph removes each channel from every layer coupled to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, PassError
+from ..forms import Form
+from ..measure import count_macs, count_params
+from ..options import option
+from ..training import Recovery, seed_everything
+from .base import Pass, PassContext
+from .pruning.analysis import (first_param_device, layer_widths, module_name, output_layers,
+                               resolve_ignored, trace_forward, width_changes)
+from .pruning.engine import StepConfig, build_pruner, count_groups, prune_step
+from .pruning.importance import IMPORTANCES, gradient_batches
+
+log = logging.getLogger("edgecompress")
+
+_SEARCH_ITERATIONS = 12  # bisection steps on the ratio when a MACs/params target is given
+
+
+@dataclass
+class StructuredPrune(Pass):
+    """Remove the least important channels of every prunable layer group (physically).
+
+    Give one of ``ratio`` (fraction of channels removed), ``target_macs`` or ``target_params``
+    (fraction of the dense model's MACs/parameters to keep; the channel ratio is found by
+    bisection). With ``steps > 1`` pruning is iterative and ``finetune`` runs after each step.
+    The classifier head (the layer producing the outputs) is always kept whole.
+    """
+
+    name = "structured_prune"
+    accepts = (Form.TORCH_FLOAT,)
+    produces = Form.TORCH_FLOAT
+
+    ratio: float | None = option(None, "Fraction of channels to remove (0.3 when no target is "
+                                 "given).", low=0, high=1, low_open=True, high_open=True)
+    target_macs: float | None = option(None, "Keep this fraction of the dense model's MACs "
+                                       "(instead of ratio).", low=0, high=1, low_open=True,
+                                       high_open=True)
+    target_params: float | None = option(None, "Keep this fraction of the dense model's "
+                                         "parameters (instead of ratio).", low=0, high=1,
+                                         low_open=True, high_open=True)
+    importance: str = option("l2", "How channels are ranked: weight norms (l1, l2), first-order "
+                             "Taylor on training batches, BatchNorm scale, or random (baseline).",
+                             choices=IMPORTANCES)
+    scope: str = option("global", "Rank channels across all layers (global) or remove the same "
+                        "fraction from each layer (local).", choices=("global", "local"))
+    round_to: int | None = option(None, "Keep channel counts at multiples of this (faster "
+                                  "kernels); layers at or below it are left whole.", low=1)
+    ignore: tuple[str, ...] = option((), "Names of layers (or containers) to keep whole; the "
+                                     "classifier head is always kept.")
+    max_layer_ratio: float = option(0.9, "No layer loses more than this fraction of its channels.",
+                                    low=0, high=1, low_open=True, high_open=True)
+    steps: int = option(1, "Iterative pruning: reach the goal in this many steps, fine-tuning "
+                        "after each.", low=1, high=100)
+    grad_batches: int = option(4, "Training batches used for importance='taylor'.", low=1)
+    finetune: Recovery | None = option(None, "Recovery after each pruning step "
+                                       "(ec.FineTune(...) or a distillation recovery).",
+                                       recipe=True)
+
+    def validate(self) -> None:
+        given = [k for k in ("ratio", "target_macs", "target_params") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"StructuredPrune: give only one of ratio, target_macs, "
+                              f"target_params (got {', '.join(given)})")
+        if self.finetune is not None and not isinstance(self.finetune, Recovery):
+            raise ConfigError(f"StructuredPrune: finetune must be a recovery such as "
+                              f"ec.FineTune(epochs=2), got {type(self.finetune).__name__}")
+
+    def check_data(self, data) -> None:  # noqa: ANN001 - DataBundle
+        if self.finetune is not None and data.train is None:
+            from ..errors import DataError
+            raise DataError("StructuredPrune(finetune=...) needs data.train to fine-tune on")
+
+    # -- the pass -------------------------------------------------------------------------------
+    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        stage = self.name
+        example = ctx.data.example_input[:1].to(first_param_device(model))
+        facts = trace_forward(model.eval(), example, stage)
+        resolve_ignored(model, self.ignore, stage)  # unknown names fail here, before any work
+        head = [module_name(model, m) for m in output_layers(facts)]
+        keep = [*head, *self.ignore]
+        cfg = StepConfig(importance=self.importance, global_scope=self.scope == "global",
+                         round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
+                         ignored=keep)
+        ctx.note("kept_whole", keep)
+        if self.importance == "taylor":
+            cfg.grad_batches = gradient_batches(ctx.data, self.grad_batches)
+        self._check_prunable(model, example, cfg, stage)
+        dense = {"params": count_params(model), "macs": count_macs(model, example)}
+        widths = layer_widths(model)
+        work = copy.deepcopy(model)  # the input stays whole whatever happens below
+        for step in range(1, self.steps + 1):
+            work = self._one_step(work, example, cfg, dense, step, ctx)
+            self._check_output(work, example, facts.output_shape, stage)
+            if self.finetune is not None:
+                desc = "finetune" if self.steps == 1 else f"finetune_step{step}"
+                work = self.finetune.recover(work, ctx, desc=desc)
+        self._record(work, example, dense, widths, ctx)
+        return work.eval()
+
+    def _check_prunable(self, model: nn.Module, example: torch.Tensor, cfg: StepConfig,
+                        stage: str) -> None:
+        pruner = build_pruner(model, example, 0.5, cfg, stage)
+        if count_groups(pruner) == 0:
+            raise PassError(f"{stage}: {type(model).__name__} has no prunable layers (Conv or "
+                            f"Linear layers whose output channels can be removed, other than "
+                            f"the classifier head and ignore={list(self.ignore)})", stage)
+
+    def _goal(self) -> tuple[str, float]:
+        if self.target_macs is not None:
+            return "macs", self.target_macs
+        if self.target_params is not None:
+            return "params", self.target_params
+        return "ratio", self.ratio if self.ratio is not None else 0.3
+
+    def _one_step(self, model: nn.Module, example: torch.Tensor, cfg: StepConfig,
+                  dense: dict[str, int | None], step: int, ctx: PassContext) -> nn.Module:
+        kind, goal = self._goal()
+        done, now = (step - 1) / self.steps, step / self.steps
+        if kind == "ratio":
+            # channels left after this step, relative to what the previous step left
+            step_ratio = 1 - (1 - goal * now) / (1 - goal * done)
+            return self._pruned_copy(model, example, step_ratio, cfg, ctx)
+        reference = dense[kind]
+        if reference is None:
+            raise PassError(f"{self.name}: target_{kind} needs the model's MACs, which torch's "
+                            f"FLOP counter cannot measure for this model; use ratio=", self.name)
+        wanted = reference * (1 - (1 - goal) * now)
+        return self._search(model, example, cfg, kind, wanted, ctx)
+
+    def _pruned_copy(self, model: nn.Module, example: torch.Tensor, ratio: float,
+                     cfg: StepConfig, ctx: PassContext) -> nn.Module:
+        seed_everything(ctx.seed)  # random importance: the same draw for the same ratio
+        trial = copy.deepcopy(model)
+        prune_step(trial, example, ratio, cfg, self.name)
+        return trial
+
+    def _measure(self, model: nn.Module, example: torch.Tensor, kind: str) -> int:
+        return count_params(model) if kind == "params" else int(count_macs(model, example) or 0)
+
+    def _search(self, model: nn.Module, example: torch.Tensor, cfg: StepConfig, kind: str,
+                wanted: float, ctx: PassContext) -> nn.Module:
+        """Bisect the channel ratio until ``kind`` is just at or below ``wanted``."""
+        if self._measure(model, example, kind) <= wanted:
+            return model
+        low, high = 0.0, self.max_layer_ratio
+        best: nn.Module | None = None
+        best_value = None
+        for _ in range(_SEARCH_ITERATIONS):
+            mid = (low + high) / 2
+            trial = self._pruned_copy(model, example, mid, cfg, ctx)
+            value = self._measure(trial, example, kind)
+            if value <= wanted:
+                best, best_value, high = trial, value, mid
+            else:
+                low = mid
+            if best_value is not None and best_value >= 0.99 * wanted:
+                break
+        if best is None:
+            raise PassError(f"{self.name}: cannot reach target_{kind}: even removing "
+                            f"{self.max_layer_ratio:.0%} of the channels of each layer keeps more "
+                            f"than the target. Raise max_layer_ratio or lower the target; "
+                            f"the classifier head and ignored layers are never pruned", self.name)
+        ctx.note(f"search_ratio", round(high, 4))
+        return best
+
+    def _check_output(self, model: nn.Module, example: torch.Tensor, shape: tuple[int, ...],
+                      stage: str) -> None:
+        try:
+            with torch.no_grad():
+                out = model.eval()(example)
+        except Exception as exc:  # noqa: BLE001 - the pruned model must run; say why not
+            raise PassError(f"{stage}: the pruned model no longer runs ({type(exc).__name__}: "
+                            f"{str(exc)[:300]}). The dependency graph missed a coupling in "
+                            f"this architecture; add the layers involved to ignore=[...]",
+                            stage) from exc
+        if tuple(out.shape) != shape:
+            raise PassError(f"{stage}: pruning changed the output shape from {shape} to "
+                            f"{tuple(out.shape)}; add the output layer's name to ignore=[...]",
+                            stage)
+
+    def _record(self, model: nn.Module, example: torch.Tensor, dense: dict[str, int | None],
+                widths: dict[str, int], ctx: PassContext) -> None:
+        params, macs = count_params(model), count_macs(model, example)
+        changes = width_changes(widths, layer_widths(model))
+        ctx.note("params_ratio", round(params / dense["params"], 4) if dense["params"] else None)
+        if macs is not None and dense["macs"]:
+            ctx.note("macs_ratio", round(macs / dense["macs"], 4))
+        ctx.note("layers_pruned", len(changes))
+        ctx.structure.setdefault("structured_prune", []).append(
+            {"layer_widths": changes, "params": params, "macs": macs})
+        if not changes:
+            log.warning("%s: no channel was removed (ratio too small for the layer widths or "
+                        "round_to?)", self.name)
+        log.info("%s: params %d -> %d, MACs %s -> %s, %d layers narrowed", self.name,
+                 dense["params"], params, dense["macs"], macs, len(changes))

@@ -1,0 +1,1 @@
+"""Helpers of the pruning passes: importance criteria, model analysis, model-specific fixes."""

@@ -1,0 +1,95 @@
+"""One structured-pruning step on Torch-Pruning's dependency graph, plus what it lacks.
+
+Torch-Pruning (``DependencyGraph`` + ``BasePruner``) finds every layer coupled to a channel —
+residual additions, depthwise/grouped convolutions, concatenations, squeeze-excitation,
+flatten→linear — and removes the channel everywhere at once. Added here:
+
+* ``round_to`` that never empties a layer (Torch-Pruning rounds the kept count *down*, which
+  can reach zero for thin layers);
+* model-specific adapters (:mod:`.adapters`) for layers whose shape lives in plain attributes
+  (torchvision's ViT ``hidden_dim``, attention head sizes) that the graph does not see.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import PassError
+from . import adapters
+from .importance import accumulate_gradients, make_importance
+
+log = logging.getLogger("edgecompress")
+
+
+@dataclass
+class StepConfig:
+    """How one pruning step ranks and removes channels."""
+
+    importance: str = "l2"
+    global_scope: bool = True
+    round_to: int | None = None
+    max_layer_ratio: float = 0.9
+    ignored: list[str] = field(default_factory=list)  # module names (models get deep-copied)
+    grad_batches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+def _pruner_class() -> type:
+    import torch_pruning as tp
+
+    class _Pruner(tp.pruner.BasePruner):
+        """BasePruner whose round_to keeps at least ``round_to`` channels in every layer."""
+
+        def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            if current_channels <= round_to:
+                return 0
+            kept = max(current_channels - n_pruned, round_to)
+            kept -= kept % round_to
+            return current_channels - kept
+
+    return _Pruner
+
+
+def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepConfig,
+                 stage: str) -> Any:
+    """A pruner over ``model``'s dependency graph (PassError when it cannot be traced)."""
+    extra = adapters.pruner_options(model)
+    modules = dict(model.named_modules())
+    ignored = [modules[name] for name in cfg.ignored]
+    try:
+        return _pruner_class()(
+            model, example, importance=make_importance(cfg.importance),
+            global_pruning=cfg.global_scope, pruning_ratio=ratio,
+            max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
+            ignored_layers=[*ignored, *extra.pop("ignored_layers", [])], **extra)
+    except Exception as exc:  # noqa: BLE001 - tracing fails in many ways on exotic models
+        raise PassError(f"{stage}: Torch-Pruning cannot build the dependency graph of "
+                        f"{type(model).__name__}: {type(exc).__name__}: {str(exc)[:300]}. "
+                        f"Add the layers involved to ignore=[...] or use UnstructuredPrune",
+                        stage) from exc
+
+
+def count_groups(pruner: Any) -> int:
+    """How many channel groups the pruner may cut (0: nothing prunable)."""
+    return sum(1 for _ in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                   root_module_types=pruner.root_module_types))
+
+
+def prune_step(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepConfig,
+               stage: str) -> int:
+    """Remove ``ratio`` of the prunable channels of ``model`` in place; return groups cut."""
+    pruner = build_pruner(model, example, ratio, cfg, stage)
+    if cfg.importance == "taylor":
+        accumulate_gradients(model, cfg.grad_batches)
+    cut = 0
+    with torch.no_grad():
+        for group in pruner.step(interactive=True):
+            group.prune()
+            cut += 1
+    model.zero_grad(set_to_none=True)
+    adapters.after_prune(model)
+    return cut
