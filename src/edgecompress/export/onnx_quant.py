@@ -1,0 +1,299 @@
+"""Realise a QuantRecipe in ONNX with ONNX Runtime's own quantizer — the path ORT runs fastest.
+
+Static recipes: ``quantize_static`` on the float graph (QDQ, per-channel int8 weights, activation
+ranges calibrated again on the recipe's samples with the recipe's method; layers the recipe keeps
+float become ``nodes_to_exclude``; QAT's learned ranges are written as ``TensorQuantOverrides``).
+Dynamic recipes: ``quantize_dynamic`` (Gemm rewritten as MatMul + Add first, which ORT's
+dynamic quantizer handles). The result is checked to really hold int8 weights, and the graph
+ORT builds from it is inspected for the integer kernels it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ExportError
+from ..quant.mapping import map_layers
+
+if TYPE_CHECKING:
+    from ..deployable import DeployableModel
+    from ..quant_recipe import QuantRecipe
+
+log = logging.getLogger("edgecompress")
+
+_INT_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QGemm", "QLinearAdd",
+                "MatMulIntegerToFloat", "QAttention", "DynamicQuantizeLinear", "QLinearGlobalAveragePool")
+_DYNAMIC_OPS = {"Linear": ["MatMul"], "LSTM": ["LSTM"], "GRU": []}  # ORT has no int8 GRU kernel
+
+
+class _Samples:
+    """ORT CalibrationDataReader over the recipe's calibration samples."""
+
+    def __init__(self, samples: np.ndarray, input_name: str, batch_size: int = 32):
+        self.batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+        self.input_name = input_name
+        self.index = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= len(self.batches):
+            return None
+        self.index += 1
+        return {self.input_name: self.batches[self.index - 1]}
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def quantize_onnx(float_path: Path, out_path: Path, recipe: "QuantRecipe",
+                  dm: "DeployableModel", opts: Any) -> dict[str, Any]:
+    """Write the INT8 realisation of ``recipe`` for the float ONNX at ``float_path``; notes."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as work:
+        prepared = _prepare(float_path, Path(work) / "prepared.onnx")
+        proto = onnx.load(str(prepared))
+        if recipe.scheme == "dynamic":
+            notes = _dynamic(proto, prepared, out_path, recipe)
+        else:
+            notes = _static(proto, prepared, out_path, recipe)
+    quantized = onnx.load(str(out_path))
+    notes["int8_check"] = check_int8(quantized, recipe.scheme)
+    notes["ort_kernels"] = ort_kernels(out_path)
+    return notes
+
+
+def _prepare(float_path: Path, out: Path) -> Path:
+    """Shape inference (ORT's quant_pre_process without its optimizer, so node names stay)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(float_path), str(out), skip_optimization=True)
+        return out
+    except Exception as exc:  # noqa: BLE001 - shape inference fails on some exotic graphs
+        log.info("quant_pre_process failed (%s); quantizing the graph as exported",
+                 str(exc)[:200])
+        return float_path
+
+
+def _layer_nodes(proto: Any, recipe: "QuantRecipe") -> tuple[dict[str, Any], list[str]]:
+    order = recipe.extra.get("layer_order") or []
+    mapping = map_layers(proto, order)
+    missing = [name for name, _ in order if name not in mapping]
+    return mapping, missing
+
+
+def _excluded_nodes(mapping: dict[str, Any], recipe: "QuantRecipe") -> list[str]:
+    skipped = list(recipe.extra.get("skipped_layers", ()))
+    unmapped = [s for s in skipped if s not in mapping]
+    if unmapped:
+        raise ExportError(f"the recipe keeps {', '.join(unmapped)} in float but the ONNX graph "
+                          f"has no node that can be matched to them, so the artifact cannot "
+                          f"honour skip=. Export with exporter='torchscript' (its node names "
+                          f"carry the module paths) or drop these layers from skip=")
+    return [mapping[s].name for s in skipped]
+
+
+def _overrides(proto: Any, mapping: dict[str, Any],
+               recipe: "QuantRecipe") -> dict[str, list[dict[str, Any]]]:
+    """Learned (QAT) ranges as ORT TensorQuantOverrides, keyed by ONNX tensor name.
+
+    ``<layer>:in`` is the node's input; ``<layer>:out`` its output, or the output of the Relu
+    consuming it when the recipe fused one (ORT removes that Relu and quantizes to its range).
+    Two layers reading one tensor (a residual block's input) share one ONNX quantizer: it gets
+    the union of their ranges.
+    """
+    consumers: dict[str, list[Any]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = recipe.extra.get("outputs") or {}
+    merged: dict[str, list[float]] = {}
+    for key, (lo, hi) in recipe.ranges.items():
+        layer, _, side = key.rpartition(":")
+        node = mapping.get(layer)
+        if node is None:
+            continue
+        tensor = node.input[0] if side == "in" else node.output[0]
+        if side == "out" and outputs.get(layer) == "relu":
+            relu = [n for n in consumers.get(tensor, []) if n.op_type == "Relu"]
+            if len(relu) != 1:
+                continue
+            tensor = relu[0].output[0]
+        old = merged.get(tensor)
+        merged[tensor] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+    return {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in merged.items()}
+
+
+def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[str, Any]:
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    if recipe.calib_samples is None or recipe.calib_samples.shape[0] == 0:
+        raise ExportError("the static INT8 recipe carries no calibration samples, so ONNX "
+                          "Runtime cannot calibrate; re-run QuantizePTQ/QuantizeQAT with data")
+    mapping, missing = _layer_nodes(proto, recipe)
+    exclude = _excluded_nodes(mapping, recipe)
+    overrides = _overrides(proto, mapping, recipe) if recipe.extra.get("ranges_kind") == "learned" else {}
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[recipe.method]
+    # u8 activations with s8 weights is ORT's fast x86 path (VNNI); s8/s8 for ARM
+    act = QuantType.QUInt8 if recipe.backend == "x86" else QuantType.QInt8
+    samples = recipe.calib_samples.float().numpy()
+    reduce = bool(recipe.extra.get("reduce_range", False))
+    with _quiet():
+        quantize_static(str(src), str(out), _Samples(samples, proto.graph.input[0].name),
+                        quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+                        reduce_range=reduce, activation_type=act, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude, calibrate_method=method,
+                        extra_options={"TensorQuantOverrides": overrides} if overrides else None)
+    notes: dict[str, Any] = {
+        "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
+        "calibration": f"{recipe.method} on {samples.shape[0]} samples",
+        "activation_type": "uint8" if recipe.backend == "x86" else "int8",
+        "weight_type": f"int8 {'per-channel' if recipe.per_channel else 'per-tensor'}"
+                       f"{' (reduce_range: 7-bit values, no VNNI)' if reduce else ''}",
+        "float_nodes": exclude, "learned_ranges_written": len(overrides)}
+    if missing:
+        notes["layers_not_matched"] = missing
+        if overrides:
+            log.warning("ONNX INT8: %d layers could not be matched to graph nodes; their input "
+                        "ranges were calibrated by ONNX Runtime instead of the QAT ranges",
+                        len(missing))
+    return notes
+
+
+def _dynamic(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto, rewritten = gemm_to_matmul(proto)
+    onnx.save(proto, str(src))
+    mapping, _ = _layer_nodes(proto, recipe)
+    exclude = _excluded_nodes(mapping, recipe)
+    ops = sorted({op for kind in recipe.layers for op in _DYNAMIC_OPS.get(kind, [])})
+    float_kinds = [k for k in recipe.layers if not _DYNAMIC_OPS.get(k)]
+    with _quiet():
+        quantize_dynamic(str(src), str(out), op_types_to_quantize=ops, per_channel=False,
+                         reduce_range=False, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                         extra_options={"MatMulConstBOnly": True})
+    notes: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_dynamic",
+                             "op_types": ops, "gemm_rewritten": rewritten, "float_nodes": exclude}
+    present = {n.op_type for n in proto.graph.node}
+    kept = [k for k in float_kinds if k.upper() in present]
+    if kept:
+        notes["kept_float"] = (f"{', '.join(kept)} stay float in ONNX: ONNX Runtime has no "
+                               f"dynamic int8 kernel for them")
+        log.warning("ONNX dynamic INT8: %s", notes["kept_float"])
+    return notes
+
+
+def gemm_to_matmul(proto: Any) -> tuple[Any, int]:
+    """Rewrite Gemm(x, W, b) with a constant W as MatMul(x, W') + b (ORT's dynamic quantizer
+    handles MatMul, not Gemm). Returns the model and how many nodes were rewritten."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    new_nodes, count = [], 0
+    for node in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = (node.op_type == "Gemm" and node.input[1] in inits and not attrs.get("transA", 0)
+                 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0)
+        if not plain:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        w = w.T if attrs.get("transB", 0) else w
+        w_name = node.input[1] + "_matmul"
+        proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
+        base = node.name.rsplit("/", 1)[0] if "/" in node.name else node.name
+        mm_out = node.output[0] + ("_mm" if len(node.input) > 2 else "")
+        new_nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out],
+                                          name=f"{base}/MatMul"))
+        if len(node.input) > 2 and node.input[2]:
+            new_nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]],
+                                              name=f"{base}/Add"))
+        count += 1
+    if count:
+        del proto.graph.node[:]
+        proto.graph.node.extend(new_nodes)
+        used = {i for n in proto.graph.node for i in n.input}
+        keep = [t for t in proto.graph.initializer if t.name in used]
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
+    return proto, count
+
+
+def check_int8(proto: Any, scheme: str) -> dict[str, Any]:
+    """Measure what the file holds: int8 vs float weight bytes and quantization nodes.
+
+    Raises ExportError when no weight is int8 — never a float file labelled int8.
+    """
+    from onnx import TensorProto
+
+    int_types = (TensorProto.INT8, TensorProto.UINT8)
+    sizes: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    weight_inputs = {n.input[1] for n in proto.graph.node
+                     if n.op_type in ("Conv", "Gemm", "MatMul", "DequantizeLinear", "LSTM",
+                                      "DynamicQuantizeLSTM", "MatMulInteger", "ConvInteger")
+                     and len(n.input) > 1}
+    weight_inputs |= {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    for t in proto.graph.initializer:
+        kind = "int8" if t.data_type in int_types else "float"
+        size = len(t.raw_data) if t.raw_data else int(np.prod(t.dims or [1])) * 4
+        sizes[kind] += size
+        if t.name in weight_inputs and len(t.dims) >= 2:
+            counts[f"{kind}_weights"] += 1
+    ops = Counter(n.op_type for n in proto.graph.node)
+    result = {"int8_weight_tensors": counts["int8_weights"],
+              "float_weight_tensors": counts["float_weights"],
+              "int8_initializer_bytes": sizes["int8"], "float_initializer_bytes": sizes["float"],
+              "quantize_nodes": ops["QuantizeLinear"], "dequantize_nodes": ops["DequantizeLinear"],
+              "integer_ops": {k: v for k, v in ops.items() if k in _INT_KERNELS}}
+    if counts["int8_weights"] == 0:
+        raise ExportError(f"ONNX Runtime's quantizer produced no int8 weights for this "
+                          f"{scheme} recipe (ops: {dict(ops)}); refusing to write a float file "
+                          f"labelled int8. The model's layers may not be ones ORT quantizes")
+    return result
+
+
+def ort_kernels(path: Path) -> dict[str, int]:
+    """Integer kernels in the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as work:
+        optimized = Path(work) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(optimized)
+        so.intra_op_num_threads = 1
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
+    return {k: v for k, v in sorted(ops.items()) if k in _INT_KERNELS or k.startswith("QLinear")}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer prints progress and warns through the root logger; route it to ours."""
+    buf = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        root.setLevel(level)
+        text = buf.getvalue().strip()
+        if text:
+            log.debug("onnxruntime quantizer: %s", text[:2000])

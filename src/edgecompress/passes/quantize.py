@@ -1,0 +1,337 @@
+"""Quantization passes: static INT8 (PTQ, QAT) and dynamic INT8.
+
+Each pass returns a torch model that *simulates* the quantized model (so the pipeline measures
+accuracy after quantization) and records a :class:`~edgecompress.quant_recipe.QuantRecipe` plus
+the float model it started from on the context; every exporter then realises the recipe with its
+format's own INT8 path (ONNX: ONNX Runtime's quantizer, see ``export/onnx_quant.py``) and
+checks the artifact against the simulated model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from ..forms import Form
+from ..options import option
+from ..quant.calibrate import calibrate
+from ..quant.dynamic import DYNAMIC_TYPES, dynamic_layers, quantize_dynamic_torch
+from ..quant.mapping import execution_order
+from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni, output_modes, quantizable_layers, ranges_of,
+                              resolve_skip, set_observing, unwrap, wrap)
+from ..quant_recipe import QuantRecipe
+from ..training import FineTune, Recovery
+from .base import Pass, PassContext
+from .fuse import _sequential_pairs, _traced_pairs, fuse_pairs
+
+if TYPE_CHECKING:
+    from ..data.bundle import DataBundle
+
+log = logging.getLogger("edgecompress")
+
+REBUILD = "edgecompress.quant.simulate:rebuild"
+METHODS = ("minmax", "percentile", "entropy")
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold BatchNorm into the preceding Conv/Linear in place, as the exported graph will be."""
+    try:
+        pairs = _traced_pairs(model)
+    except Exception:  # noqa: BLE001 - untraceable models: only certain (Sequential) pairs
+        pairs = _sequential_pairs(model)
+    return fuse_pairs(model.eval(), pairs)
+
+
+def _check_calibration(data: "DataBundle", samples: int, who: str) -> None:
+    if data.calib is None:
+        raise DataError(f"{who} needs calibration data: give DataBundle(calib=...) or train=... "
+                        f"(calibration uses train batches when calib is not given)")
+    data.calibration_inputs(samples)  # reads the samples now: NaN/Inf or emptiness fail here
+
+
+def _static_layers(model: nn.Module, skip: tuple[str, ...], who: str) -> tuple[dict[str, nn.Module], set[str]]:
+    layers = quantizable_layers(model)
+    if not layers:
+        raise ConfigError(f"{who}: {type(model).__name__} has no Conv or Linear layer to "
+                          f"quantize statically; for LSTM/GRU/attention models use "
+                          f"QuantizeDynamic")
+    skipped = resolve_skip(model, skip, layers)
+    if len(skipped) == len(layers):
+        raise ConfigError(f"{who}: skip={list(skip)} keeps every quantizable layer in float; "
+                          f"nothing would be quantized")
+    return layers, skipped
+
+
+def _static_recipe(p: Any, source: str, method: str, calib: torch.Tensor,
+                   sim: nn.Module, skipped: set[str], order: list[list[Any]],
+                   ranges_kind: str, outputs: dict[str, str | None]) -> QuantRecipe:
+    return QuantRecipe(
+        scheme="static", bits=8, per_channel=p.per_channel, method=method, backend=p.backend,
+        skip=tuple(p.skip), source=source, calib_samples=calib.detach().cpu(),
+        ranges=ranges_of(sim),
+        extra={"skipped_layers": sorted(skipped), "layer_order": order, "rebuild": REBUILD,
+               "ranges_kind": ranges_kind, "outputs": outputs,
+               "weight_qmax": _weight_qmax(p), "reduce_range": _weight_qmax(p) != W_QMAX,
+               "activations": "per-tensor asymmetric 8-bit at each quantized layer's input and "
+                              "output (ranges keyed '<layer>:in' / '<layer>:out'; 'relu' "
+                              "outputs are quantized after the ReLU they feed)",
+               "weights": f"symmetric int8 [-{_weight_qmax(p)}, {_weight_qmax(p)}], "
+                          f"{'per output channel' if p.per_channel else 'per tensor'}"})
+
+
+def _weight_qmax(p: Any) -> int:
+    reduce = p.reduce_range
+    if reduce is None:
+        reduce = p.backend == "x86" and not cpu_has_vnni()
+    return W_QMAX_REDUCED if reduce else W_QMAX
+
+
+def _check_skip_type(p: Any) -> None:
+    if isinstance(p.skip, str):
+        raise ConfigError(f"{type(p).__name__}: skip must be a list of layer names, e.g. "
+                          f"skip=['{p.skip}'], not a string")
+    p.skip = tuple(p.skip)
+
+
+@dataclass
+class QuantizePTQ(Pass):
+    """Post-training static INT8: calibrate activation ranges, simulate INT8 in torch.
+
+    BatchNorm is folded first (the exported graph has it folded). Activation ranges are found
+    on ``samples`` inputs of ``data.calib`` with ONNX Runtime's own minmax / percentile /
+    entropy algorithms; the samples go into the recipe so each exporter calibrates natively.
+    """
+
+    name = "quantize_ptq"
+    accepts = (Form.TORCH_FLOAT,)
+    produces = Form.TORCH_FAKEQUANT
+
+    samples: int = option(256, "Calibration samples taken from data.calib.", low=1)
+    method: str = option("percentile", "Calibration method for activation ranges.",
+                         choices=METHODS)
+    per_channel: bool = option(True, "Quantize weights per output channel (else per tensor).")
+    skip: tuple[str, ...] = option((), "Layer names kept in float (a container's name keeps "
+                                       "all layers inside it), e.g. ['fc'].")
+    backend: str = option("x86", "Target engine: x86 (u8 activations, s8 weights) or arm "
+                                 "(s8 activations).", choices=("x86", "arm"))
+    reduce_range: bool | None = option(None, "7-bit weights, which x86 CPUs without VNNI need "
+                                             "to avoid int16 saturation in ORT's u8s8 kernels "
+                                             "(None: on for x86 when this CPU lacks VNNI).")
+
+    def validate(self) -> None:
+        _check_skip_type(self)
+
+    def check_data(self, data: "DataBundle") -> None:
+        _check_calibration(data, self.samples, "QuantizePTQ")
+
+    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        float_model = copy.deepcopy(model).eval()
+        folded = fold_batchnorm(float_model)
+        layers, skipped = _static_layers(float_model, self.skip, "QuantizePTQ")
+        calib = ctx.data.calibration_inputs(self.samples)[:self.samples]
+        order = execution_order(float_model, calib, layers)
+        outputs = output_modes(float_model, set(layers) - skipped)
+        sim = wrap(copy.deepcopy(float_model), self.per_channel, skipped, outputs,
+                   _weight_qmax(self))
+        calibrate(sim, act_quantizers(sim), calib, self.method, desc="PTQ calibration")
+        ctx.quant_recipe = _static_recipe(self, "ptq", self.method, calib, sim, skipped, order,
+                                          "observed", outputs)
+        ctx.float_model = float_model
+        _note_static(ctx, layers, skipped, calib, folded)
+        return sim.eval()
+
+
+def _note_static(ctx: PassContext, layers: dict[str, Any], skipped: set[str],
+                 calib: torch.Tensor, folded: int) -> None:
+    ctx.note("quantized_layers", len(layers) - len(skipped))
+    ctx.note("float_layers", sorted(skipped))
+    ctx.note("calibration_samples", int(calib.shape[0]))
+    ctx.note("batchnorm_folded", folded)
+
+
+class _QatSchedule:
+    """Counts training steps through a forward pre-hook and freezes BatchNorm statistics and
+    activation ranges at the configured epochs — whatever loop (fine-tune, distillation) trains."""
+
+    def __init__(self, model: nn.Module, steps_per_epoch: int, bn_after: int | None,
+                 observers_after: int | None):
+        self.model, self.steps, self.step = model, max(1, steps_per_epoch), 0
+        self.bn_after, self.observers_after = bn_after, observers_after
+        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.handle = model.register_forward_pre_hook(self)
+        self.events: dict[str, int] = {}
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        if not module.training:
+            return
+        epoch = self.step // self.steps
+        self.step += 1
+        if self.bn_after is not None and epoch >= self.bn_after:
+            for bn in self.bns:  # eval mode: running statistics used and no longer updated
+                bn.eval()
+            self.events.setdefault("batchnorm_frozen_at_step", self.step)
+        if self.observers_after is not None and epoch >= self.observers_after:
+            set_observing(self.model, False)
+            self.events.setdefault("ranges_frozen_at_step", self.step)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@dataclass
+class QuantizeQAT(Pass):
+    """Quantization-aware training: fine-tune through simulated INT8 so the weights adapt.
+
+    Ranges start from a calibration on ``data.calib`` and then follow a moving average of the
+    training activations until ``freeze_observers_after`` epochs; BatchNorm statistics freeze
+    after ``freeze_bn_after`` epochs. The learned ranges go into the recipe (the ONNX export
+    writes them into the QDQ graph). ``finetune`` replaces the plain cross-entropy loop, e.g.
+    ``ec.Distill.recover()`` to train against the model that entered the pass as teacher.
+    """
+
+    name = "quantize_qat"
+    accepts = (Form.TORCH_FLOAT,)
+    produces = Form.TORCH_FAKEQUANT
+
+    epochs: int = option(2, "Training epochs (ignored when finetune is given: its own count).",
+                         low=1)
+    lr: float = option(1e-4, "Peak learning rate.", low=0, low_open=True)
+    max_batches: int | None = option(None, "Cap on batches per epoch (quick runs).", low=1)
+    freeze_bn_after: int | None = option(1, "Epochs after which BatchNorm statistics freeze "
+                                            "(None: never).", low=0)
+    freeze_observers_after: int | None = option(1, "Epochs after which activation ranges "
+                                                   "freeze (None: never).", low=0)
+    samples: int = option(256, "Calibration samples for the initial ranges.", low=1)
+    method: str = option("minmax", "Calibration method for the initial ranges.", choices=METHODS)
+    per_channel: bool = option(True, "Quantize weights per output channel (else per tensor).")
+    skip: tuple[str, ...] = option((), "Layer names kept in float, e.g. ['fc'].")
+    backend: str = option("x86", "Target engine: x86 or arm.", choices=("x86", "arm"))
+    reduce_range: bool | None = option(None, "7-bit weights for x86 CPUs without VNNI "
+                                             "(None: on for x86 when this CPU lacks VNNI).")
+    finetune: Recovery | None = option(None, "Training hook (e.g. ec.Distill.recover()); "
+                                             "None: cross-entropy with epochs/lr above.")
+
+    def validate(self) -> None:
+        _check_skip_type(self)
+
+    def check_data(self, data: "DataBundle") -> None:
+        if data.train is None:
+            raise DataError("QuantizeQAT trains: it needs labelled batches in DataBundle.train. "
+                            "Without training data use QuantizePTQ")
+        _check_calibration(data, self.samples, "QuantizeQAT")
+
+    def _recovery(self) -> Recovery:
+        if self.finetune is not None:
+            return self.finetune
+        return FineTune(epochs=self.epochs, lr=self.lr, max_batches=self.max_batches)
+
+    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        float_model = copy.deepcopy(model).eval()
+        # per-channel symmetric weight quantization is unchanged by folding a BatchNorm (a
+        # per-channel scale), so BN can train unfolded; per-tensor needs the folded weights
+        folded = 0 if self.per_channel else fold_batchnorm(float_model)
+        layers, skipped = _static_layers(float_model, self.skip, "QuantizeQAT")
+        calib = ctx.data.calibration_inputs(self.samples)[:self.samples]
+        sim = wrap(copy.deepcopy(float_model), self.per_channel, skipped, None, _weight_qmax(self))
+        calibrate(sim, act_quantizers(sim), calib, self.method, desc="QAT initial ranges")
+        recovery = self._recovery()
+        schedule = _QatSchedule(sim, _steps_per_epoch(ctx, recovery), self.freeze_bn_after,
+                                self.freeze_observers_after)
+        set_observing(sim, True)
+        try:
+            sim = recovery.recover(sim, ctx, desc="QAT")
+        finally:
+            schedule.remove()
+            set_observing(sim, False)
+        sim.eval()
+        trained_float = unwrap(sim)
+        folded += fold_batchnorm(trained_float)
+        final, outputs, calibrated = self._final_model(trained_float, sim, skipped, calib)
+        order = execution_order(trained_float, calib, quantizable_layers(trained_float))
+        recipe = _static_recipe(self, "qat", self.method, calib, final, skipped, order, "learned",
+                                outputs)
+        recipe.extra["calibrated_after_training"] = calibrated
+        ctx.quant_recipe, ctx.float_model = recipe, trained_float
+        _note_static(ctx, layers, skipped, calib, folded)
+        ctx.note("qat_schedule", schedule.events)
+        return final
+
+    def _final_model(self, trained_float: nn.Module, trained: nn.Module, skipped: set[str],
+                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str]]:
+        """The BN-folded simulated model with the learned ranges. Outputs that had no quantizer
+        while a BatchNorm still followed them are calibrated now (minmax), as ORT would."""
+        outputs = output_modes(trained_float, set(quantizable_layers(trained_float)) - skipped)
+        final = wrap(copy.deepcopy(trained_float), self.per_channel, skipped, outputs,
+                     _weight_qmax(self)).eval()
+        learned = ranges_of(trained)
+        for name, q in act_quantizers(final).items():
+            if name in learned:
+                q.set_range(*learned[name])
+        missing = {n: q for n, q in act_quantizers(final).items() if not q.ready}
+        if missing:
+            calibrate(final, missing, calib, "minmax", desc="QAT output ranges")
+        return final, outputs, sorted(missing)
+
+
+def _steps_per_epoch(ctx: PassContext, recovery: Recovery) -> int:
+    loader = ctx.data.train
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        n = 1000
+    cap = getattr(recovery, "max_batches", None)
+    return min(n, cap) if cap else n
+
+
+@dataclass
+class QuantizeDynamic(Pass):
+    """Dynamic INT8: int8 weights, activations quantized per batch at run time.
+
+    For Linear / LSTM / GRU (transformers, RNNs); needs no calibration data. The torch model
+    uses torch's dynamic quantized modules; ONNX uses ONNX Runtime's ``quantize_dynamic``.
+    """
+
+    name = "quantize_dynamic"
+    accepts = (Form.TORCH_FLOAT,)
+    produces = Form.TORCH_FAKEQUANT
+
+    layers: tuple[str, ...] = option(("Linear", "LSTM", "GRU"), "Layer kinds to quantize.",
+                                     choices=tuple(DYNAMIC_TYPES))
+    skip: tuple[str, ...] = option((), "Layer names kept in float, e.g. ['classifier'].")
+
+    def validate(self) -> None:
+        _check_skip_type(self)
+        if isinstance(self.layers, str):
+            raise ConfigError(f"QuantizeDynamic: layers must be a list such as "
+                              f"['{self.layers}'], not a string")
+        self.layers = tuple(self.layers)
+        if not self.layers:
+            raise ConfigError("QuantizeDynamic: layers is empty; name at least one of "
+                              f"{', '.join(DYNAMIC_TYPES)}")
+
+    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+        float_model = copy.deepcopy(model).eval()
+        layers = dynamic_layers(float_model, self.layers)
+        if not layers:
+            raise ConfigError(f"QuantizeDynamic: {type(model).__name__} has no "
+                              f"{'/'.join(self.layers)} layer to quantize")
+        skipped = resolve_skip(float_model, self.skip, layers)
+        example = ctx.data.samples("val", 1)
+        order = execution_order(float_model, example, layers)
+        quantized = quantize_dynamic_torch(float_model, self.layers, skipped)
+        ctx.quant_recipe = QuantRecipe(
+            scheme="dynamic", bits=8, per_channel=False, method="minmax", skip=tuple(self.skip),
+            layers=tuple(self.layers), source="dynamic",
+            extra={"skipped_layers": sorted(skipped), "layer_order": order, "rebuild": REBUILD,
+                   "weights": "int8 per tensor", "activations": "quantized per batch at run time"})
+        ctx.float_model = float_model
+        ctx.note("quantized_layers", {k: sum(1 for n, m in layers.items() if type(m).__name__ == k
+                                             and n not in skipped) for k in self.layers})
+        ctx.note("float_layers", sorted(skipped))
+        return quantized

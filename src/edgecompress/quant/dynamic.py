@@ -1,0 +1,37 @@
+"""Dynamic INT8 in torch: int8 weights, activations quantized on the fly per batch."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Iterable
+
+import torch
+from torch import nn
+
+DYNAMIC_TYPES: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU}
+
+
+def dynamic_layers(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
+    """Modules of the requested kinds, by name (``nn.MultiheadAttention``'s ``out_proj`` is a
+    Linear subclass torch declines to quantize dynamically; it stays float)."""
+    kinds = tuple(DYNAMIC_TYPES[k] for k in layers)
+    return {n: m for n, m in model.named_modules()
+            if n and type(m) in kinds}
+
+
+def quantize_dynamic_torch(float_model: nn.Module, layers: Iterable[str],
+                           skip: set[str]) -> nn.Module:
+    """A copy of ``float_model`` with dynamic int8 Linear/LSTM/GRU modules.
+
+    Uses ``torch.ao.quantization.quantize_dynamic`` (deprecated in favour of torchao, which
+    has no dynamic LSTM/GRU; the eager modules still run and are what this simulates with).
+    """
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    model = copy.deepcopy(float_model).eval()
+    spec = {name: default_dynamic_qconfig for name in dynamic_layers(model, layers)
+            if name not in skip}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notices
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8).eval()

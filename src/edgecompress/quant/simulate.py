@@ -1,0 +1,297 @@
+"""Fake-quantized torch models that simulate ONNX Runtime's QDQ INT8 numerics.
+
+Each quantized layer (Conv1d/2d/3d, Linear) is wrapped in :class:`QuantLayer`: its input and
+output go through :class:`ActQuant` (per-tensor asymmetric 8-bit, scale and zero point computed
+as ORT's ``compute_scale_zp`` does; a ReLU consuming the output is fused as ORT fuses it) and
+its weight is fake-quantized symmetric int8 in [-127, 127], per output channel or per tensor.
+Those are the tensors ORT's QDQ graph quantizes around its integer kernels; residual additions
+read quantized layer outputs and feed quantized layer inputs, so they need no quantizer here. The wrapped model keeps plain tensors only (weights plus
+range buffers), so it is rebuilt from the float model and its state dict (:func:`rebuild`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..quant_recipe import QuantRecipe
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+ACT_QMIN, ACT_QMAX = -128, 127  # asymmetric 8-bit: u8 and s8 give the same grid (zp shifts by 128)
+W_QMAX = 127  # symmetric int8 weights in [-127, 127], as ORT's QDQ quantizer writes them
+W_QMAX_REDUCED = 64  # ORT's reduce_range: 7-bit weights in [-64, 64] (x86 CPUs without VNNI)
+
+
+def act_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of an asymmetric 8-bit range, as ONNX Runtime computes them."""
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
+    scale = (hi - lo) / float(ACT_QMAX - ACT_QMIN)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(ACT_QMIN - lo / scale).clamp(ACT_QMIN, ACT_QMAX).to(torch.int32)
+    return scale.float(), zero_point
+
+
+def fake_quant_weight(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) -> torch.Tensor:
+    """Symmetric fake quantization of a weight to [-qmax, qmax] (gradients pass straight
+    through), scale = max|w| / qmax as ORT computes it."""
+    if per_channel:
+        absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+        scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax)).float()
+        zp = torch.zeros_like(scale, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -qmax, qmax)
+    absmax = w.detach().abs().max()
+    scale = (absmax / qmax if absmax > 0 else torch.ones_like(absmax)).float().reshape(1)
+    return torch.fake_quantize_per_tensor_affine(w, scale, torch.zeros(1, dtype=torch.int32),
+                                                 -qmax, qmax)
+
+
+class ActQuant(nn.Module):
+    """Per-tensor asymmetric 8-bit fake quantization with a calibrated (or trained) range.
+
+    ``lo``/``hi`` are buffers, so the range is saved with the weights; ``ready`` is a plain
+    flag (not a tensor) so the forward has no data-dependent branch and ``torch.export``
+    captures it. While ``observing``
+    (quantization-aware training) the range follows an exponential moving average of each
+    training batch's min/max, as torch's MovingAverageMinMaxObserver does.
+    """
+
+    def __init__(self, momentum: float = 0.01):
+        super().__init__()
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.momentum = momentum
+        self.observing = False
+        self.ready = False
+
+    def set_range(self, lo: float, hi: float) -> None:
+        self.lo.fill_(float(lo))
+        self.hi.fill_(float(hi))
+        self.ready = True
+
+    def range(self) -> tuple[float, float]:
+        return float(self.lo), float(self.hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing and self.training:
+            with torch.no_grad():
+                lo, hi = x.detach().min().float(), x.detach().max().float()
+                if self.ready:
+                    lo = self.lo + self.momentum * (lo - self.lo)
+                    hi = self.hi + self.momentum * (hi - self.hi)
+                self.lo.copy_(lo)
+                self.hi.copy_(hi)
+                self.ready = True
+        if not self.ready:
+            return x
+        scale, zp = act_qparams(self.lo, self.hi)
+        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(1), zp.reshape(1),
+                                                     ACT_QMIN, ACT_QMAX)
+
+    def extra_repr(self) -> str:
+        return f"range=({float(self.lo):.4g}, {float(self.hi):.4g})"
+
+
+class QuantLayer(nn.Module):
+    """A Conv or Linear layer computing with 8-bit inputs and int8 weights (simulated).
+
+    ``output`` says how ORT's QDQ graph quantizes the layer's output: ``"relu"`` when a ReLU
+    is its only consumer (ORT drops the ReLU and quantizes to its range, so the ReLU is applied
+    here before quantizing; the model's own ReLU after it then changes nothing), ``"plain"``
+    otherwise, ``None`` when a BatchNorm still follows (quantization-aware training before
+    folding).
+    """
+
+    def __init__(self, layer: nn.Module, per_channel: bool = True, output: str | None = None,
+                 weight_qmax: int = W_QMAX):
+        super().__init__()
+        if not isinstance(layer, QUANTIZABLE):
+            raise ConfigError(f"QuantLayer wraps Conv1d/2d/3d or Linear, not {type(layer).__name__}")
+        self.layer = layer
+        self.act_in = ActQuant()
+        self.act_out = ActQuant() if output else None
+        self.output = output
+        self.per_channel = per_channel
+        self.weight_qmax = weight_qmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act_in(x)
+        w = fake_quant_weight(self.layer.weight, self.per_channel, self.weight_qmax)
+        if isinstance(self.layer, nn.Linear):
+            y = F.linear(x, w, self.layer.bias)
+        else:
+            y = self.layer._conv_forward(x, w, self.layer.bias)
+        if self.act_out is None:
+            return y
+        return self.act_out(F.relu(y) if self.output == "relu" else y)
+
+
+_PASS_THROUGH = (nn.Identity, nn.Dropout)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _is_relu(node: Any, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, torch.relu_)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | None]:
+    """How each layer's output is quantized in the QDQ graph (see :class:`QuantLayer`).
+
+    Found with ``torch.fx``; a model fx cannot trace gets no output quantization (inputs
+    only), which simulates ORT less closely — the export's parity check measures how much.
+    """
+    import torch.fx
+
+    wanted = set(layers)
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - fx raises many kinds of errors
+        return {name: None for name in wanted}
+    modules = dict(model.named_modules())
+    modes: dict[str, str | None] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in wanted:
+            continue
+        user = node
+        while len(user.users) == 1:  # look through Identity (folded BN) and Dropout
+            nxt = next(iter(user.users))
+            if nxt.op == "call_module" and isinstance(modules.get(nxt.target), _PASS_THROUGH):
+                user = nxt
+                continue
+            break
+        users = list(user.users)
+        if len(users) == 1 and users[0].op == "call_module" \
+                and isinstance(modules.get(users[0].target), _BATCHNORMS):
+            modes[node.target] = None
+        elif len(users) == 1 and _is_relu(users[0], modules):
+            modes[node.target] = "relu"
+        else:
+            modes[node.target] = "plain"
+    return modes
+
+
+def cpu_has_vnni() -> bool:
+    """True when this x86 CPU has a VNNI dot-product instruction (AVX512-VNNI or AVX-VNNI)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
+
+
+def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv/Linear layers a static recipe can quantize, by name (attention internals excluded:
+    ``nn.MultiheadAttention`` reads its projection weights directly, not through the module)."""
+    inside_mha = {f"{n}.{c}" for n, m in model.named_modules()
+                  if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_modules() if c}
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, QUANTIZABLE) and n and n not in inside_mha}
+
+
+def resolve_skip(model: nn.Module, skip: Iterable[str], candidates: dict[str, Any]) -> set[str]:
+    """Layer names that ``skip`` keeps in float; ConfigError for names that match no layer.
+
+    A skip entry is a module name; a container's name keeps every quantizable layer inside it.
+    """
+    modules = dict(model.named_modules())
+    chosen: set[str] = set()
+    for entry in skip:
+        hits = {n for n in candidates if n == entry or n.startswith(entry + ".")}
+        if not hits:
+            if entry in modules:
+                raise ConfigError(f"skip={entry!r} names a {type(modules[entry]).__name__}, which "
+                                  f"holds no quantizable layer (Conv or Linear); quantizable "
+                                  f"layers: {_listing(candidates)}")
+            raise ConfigError(f"skip={entry!r} is not a layer of {type(model).__name__}; "
+                              f"quantizable layers: {_listing(candidates)}")
+        chosen |= hits
+    return chosen
+
+
+def _listing(names: Iterable[str], limit: int = 12) -> str:
+    names = list(names)
+    more = f" … (+{len(names) - limit})" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def wrap(model: nn.Module, per_channel: bool, skip: set[str],
+         outputs: dict[str, str | None] | None = None, weight_qmax: int = W_QMAX) -> nn.Module:
+    """Wrap every quantizable layer not in ``skip`` in a :class:`QuantLayer` (in place).
+
+    ``outputs`` (layer → output mode) defaults to what :func:`output_modes` finds.
+    """
+    layers = {n: m for n, m in quantizable_layers(model).items() if n not in skip}
+    if outputs is None:
+        outputs = output_modes(model, layers)
+    for name, layer in layers.items():
+        _set_child(model, name, QuantLayer(layer, per_channel, outputs.get(name), weight_qmax))
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """A float copy: every :class:`QuantLayer` replaced by the layer it wraps."""
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLayer):
+            _set_child(model, name, module.layer)
+    return model
+
+
+def act_quantizers(model: nn.Module) -> dict[str, ActQuant]:
+    """``"<layer>:in"`` / ``"<layer>:out"`` → the quantizer of that layer's input / output."""
+    found: dict[str, ActQuant] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, QuantLayer):
+            found[f"{n}:in"] = m.act_in
+            if m.act_out is not None:
+                found[f"{n}:out"] = m.act_out
+    return found
+
+
+def ranges_of(model: nn.Module) -> dict[str, list[float]]:
+    """``"<layer>:in"`` / ``"<layer>:out"`` → [lo, hi] (plain data for the recipe)."""
+    return {n: list(q.range()) for n, q in act_quantizers(model).items() if q.ready}
+
+
+def set_observing(model: nn.Module, on: bool) -> None:
+    for q in act_quantizers(model).values():
+        q.observing = on
+
+
+def build_simulated(float_model: nn.Module, recipe: "QuantRecipe") -> nn.Module:
+    """The simulated model of ``recipe`` on a copy of ``float_model``, ranges from the recipe."""
+    model = wrap(copy.deepcopy(float_model).eval(), recipe.per_channel,
+                 set(recipe.extra.get("skipped_layers", ())), recipe.extra.get("outputs"),
+                 int(recipe.extra.get("weight_qmax", W_QMAX)))
+    for name, q in act_quantizers(model).items():
+        if name in recipe.ranges:
+            q.set_range(*recipe.ranges[name])
+    return model.eval()
+
+
+def rebuild(float_model: nn.Module, recipe: "QuantRecipe", weights: dict[str, Any]) -> nn.Module:
+    """Rebuild a saved simulated model (``DeployableModel.load`` calls this through the recipe)."""
+    if recipe.scheme == "dynamic":
+        from .dynamic import quantize_dynamic_torch
+
+        return quantize_dynamic_torch(float_model, recipe.layers, set(recipe.skip))
+    model = build_simulated(float_model, recipe)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
