@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+
 import edgecompress as ec
 from edgecompress.export.tflite import inspect_tflite
 from edgecompress.measure import count_params

@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 import edgecompress as ec

@@ -85,8 +85,11 @@ def engine_for(recipe: "QuantRecipe", requested: str | None) -> str:
 
 def _qconfig_mapping(recipe: "QuantRecipe", engine: str, skipped: list[str]) -> Any:
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import (HistogramObserver, MinMaxObserver,
-                                                PerChannelMinMaxObserver)
+    from torch.ao.quantization.observer import (
+        HistogramObserver,
+        MinMaxObserver,
+        PerChannelMinMaxObserver,
+    )
 
     # fbgemm/x86 kernels need 7-bit activations on CPUs without VNNI to avoid overflow
     reduce_range = engine in ("x86", "fbgemm")
