@@ -155,3 +155,21 @@ def test_bad_option_is_refused_before_anything_runs(cnn_dm, tmp_path):
     with pytest.raises(ec.ConfigError, match="optlevel"):
         cnn_dm.export("ncnn", tmp_path / "x_ncnn", optlevel=5)
     assert not (tmp_path / "x_ncnn").exists()
+
+
+def test_structured_pruned_model_exports_smaller_with_parity(trained_resnet, digits, tmp_path):
+    dense = _deployable(copy.deepcopy(trained_resnet), digits)
+    dense_art = dense.export("ncnn", tmp_path / "dense_ncnn", **FAST)
+    pruned = ec.Pipeline([ec.passes.StructuredPrune(ratio=0.3)], measure=False).run(
+        trained_resnet, digits)
+    art = pruned.export("ncnn", tmp_path / "pruned_ncnn", **FAST)
+    assert art.parity is not None and art.parity.passed, str(art.parity)
+    assert art.parity.max_abs_diff < 1e-4 * max(1.0, float(np.abs(_torch_logits(
+        pruned.model, digits.samples("val", 64))).max()))
+    # channels were really removed: the ncnn weights shrink with the torch parameters
+    ratio = (tmp_path / "pruned_ncnn" / "model.bin").stat().st_size / \
+        (tmp_path / "dense_ncnn" / "model.bin").stat().st_size
+    params = sum(p.numel() for p in pruned.model.parameters()) / \
+        sum(p.numel() for p in trained_resnet.parameters())
+    assert ratio < 0.8 and abs(ratio - params) < 0.05
+    assert dense_art.parity is not None and dense_art.parity.passed
