@@ -73,7 +73,7 @@ def trace_to_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Pa
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice
             torch.jit.trace(model, example.cpu(), check_trace=False).save(str(path))
-    except Exception as exc:  # noqa: BLE001 - tracing raises many kinds of errors
+    except Exception as exc:
         raise ExportError(f"torch.jit.trace could not trace {type(model).__name__} for pnnx: "
                           f"{str(exc)[:500]}. ncnn export needs a traceable model (no "
                           f"data-dependent Python control flow); export to ONNX instead") from exc
@@ -91,7 +91,8 @@ def run_pnnx(torchscript: Path, shape: tuple[int, ...], out_dir: Path, work: Pat
            f"pnnxonnx={work / 'model.pnnx.onnx'}"]
     log.debug("running %s", " ".join(cmd))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=PNNX_TIMEOUT_S)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work,
+                              timeout=PNNX_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
         raise ExportError(f"pnnx did not finish within {PNNX_TIMEOUT_S} s") from exc
     made = (out_dir / PARAM_FILE).exists() and (out_dir / BIN_FILE).exists()
@@ -129,7 +130,7 @@ class NcnnExporter(Exporter):
 
     Options = NcnnOptions
 
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
+    def write(self, dm: DeployableModel, tmp: Path, opts: Any, precision: str,
               metadata: dict[str, Any]) -> dict[str, Any]:
         model = self.source_model(dm, precision)
         example = dm.example_input(1).cpu()

@@ -26,7 +26,7 @@ import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .._extras import require
 from ..errors import ConfigError, ExportError
@@ -72,7 +72,7 @@ class TensorRTOptions(ExportOptions):
 
 def build_engine(onnx_path: str, engine_path: str, fp16: bool = False, int8: bool = False,
                  workspace_mb: int = 1024, input_name: str = "input",
-                 shapes: Optional[tuple] = None) -> str:
+                 shapes: tuple | None = None) -> str:
     """Build a TensorRT engine from an ONNX file with TensorRT's Python API (TensorRT 10).
 
     ``shapes`` is (min, opt, max) input shapes for a dynamic batch, None for a static graph.
@@ -135,9 +135,14 @@ def trtexec_command(opts: Any, precision: str, shapes: tuple[list[int], ...] | N
     return cmd
 
 
-def symmetric_qdq(float_path: Path, out_path: Path, dm: "DeployableModel") -> dict[str, Any]:
+def symmetric_qdq(float_path: Path, out_path: Path, dm: DeployableModel) -> dict[str, Any]:
     """Quantize a float ONNX to the symmetric signed INT8 Q/DQ graph TensorRT accepts."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     recipe = dm.quant_recipe
@@ -203,7 +208,7 @@ class TensorRTExporter(Exporter):
                               f"(build='here') or a folder without a suffix (build='device'); "
                               f"got {path}")
 
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
+    def write(self, dm: DeployableModel, tmp: Path, opts: Any, precision: str,
               metadata: dict[str, Any]) -> dict[str, Any]:
         if opts.build == "device":
             if tmp.suffix:
@@ -239,7 +244,7 @@ class TensorRTExporter(Exporter):
                      gpu=torch.cuda.get_device_name(0))
         return notes
 
-    def write_onnx(self, dm: "DeployableModel", path: Path, opts: Any,
+    def write_onnx(self, dm: DeployableModel, path: Path, opts: Any,
                    precision: str) -> dict[str, Any]:
         """The graph TensorRT parses: float ONNX, or symmetric INT8 Q/DQ for INT8 recipes."""
         model = copy.deepcopy(self.source_model(dm, precision)).cpu().eval()
@@ -260,7 +265,7 @@ class TensorRTExporter(Exporter):
                 if shapes else None,
                 "trtexec_command": shlex.join(trtexec_command(opts, precision, shapes))}
 
-    def write_bundle(self, dm: "DeployableModel", folder: Path, opts: Any, precision: str,
+    def write_bundle(self, dm: DeployableModel, folder: Path, opts: Any, precision: str,
                      metadata: dict[str, Any]) -> dict[str, Any]:
         notes = self.write_onnx(dm, folder / ONNX_FILE, opts, precision)
         shapes = profile_shapes(opts, tuple(dm.input_spec.shape))
@@ -288,12 +293,12 @@ class TensorRTExporter(Exporter):
         else:
             write_sidecar(path, metadata, [path])
 
-    def open_runner(self, path: Path, opts: Any) -> "Runner":
+    def open_runner(self, path: Path, opts: Any) -> Runner:
         if path.is_dir():  # a build bundle: the ONNX TensorRT will parse, run by ONNX Runtime
             return _qdq_reference_runner(path / ONNX_FILE, opts.threads)
         return super().open_runner(path, opts)
 
-    def verify(self, dm: "DeployableModel", artifact: Any, opts: Any) -> None:
+    def verify(self, dm: DeployableModel, artifact: Any, opts: Any) -> None:
         if not artifact.path.is_dir():
             return super().verify(dm, artifact, opts)
         # ORT latency is not the engine's latency, so none is recorded for a bundle
@@ -306,7 +311,7 @@ class TensorRTExporter(Exporter):
         artifact.notes["verified_with"] = artifact.metadata["verified_with"]
 
 
-def _qdq_reference_runner(path: Path, threads: int | None) -> "Runner":
+def _qdq_reference_runner(path: Path, threads: int | None) -> Runner:
     """ONNX Runtime on ``path`` with only basic graph optimizations: the Q/DQ graph evaluated
     as the ONNX spec defines it, which is what TensorRT implements.
 
@@ -346,10 +351,11 @@ Run on the target device: python3 build_engine.py   (needs only the tensorrt pac
 Writes model.engine and model.engine.json (the bundle's metadata with the engine's sha256).
 """
 
+from __future__ import annotations  # the annotations below also parse on JetPack's Python 3.8
+
 import hashlib
 import json
 import os
-from typing import Optional
 
 
 {source}
