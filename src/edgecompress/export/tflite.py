@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from .._extras import require
-from .._progress import progress_enabled
 from ..errors import ConfigError, ExportError
 from ..metadata import write_sidecar
 from ..options import option
@@ -59,11 +58,12 @@ class TfliteOptions(ExportOptions):
 
 @contextlib.contextmanager
 def _quiet_tools() -> Iterator[None]:
-    """Silence litert-torch's console task log (edgecompress logs instead) and, when
-    edgecompress progress bars are off, ai-edge-quantizer's calibration bar."""
+    """Silence litert-torch's console task log (edgecompress logs instead).
+
+    ai-edge-quantizer's calibration bar cannot be switched off from outside (its calibrate()
+    takes no flag, and tqdm reads TQDM_* variables only at import).
+    """
     settings = {"LITERT_TORCH_SHOW_PROGRESS": "n"}
-    if not progress_enabled():
-        settings["TQDM_DISABLE"] = "1"
     before = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
     try:
