@@ -2,8 +2,8 @@
 
 Like Ultralytics' ``benchmark()``: for the demo model (a SmallCNN trained briefly on digits) and
 torchvision resnet18 / mobilenet_v2 / mobilenet_v3_small / efficientnet_b0 at 224×224 (seeded
-random weights: speed and parity do not need trained weights), export to each format of
-``edgecompress.formats.FORMATS`` whose modules import here, in fp32, fp16 (where the format
+random weights with BatchNorm statistics recomputed on real images: speed and parity do not
+need trained weights), export to each format of ``edgecompress.formats.FORMATS`` whose modules import here, in fp32, fp16 (where the format
 holds it) and INT8 (static PTQ via ``ec.passes.QuantizePTQ`` where the format holds it). Each
 artifact verifies itself through its runner on real images (parity vs the torch model; INT8 vs
 the simulated INT8 model); formats or exporters missing here are listed with the error text.
@@ -75,11 +75,31 @@ def demo_model(data: ec.DataBundle, epochs: int) -> torch.nn.Module:
     return model.eval()
 
 
-def torchvision_model(name: str) -> torch.nn.Module:
+def torchvision_model(name: str, data: ec.DataBundle, batches: int = 4) -> torch.nn.Module:
+    """A seeded random-weight torchvision model with BatchNorm statistics set on ``data``.
+
+    With torchvision's random init and BatchNorm's default statistics, mobilenet_v2's logits
+    are ~1e-11 and every image gets the same class, so parity would test nothing. Recomputing
+    the BatchNorm running statistics on a few real batches (no training, no download) gives
+    logits of a normal scale that differ between images.
+    """
     import torchvision
 
+    from edgecompress.data.bundle import iter_batches
+
     torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).eval()  # never downloads
+    model = getattr(torchvision.models, name)(weights=None)  # never downloads
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for i, (x, _) in enumerate(iter_batches(data.calib)):
+            if i >= batches:
+                break
+            model(x)
+    return model.eval()
 
 
 def images_224(args: argparse.Namespace) -> ec.DataBundle:
@@ -181,7 +201,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path, data224: ec.Dat
                 digits16: ec.DataBundle, rows: list[dict[str, Any]], save: Any) -> None:
     data = digits16 if name == "demo" else data224
     assert data is not None
-    model = demo_model(data, args.demo_epochs) if name == "demo" else torchvision_model(name)
+    model = (demo_model(data, args.demo_epochs) if name == "demo"
+             else torchvision_model(name, data))
     dm = ec.Pipeline([], measure=False).run(model, data)
     reference = reference_facts(model, data, args.parity_samples)
     dm_int8: ec.DeployableModel | str | None = None
@@ -240,8 +261,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"torch {env['torch']}, {env['threads']} thread(s), load average at start "
              f"{env['load_start']}, at end {env.get('load_end')}. Data for the 224×224 models: "
              f"{env['data_224']}. Latency: batch 1, p50 of {env['runs']} runs. torchvision "
-             f"models have seeded random weights (speed/parity only); parity is measured on "
-             f"real images against the torch model (INT8: the simulated INT8 model).")
+             f"models have seeded random weights with BatchNorm statistics set on the data "
+             f"(speed/parity only; no training); parity is measured on real images against the torch model (INT8: the simulated INT8 model).")
     legend = ("`ref classes` = distinct top-1 classes the torch model picks on the parity "
               "samples and `logit scale` its largest |logit|: with one class, top-1 agreement "
               "says nothing (random-weight nets often pick one class for every image).")
