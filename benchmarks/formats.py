@@ -5,8 +5,9 @@ torchvision resnet18 / mobilenet_v2 / mobilenet_v3_small / efficientnet_b0 at 22
 random weights with BatchNorm statistics recomputed on real images: speed and parity do not
 need trained weights), export to each format of ``edgecompress.formats.FORMATS`` whose
 modules import here, in fp32, fp16 (where the format holds it) and INT8 (static PTQ via
-``ec.passes.QuantizePTQ`` where the format holds it). Each artifact verifies itself through its runner on real images (parity vs the torch model; INT8 vs
-the simulated INT8 model); formats or exporters missing here are listed with the error text.
+``ec.passes.QuantizePTQ`` where the format holds it). Each artifact verifies itself through
+its runner on real images (parity vs the torch model; INT8 vs the simulated INT8 model);
+formats or exporters missing here are listed with the error text.
 
     .venv/bin/python benchmarks/formats.py                          # digits as 3×224×224 images
     .venv/bin/python benchmarks/formats.py --cifar ../shared/data/cifar10-jpeg-test/test.tar
