@@ -329,7 +329,9 @@ class QuantizeDynamic(Pass):
             scheme="dynamic", bits=8, per_channel=False, method="minmax", skip=tuple(self.skip),
             layers=tuple(self.layers), source="dynamic",
             extra={"skipped_layers": sorted(skipped), "layer_order": order, "rebuild": REBUILD,
-                   "weights": "int8 per tensor", "activations": "quantized per batch at run time"})
+                   "weights": "int8 per tensor", "activations": "quantized per batch at run time",
+                   # ORT's u8·s8 kernels saturate without VNNI: 7-bit weights there
+                   "reduce_range": not cpu_has_vnni()})
         ctx.float_model = float_model
         ctx.note("quantized_layers", {k: sum(1 for n, m in layers.items() if type(m).__name__ == k
                                              and n not in skipped) for k in self.layers})

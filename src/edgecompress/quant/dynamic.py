@@ -34,4 +34,23 @@ def quantize_dynamic_torch(float_model: nn.Module, layers: Iterable[str],
             if name not in skip}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notices
-        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8).eval()
+        quantized = torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8).eval()
+    _disable_transformer_fast_path(quantized)
+    return quantized
+
+
+def _disable_transformer_fast_path(model: nn.Module) -> None:
+    """Keep quantized encoder layers on the regular path.
+
+    In eval mode ``nn.TransformerEncoderLayer`` tries a fused fast path that reads
+    ``linear1.weight`` as a tensor; a dynamic quantized Linear exposes ``weight()`` instead and
+    the check crashes. The fast path cannot run packed int8 weights anyway; marking the layer's
+    activation as not ReLU/GELU is torch's own switch for "use the regular path" (the regular
+    path calls ``self.activation``, which is unchanged).
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and any(
+                isinstance(m, DynamicLinear) for m in module.modules()):
+            module.activation_relu_or_gelu = 0

@@ -1,0 +1,177 @@
+"""Static INT8 (PTQ, QAT): simulated accuracy, real ONNX INT8 artifacts, save/load, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+import edgecompress as ec
+from edgecompress.deployable import DeployableModel
+from edgecompress.errors import ConfigError, DataError
+from edgecompress.models import small_cnn
+from edgecompress.pipeline import Measure
+from edgecompress.quant.simulate import QuantLayer, act_qparams
+from edgecompress.quant_recipe import QuantRecipe
+from edgecompress.training import TrainConfig, cross_entropy_loss, train
+
+FAST = Measure(latency=False, macs=False)
+
+
+def _run(model, data, *passes):
+    return ec.Pipeline(list(passes), measure=FAST).run(model, data)
+
+
+def _accuracies(dm):
+    return [s.accuracy for s in dm.report.stages]
+
+
+@pytest.fixture(scope="module")
+def ptq():
+    """PTQ of a width-32 SmallCNN (big enough that weights, not graph overhead, set the file
+    size) trained on digits at their native 8×8 to keep the test quick."""
+    data = ec.data.digits(image_size=8, batch_size=64, seed=0)
+    torch.manual_seed(0)
+    model = small_cnn(width=32)
+    train(model, data.train, cross_entropy_loss, TrainConfig(epochs=3, lr=3e-3))
+    return _run(model.eval(), data, ec.passes.QuantizePTQ(samples=256))
+
+
+def test_ptq_simulated_accuracy_close_to_float(ptq):
+    before, after = _accuracies(ptq)
+    assert before > 0.9
+    assert after >= before - 0.03, (before, after)
+    assert ptq.form is ec.forms.Form.TORCH_FAKEQUANT
+    layers = [m for m in ptq.model.modules() if isinstance(m, QuantLayer)]
+    assert len(layers) == 6 and all(m.act_in.ready for m in layers)
+    recipe = ptq.quant_recipe
+    assert recipe.scheme == "static" and recipe.method == "percentile" and recipe.per_channel
+    assert recipe.calib_samples.shape[0] == 256 and "features.0.0:in" in recipe.ranges
+    # the float model is the BN-folded model that entered the pass
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ptq.float_model.modules())
+
+
+def _initializer_types(path):
+    proto = onnx.load(str(path))
+    return proto, {t.name: t.data_type for t in proto.graph.initializer}
+
+
+def test_ptq_onnx_artifact_holds_int8_and_passes_parity(ptq, tmp_path):
+    f32 = ec.Pipeline([ec.passes.Fuse()], measure=False).run(ptq.float_model, ptq.data)
+    float_art = f32.export("onnx", tmp_path / "f32.onnx", benchmark_runs=0)
+    art = ptq.export("onnx", tmp_path / "int8.onnx", benchmark_runs=0)
+    assert art.precision == "int8-static"
+    assert art.parity.passed and art.parity.top1_agreement >= 0.98, art.parity
+    proto, types = _initializer_types(art.path)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    conv_weights = [n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+                    and n.input[0] in types and len(next(t for t in proto.graph.initializer
+                                                         if t.name == n.input[0]).dims) == 4]
+    assert len(conv_weights) == 5
+    assert all(types[w] == TensorProto.INT8 for w in conv_weights)
+    assert art.notes["ort_kernels"].get("QLinearConv", 0) == 5  # ORT really runs int8 convs
+    assert float_art.size_bytes / art.size_bytes >= 3.0, (float_art.size_bytes, art.size_bytes)
+    assert abs(art.accuracy - float_art.accuracy) <= 0.03
+
+
+def test_skip_keeps_layer_float_in_onnx(trained_cnn, digits, tmp_path):
+    dm = _run(trained_cnn, digits, ec.passes.QuantizePTQ(samples=64, method="minmax",
+                                                        skip=["classifier"]))
+    before, after = _accuracies(dm)
+    assert after >= before - 0.03, (before, after)  # trained_cnn, minmax, head kept float
+    assert not isinstance(dm.model.classifier, QuantLayer)
+    art = dm.export("onnx", tmp_path / "skip.onnx", benchmark_runs=0)
+    proto, types = _initializer_types(art.path)
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    assert types[gemm.input[1]] == TensorProto.FLOAT  # the classifier's weight stays float
+    assert art.notes["float_nodes"] == [gemm.name]
+    assert art.parity.passed
+
+
+def test_qat_matches_or_beats_ptq_and_its_ranges_reach_onnx(trained_cnn, digits, tmp_path):
+    # per-tensor weights make PTQ lose more, leaving QAT something to win back
+    ptq = _run(trained_cnn, digits, ec.passes.QuantizePTQ(samples=128, per_channel=False))
+    qat = _run(trained_cnn, digits, ec.passes.QuantizeQAT(epochs=2, lr=5e-4, per_channel=False,
+                                                        samples=128, max_batches=8))
+    ptq_acc, qat_acc = _accuracies(ptq)[-1], _accuracies(qat)[-1]
+    assert qat_acc >= ptq_acc - 0.005, (ptq_acc, qat_acc)
+    recipe = qat.quant_recipe
+    assert recipe.source == "qat" and recipe.extra["ranges_kind"] == "learned"
+    art = qat.export("onnx", tmp_path / "qat.onnx", benchmark_runs=0)
+    assert art.parity.passed and art.notes["learned_ranges_written"] > 0
+    # the graph input's quantizer carries exactly the learned range of the first layer
+    proto = onnx.load(str(art.path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    q_in = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear"
+                and n.input[0] == "input")
+    scale, _ = act_qparams(*map(torch.tensor, recipe.ranges["features.0.0:in"]))
+    assert np.isclose(float(inits[q_in.input[1]]), float(scale), rtol=1e-5)
+    assert abs(art.accuracy - qat_acc) <= 0.02
+
+
+def test_save_load_quantized_model(ptq, tmp_path):
+    path = ptq.save(tmp_path / "q.ecm", portable=False)
+    loaded = DeployableModel.load(path, builder=lambda: small_cnn(width=32))
+    x = ptq.sample_inputs(32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), ptq.model(x))
+    assert loaded.form is ec.forms.Form.TORCH_FAKEQUANT
+    r0, r1 = ptq.quant_recipe, loaded.quant_recipe
+    assert r1.ranges == r0.ranges and r1.skip == r0.skip and r1.method == r0.method
+    assert torch.equal(r1.calib_samples, r0.calib_samples)
+
+
+def test_recipe_round_trip():
+    pipe = ec.Pipeline([ec.passes.QuantizePTQ(samples=32, method="entropy", skip=["fc"],
+                                              backend="arm"),
+                        ])
+    again = ec.Pipeline.from_recipe(pipe.to_recipe())
+    assert again == pipe and again.passes[0].skip == ("fc",)
+    qat = ec.Pipeline.from_recipe({"passes": [{"pass": "quantize_qat", "epochs": 1,
+                                               "finetune": {"kind": "finetune", "epochs": 1}}]})
+    assert qat.passes[0].finetune.epochs == 1
+    recipe = QuantRecipe("static", skip=("fc",), ranges={"a:in": [0.0, 1.0]},
+                         extra={"outputs": {"a": "relu"}})
+    back = QuantRecipe.from_metadata(recipe.to_metadata())
+    assert back.skip == ("fc",) and back.ranges == recipe.ranges and back.extra == recipe.extra
+
+
+class _Batches:
+    """A plain iterable loader (not a TensorDataset): only its first batch is checked upfront."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def test_bad_inputs_fail_before_work(trained_cnn, digits):
+    x = torch.randn(32, 1, 16, 16)
+    poisoned = x.clone()
+    poisoned[3, 0, 2, 2] = float("nan")
+    data = ec.DataBundle(val=digits.val, calib=_Batches([(x, None), (poisoned, None)]))
+    with pytest.raises(DataError, match="NaN"):
+        ec.Pipeline([ec.passes.QuantizePTQ(samples=64)]).run(trained_cnn, data)
+    with pytest.raises(ConfigError, match="samples"):
+        ec.passes.QuantizePTQ(samples=0)
+    with pytest.raises(DataError, match="train"):
+        ec.Pipeline([ec.passes.QuantizeQAT()]).run(
+            trained_cnn, ec.DataBundle(val=digits.val, calib=digits.val))
+    with pytest.raises(ConfigError, match="not a layer.*features.0.0"):
+        _run(trained_cnn, digits, ec.passes.QuantizePTQ(samples=8, skip=["head"]))
+    with pytest.raises(ConfigError, match="no quantizable layer"):
+        _run(trained_cnn, digits, ec.passes.QuantizePTQ(samples=8, skip=["pool"]))
+    with pytest.raises(ConfigError, match="skip"):
+        ec.passes.QuantizePTQ(skip="fc")
+    with pytest.raises(ConfigError, match="method"):
+        ec.passes.QuantizePTQ(method="mse")
+    with pytest.raises(DataError, match="empty"):  # zero calibration samples
+        empty = ec.DataBundle(val=digits.val, calib=_Batches([]))
+        ec.Pipeline([ec.passes.QuantizePTQ()]).run(trained_cnn, empty)
