@@ -20,8 +20,15 @@ from ..measure import count_macs, count_params
 from ..options import option
 from ..training import Recovery, seed_everything
 from .base import Pass, PassContext
-from .pruning.analysis import (first_param_device, layer_widths, module_name, output_layers,
-                               resolve_ignored, trace_forward, width_changes)
+from .pruning.analysis import (
+    first_param_device,
+    layer_widths,
+    module_name,
+    output_layers,
+    resolve_ignored,
+    trace_forward,
+    width_changes,
+)
 from .pruning.engine import StepConfig, build_pruner, count_groups, prune_step
 from .pruning.importance import IMPORTANCES, gradient_batches
 
@@ -66,7 +73,7 @@ class StructuredPrune(Pass):
     steps: int = option(1, "Iterative pruning: reach the goal in this many steps, fine-tuning "
                         "after each.", low=1, high=100)
     grad_batches: int = option(4, "Training batches used for importance='taylor'.", low=1)
-    finetune: Recovery | None = option(None, "Recovery after each pruning step "
+    finetune: Recovery | None = option(None,  # noqa: RUF009 - declared option "Recovery after each pruning step "
                                        "(ec.FineTune(...) or a distillation recovery).",
                                        recipe=True)
 
@@ -79,7 +86,7 @@ class StructuredPrune(Pass):
             raise ConfigError(f"StructuredPrune: finetune must be a recovery such as "
                               f"ec.FineTune(epochs=2), got {type(self.finetune).__name__}")
 
-    def check_data(self, data) -> None:  # noqa: ANN001 - DataBundle
+    def check_data(self, data) -> None:
         if self.finetune is not None and data.train is None:
             from ..errors import DataError
             raise DataError("StructuredPrune(finetune=...) needs data.train to fine-tune on")
@@ -98,12 +105,22 @@ class StructuredPrune(Pass):
         ctx.note("kept_whole", keep)
         if self.importance == "taylor":
             cfg.grad_batches = gradient_batches(ctx.data, self.grad_batches)
-        self._check_prunable(model, example, cfg, stage)
         dense = {"params": count_params(model), "macs": count_macs(model, example)}
         widths = layer_widths(model)
         work = copy.deepcopy(model)  # the input stays whole whatever happens below
+        kind, goal = self._goal()
+        first_ratio = self._step_ratio(goal, 1) if kind == "ratio" else 0.5
+        pruner = build_pruner(work, example, first_ratio, cfg, stage)
+        if count_groups(pruner) == 0:
+            raise PassError(f"{stage}: {type(model).__name__} has no prunable layers (Conv or "
+                            f"Linear layers whose output channels can be removed, other than "
+                            f"the classifier head and ignore={list(self.ignore)})", stage)
         for step in range(1, self.steps + 1):
-            work = self._one_step(work, example, cfg, dense, step, ctx)
+            if step == 1 and kind == "ratio":  # reuse the graph traced for the check above
+                seed_everything(ctx.seed)
+                prune_step(work, example, first_ratio, cfg, stage, pruner=pruner)
+            else:
+                work = self._one_step(work, example, cfg, dense, step, ctx)
             self._check_output(work, example, facts.output_shape, stage)
             if self.finetune is not None:
                 desc = "finetune" if self.steps == 1 else f"finetune_step{step}"
@@ -111,13 +128,10 @@ class StructuredPrune(Pass):
         self._record(work, example, dense, widths, ctx)
         return work.eval()
 
-    def _check_prunable(self, model: nn.Module, example: torch.Tensor, cfg: StepConfig,
-                        stage: str) -> None:
-        pruner = build_pruner(model, example, 0.5, cfg, stage)
-        if count_groups(pruner) == 0:
-            raise PassError(f"{stage}: {type(model).__name__} has no prunable layers (Conv or "
-                            f"Linear layers whose output channels can be removed, other than "
-                            f"the classifier head and ignore={list(self.ignore)})", stage)
+    def _step_ratio(self, goal: float, step: int) -> float:
+        """Channels to remove in ``step``, relative to what the previous step left."""
+        done, now = (step - 1) / self.steps, step / self.steps
+        return 1 - (1 - goal * now) / (1 - goal * done)
 
     def _goal(self) -> tuple[str, float]:
         if self.target_macs is not None:
@@ -129,11 +143,9 @@ class StructuredPrune(Pass):
     def _one_step(self, model: nn.Module, example: torch.Tensor, cfg: StepConfig,
                   dense: dict[str, int | None], step: int, ctx: PassContext) -> nn.Module:
         kind, goal = self._goal()
-        done, now = (step - 1) / self.steps, step / self.steps
         if kind == "ratio":
-            # channels left after this step, relative to what the previous step left
-            step_ratio = 1 - (1 - goal * now) / (1 - goal * done)
-            return self._pruned_copy(model, example, step_ratio, cfg, ctx)
+            return self._pruned_copy(model, example, self._step_ratio(goal, step), cfg, ctx)
+        now = step / self.steps
         reference = dense[kind]
         if reference is None:
             raise PassError(f"{self.name}: target_{kind} needs the model's MACs, which torch's "
@@ -174,7 +186,7 @@ class StructuredPrune(Pass):
                             f"{self.max_layer_ratio:.0%} of the channels of each layer keeps more "
                             f"than the target. Raise max_layer_ratio or lower the target; "
                             f"the classifier head and ignored layers are never pruned", self.name)
-        ctx.note(f"search_ratio", round(high, 4))
+        ctx.note("search_ratio", round(high, 4))
         return best
 
     def _check_output(self, model: nn.Module, example: torch.Tensor, shape: tuple[int, ...],
@@ -182,7 +194,7 @@ class StructuredPrune(Pass):
         try:
             with torch.no_grad():
                 out = model.eval()(example)
-        except Exception as exc:  # noqa: BLE001 - the pruned model must run; say why not
+        except Exception as exc:
             raise PassError(f"{stage}: the pruned model no longer runs ({type(exc).__name__}: "
                             f"{str(exc)[:300]}). The dependency graph missed a coupling in "
                             f"this architecture; add the layers involved to ignore=[...]",

@@ -80,7 +80,7 @@ class UnstructuredPrune(Pass):
                            choices=("oneshot", "gradual"))
     steps: int = option(4, "Pruning steps of the gradual schedule.", low=1, high=100)
     ignore: tuple[str, ...] = option((), "Names of layers (or containers) left dense.")
-    finetune: Recovery | None = option(None, "Recovery with the masks applied: after each "
+    finetune: Recovery | None = option(None,  # noqa: RUF009 - declared option "Recovery with the masks applied: after each "
                                        "gradual step, or once after one-shot pruning.",
                                        recipe=True)
 
@@ -89,7 +89,7 @@ class UnstructuredPrune(Pass):
             raise ConfigError(f"UnstructuredPrune: finetune must be a recovery such as "
                               f"ec.FineTune(epochs=1), got {type(self.finetune).__name__}")
 
-    def check_data(self, data) -> None:  # noqa: ANN001 - DataBundle
+    def check_data(self, data) -> None:
         if self.finetune is not None and data.train is None:
             raise DataError("UnstructuredPrune(finetune=...) needs data.train to fine-tune on")
 

@@ -7,8 +7,9 @@ Torch-Pruning builds its dependency graph from the autograd graph of one forward
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts
     try:
         with torch.enable_grad():
             out = model(x)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the model cannot run
+    except Exception as exc:
         raise PassError(f"{stage}: the model fails on the example input "
                         f"{tuple(x.shape)}: {type(exc).__name__}: {str(exc)[:300]}", stage) from exc
     finally:

@@ -66,7 +66,7 @@ def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: Ste
             global_pruning=cfg.global_scope, pruning_ratio=ratio,
             max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
             ignored_layers=[*ignored, *extra.pop("ignored_layers", [])], **extra)
-    except Exception as exc:  # noqa: BLE001 - tracing fails in many ways on exotic models
+    except Exception as exc:
         raise PassError(f"{stage}: Torch-Pruning cannot build the dependency graph of "
                         f"{type(model).__name__}: {type(exc).__name__}: {str(exc)[:300]}. "
                         f"Add the layers involved to ignore=[...] or use UnstructuredPrune",
@@ -80,9 +80,12 @@ def count_groups(pruner: Any) -> int:
 
 
 def prune_step(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepConfig,
-               stage: str) -> int:
-    """Remove ``ratio`` of the prunable channels of ``model`` in place; return groups cut."""
-    pruner = build_pruner(model, example, ratio, cfg, stage)
+               stage: str, pruner: Any = None) -> int:
+    """Remove ``ratio`` of the prunable channels of ``model`` in place; return groups cut.
+
+    ``pruner``: one already built over ``model`` with this ratio (saves tracing it again).
+    """
+    pruner = pruner or build_pruner(model, example, ratio, cfg, stage)
     if cfg.importance == "taylor":
         accumulate_gradients(model, cfg.grad_batches)
     cut = 0

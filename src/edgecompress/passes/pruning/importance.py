@@ -41,7 +41,7 @@ def make_importance(name: str) -> Any:
     raise ValueError(f"unknown importance {name!r}")
 
 
-def gradient_batches(data: "DataBundle", batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def gradient_batches(data: DataBundle, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``batches`` labelled training batches (fixed, so repeated trials agree)."""
     loader = data.train if data.train is not None else data.val
     if loader is None:

@@ -1,0 +1,101 @@
+"""Does structured pruning make ResNet-18 faster in ONNX Runtime in proportion to its MACs?
+
+ResNet-18 (random weights, 224×224) is pruned with ``StructuredPrune(ratio=0.5)`` and with
+``StructuredPrune(target_macs=0.5)``; dense and pruned models are exported to ONNX and timed in
+ONNX Runtime (2 threads, batch 1) in interleaved rounds, so background load hits both alike.
+Goal (issue 3): ratio 0.5 gives MACs ≤ 0.55× dense and a latency speedup ≥ 0.8× the MACs
+reduction factor. Latency ratios are noisy on a loaded machine: the load average is printed
+and stored; rerun when the machine is quiet.
+
+    python benchmarks/prune_speed.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+import torchvision
+
+import edgecompress as ec
+from edgecompress.measure import count_macs, count_params
+
+
+def interleaved_p50(runners: dict[str, ec.Runner], rounds: int, runs: int) -> dict[str, float]:
+    """Median over rounds of each runner's p50 latency (ms), alternating runners each round."""
+    p50s: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            p50s[name].append(runner.benchmark(warmup=3, runs=runs, with_system=False).p50_ms)
+    return {k: statistics.median(v) for k, v in p50s.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(8, 3, args.size, args.size)
+    data = ec.DataBundle(val=[x], example_input=x[:1], name="random")
+    variants = {"ratio=0.5": ec.passes.StructuredPrune(ratio=0.5),
+                "target_macs=0.5": ec.passes.StructuredPrune(target_macs=0.5)}
+    dense_dm = ec.DeployableModel(model=model, input_spec=ec.InputSpec.from_tensor(x[:1]),
+                                  data=data)
+    dms = {"dense": dense_dm}
+    for label, p in variants.items():
+        dms[label] = ec.Pipeline([p], measure=False).run(model, data)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = {}
+        for label, dm in dms.items():
+            art = dm.export("onnx", Path(tmp) / f"{label.replace('=', '_')}.onnx",
+                            benchmark_runs=0, parity_samples=8, threads=args.threads)
+            assert art.parity.passed, art.parity
+            runners[label] = ec.load(art.path, threads=args.threads)
+        p50 = interleaved_p50(runners, args.rounds, args.runs)
+    dense_macs = count_macs(model, x)
+    rows = []
+    for label, dm in dms.items():
+        macs = count_macs(dm.model, x)
+        reduction = dense_macs / macs
+        speedup = p50["dense"] / p50[label]
+        rows.append({"model": label, "params": count_params(dm.model), "macs": macs,
+                     "macs_ratio": macs / dense_macs, "macs_reduction": reduction,
+                     "p50_ms": p50[label], "speedup": speedup,
+                     "speedup_over_reduction": speedup / reduction,
+                     "meets_goal": None if label == "dense" else
+                     bool(speedup >= 0.8 * reduction
+                          and (label != "ratio=0.5" or macs / dense_macs <= 0.55))})
+    result = {"threads": args.threads, "input": args.size, "rounds": args.rounds,
+              "runs": args.runs, "load_average_before": load_before,
+              "load_average_after": os.getloadavg(), "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prune_speed.json").write_text(json.dumps(result, indent=1))
+    lines = [(f"# ResNet-18 {args.size}×{args.size}: MACs vs ONNX Runtime latency "
+              f"({args.threads} threads)"), "",
+             (f"Load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} "
+              f"(2-core machine shared with other jobs: latency ratios are noisy)."), "",
+             "| model | params | MACs | MACs × | p50 ms | speedup | speedup / MACs reduction | goal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        goal = "–" if r["meets_goal"] is None else ("✅" if r["meets_goal"] else "❌")
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e9:.3f} G | "
+                     f"{r['macs_ratio']:.2f} | {r['p50_ms']:.2f} | {r['speedup']:.2f}× | "
+                     f"{r['speedup_over_reduction']:.2f} | {goal} |")
+    (out / "prune_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
