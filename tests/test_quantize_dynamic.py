@@ -90,7 +90,8 @@ def test_dynamic_int8_onnx_is_smaller_and_close(builder, int_op, digits, tmp_pat
     runner.close()
     assert _cosine(ref, out) >= 0.99 and _cosine(ref, sim) >= 0.99
     stages = dm.report.stages
-    assert stages[-1].size_bytes < stages[0].size_bytes / 2  # packed int8 weights in torch too
+    # packed int8 weights in torch too (torch leaves nn.MultiheadAttention's projections float)
+    assert stages[-1].size_bytes < 0.6 * stages[0].size_bytes
 
 
 def test_dynamic_save_load_and_bad_options(digits, tmp_path):
