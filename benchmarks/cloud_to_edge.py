@@ -1,0 +1,182 @@
+"""The cloud → edge pipeline, measured: ResNet-56 teacher → distilled ResNet-20 student →
+structured pruning with distillation recovery → INT8 (QAT) → ONNX and TFLite.
+
+Data: the CIFAR-10 JPEG test set (10,000 images), split in two seeded halves: the student trains
+and calibrates on one half and every accuracy is measured on the other. Random-crop and flip
+augmentation on the training half. The student starts from the pretrained ResNet-20 (its option-A
+shortcuts are first rewritten as equivalent fixed 1×1 convolutions so the dependency graph can
+prune through them; outputs are unchanged, checked below).
+
+    python benchmarks/cloud_to_edge.py \
+        --teacher ../shared/data/resnet-cifar10-pretrained/resnet56-4bfd9763.th \
+        --student ../shared/data/resnet-cifar10-pretrained/resnet20-12fca82f.th \
+        --data ../shared/data/cifar10-jpeg-test/test.tar --out benchmarks/results
+
+Writes cloud_to_edge.json, cloud_to_edge.md and cloud_to_edge.png. Goal: ≥ 40× smaller than the
+teacher's FP32 ONNX file with ≤ 2 points of top-1 lost, in under 60 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import edgecompress as ec  # noqa: E402
+from cifar_resnet import ShortcutA, cifar_bundle, load_resnet  # noqa: E402
+from edgecompress.plot import plot_report  # noqa: E402
+
+log = logging.getLogger("cloud_to_edge")
+
+
+class AugmentedLoader:
+    """Random 4-pixel-padded crops and horizontal flips on each batch of a loader (seeded)."""
+
+    def __init__(self, loader: Any, seed: int = 0):
+        self.loader, self.gen = loader, torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            n, _, h, w = x.shape
+            flip = torch.rand(n, generator=self.gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            padded = nn.functional.pad(x, (4, 4, 4, 4))
+            dx, dy = torch.randint(0, 9, (2,), generator=self.gen).tolist()
+            yield padded[:, :, dy:dy + h, dx:dx + w].contiguous(), y
+
+
+def shortcut_as_conv(short: ShortcutA, cin: int) -> nn.Conv2d:
+    """A fixed 1×1 stride-2 convolution equal to an option-A shortcut (subsample + zero-pad)."""
+    cout = cin + 2 * short.pad
+    conv = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        for c in range(cin):
+            conv.weight[short.pad + c, c, 0, 0] = 1.0
+    return conv
+
+
+def prunable(model: nn.Module) -> nn.Module:
+    """Replace every option-A shortcut by its equivalent convolution (in place)."""
+    for block in model.modules():
+        if isinstance(getattr(block, "shortcut", None), ShortcutA):
+            block.shortcut = shortcut_as_conv(block.shortcut, block.conv1.in_channels)
+    return model
+
+
+def fp32_onnx_size(model: nn.Module, example: torch.Tensor) -> int:
+    from edgecompress.export.onnx import export_float_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_float_onnx(model, example, path)
+        return path.stat().st_size
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", required=True, type=Path)
+    ap.add_argument("--student", required=True, type=Path, help="pretrained ResNet-20 state dict")
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--distill-epochs", type=int, default=6)
+    ap.add_argument("--target-params", type=float, default=0.3,
+                    help="fraction of the student's parameters kept by structured pruning")
+    ap.add_argument("--recover-epochs", type=int, default=4)
+    ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=None, help="use a subset of the images (quick runs)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+
+    data = cifar_bundle(args.data, batch_size=64, calib_size=512, seed=args.seed, limit=args.limit)
+    data.train = AugmentedLoader(data.train, seed=args.seed)
+    teacher = load_resnet(args.teacher)
+    student = load_resnet(args.student)
+    x = data.samples("val", 64)
+    with torch.no_grad():
+        before = student(x)
+        prunable(student)
+        assert torch.allclose(student(x), before, atol=1e-5), "shortcut rewrite changed outputs"
+
+    pipe = ec.Pipeline([
+        ec.passes.Distill(teacher=teacher, student=student, epochs=args.distill_epochs, lr=1e-3,
+                          temperature=4.0, alpha=0.3),
+        ec.passes.Fuse(),
+        ec.passes.StructuredPrune(target_params=args.target_params, importance="l2",
+                                  finetune=ec.Distill.recover(epochs=args.recover_epochs, lr=2e-3,
+                                                              alpha=0.3)),
+        ec.passes.QuantizeQAT(epochs=args.qat_epochs, lr=1e-4,
+                              finetune=ec.Distill.recover(epochs=args.qat_epochs, lr=1e-4,
+                                                          alpha=0.3)),
+    ], measure=ec.Measure(threads=args.threads, latency_runs=50), seed=args.seed)
+    dm = pipe.run(teacher, data)
+
+    teacher_onnx = fp32_onnx_size(teacher, data.example_input)
+    exports = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, name in (("onnx", "student_int8.onnx"), ("tflite", "student_int8.tflite")):
+            try:
+                art = dm.export(fmt, Path(tmp) / name, threads=args.threads, benchmark_runs=100)
+                exports[fmt] = {"size_bytes": art.size_bytes, "precision": art.precision,
+                                "accuracy": art.accuracy, "p50_ms": art.latency.p50_ms,
+                                "parity": art.parity.to_dict(),
+                                "x_smaller_than_teacher_fp32_onnx": teacher_onnx / art.size_bytes}
+            except ec.EdgeCompressError as exc:
+                exports[fmt] = {"error": str(exc)}
+    teacher_acc = dm.report.stages[0].accuracy
+    best = exports.get("onnx", {})
+    result = {
+        "command": " ".join(sys.argv), "seconds": time.time() - t0,
+        "load_average_end": os.getloadavg()[0], "threads": args.threads,
+        "teacher_fp32_onnx_bytes": teacher_onnx, "teacher_accuracy": teacher_acc,
+        "exports": exports, "report": dm.report.to_dict(),
+        "goal": {"x_smaller": best.get("x_smaller_than_teacher_fp32_onnx"),
+                 "points_lost": None if best.get("accuracy") is None
+                 else 100 * (teacher_acc - best["accuracy"])},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cloud_to_edge.json").write_text(json.dumps(result, indent=2, default=str))
+    plot_report(dm.report, args.out / "cloud_to_edge.png", title="CIFAR-10 (JPEG): ResNet-56 → edge")
+    (args.out / "cloud_to_edge.md").write_text(markdown(result, dm))
+    print(dm.report)
+    print(json.dumps(result["goal"], indent=2))
+
+
+def markdown(r: dict[str, Any], dm: ec.DeployableModel) -> str:
+    lines = [f"Command: `{r['command']}`", "",
+             f"Wall time {r['seconds'] / 60:.1f} min on {r['threads']} threads "
+             f"(load average at the end {r['load_average_end']:.1f}). Accuracy on the 5,000 "
+             f"held-out JPEG images; the teacher's FP32 ONNX file is "
+             f"{r['teacher_fp32_onnx_bytes']:,} bytes.", "", dm.report.to_markdown(), "",
+             "| artifact | precision | bytes | × smaller than teacher FP32 | top-1 | points lost | p50 ms |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for fmt, e in r["exports"].items():
+        if "error" in e:
+            lines.append(f"| {fmt} | failed: {e['error'][:120]} | | | | | |")
+            continue
+        lost = 100 * (r["teacher_accuracy"] - e["accuracy"])
+        lines.append(f"| {fmt} | {e['precision']} | {e['size_bytes']:,} | "
+                     f"{e['x_smaller_than_teacher_fp32_onnx']:.1f}× | {100 * e['accuracy']:.2f}% | "
+                     f"{lost:.2f} | {e['p50_ms']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
