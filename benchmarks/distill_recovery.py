@@ -87,6 +87,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--alpha", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model-cache", default=None,
+                    help="load the trained model's weights from this file if it exists, else "
+                         "save them there (weights only); the JSON says whether it was reused")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return ap.parse_args()
 
@@ -107,17 +110,27 @@ def recover_with(model: nn.Module, data: ec.DataBundle, recovery: Recovery | Non
                                           if not k.endswith("_history")}}
 
 
+def trained_model(data: ec.DataBundle, args: argparse.Namespace) -> tuple[nn.Module, bool]:
+    torch.manual_seed(0)
+    model = SmallResNet(1, data.num_classes or 10, args.width)
+    cache = Path(args.model_cache) if args.model_cache else None
+    if cache is not None and cache.exists():
+        model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+        return model.eval(), True
+    cfg = TrainConfig(epochs=args.train_epochs, lr=3e-3, seed=0)
+    train(model, data.train, cross_entropy_loss, cfg, val_loader=data.val, desc="train")
+    if cache is not None:
+        torch.save(model.state_dict(), cache)
+    return model.eval(), False
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     start, load_before = time.perf_counter(), os.getloadavg()
     data = ec.data.idx(args.data, batch_size=128, seed=0, limit_train=args.train_samples,
                        limit_val=args.val_samples)
-    torch.manual_seed(0)
-    model = SmallResNet(1, data.num_classes or 10, args.width)
-    train(model, data.train, cross_entropy_loss, TrainConfig(epochs=args.train_epochs, lr=3e-3,
-                                                             seed=0),
-          val_loader=data.val, desc="train")
+    model, reused = trained_model(data, args)
     common = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
     pruned = recover_with(model, data, None, args.ratio, args.seed)
     distill = recover_with(model, data, ec.Distill.recover(temperature=args.temperature,
@@ -125,7 +138,8 @@ def main() -> None:
                            args.ratio, args.seed)
     plain = recover_with(model, data, ec.FineTune(**common), args.ratio, args.seed)
     gain = 100 * (distill["accuracy_after"] - plain["accuracy_after"])
-    result = {"benchmark": "distill_recovery", "config": vars(args), "pruned_only": pruned,
+    result = {"benchmark": "distill_recovery", "config": vars(args), "model_reused": reused,
+              "pruned_only": pruned,
               "distill": distill,
               "finetune": plain, "gain_points": gain, "distill_wins": gain > 0,
               "wall_seconds": time.perf_counter() - start,

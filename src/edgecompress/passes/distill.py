@@ -266,6 +266,9 @@ class Distill(Pass, KDConfig):
             with _teacher_restored(teacher):  # measuring switches it to eval mode
                 ctx.note("teacher", model_facts(teacher, ctx.data, "teacher"))
             ctx.note("student", model_facts(student, ctx.data, "student"))
+        log.info("Distill: student best val accuracy %s at epoch %s%s", result.best_val_accuracy,
+                 result.best_epoch, f" (without the teacher: {ctx.notes['baseline_accuracy']})"
+                 if "baseline_accuracy" in ctx.notes else "")
         return student
 
     def _roles(self, model: nn.Module, ctx: PassContext) -> tuple[nn.Module, nn.Module]:
