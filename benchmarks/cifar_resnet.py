@@ -72,6 +72,25 @@ class CifarResNet(nn.Module):
         return self.linear(self.pool(out).flatten(1))
 
 
+def shortcut_as_conv(short: ShortcutA, cin: int) -> nn.Conv2d:
+    """A fixed 1×1 stride-2 convolution equal to an option-A shortcut (subsample + zero-pad)."""
+    cout = cin + 2 * short.pad
+    conv = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        for c in range(cin):
+            conv.weight[short.pad + c, c, 0, 0] = 1.0
+    return conv
+
+
+def prunable(model: nn.Module) -> nn.Module:
+    """Replace every option-A shortcut by its equivalent convolution (in place)."""
+    for block in model.modules():
+        if isinstance(getattr(block, "shortcut", None), ShortcutA):
+            block.shortcut = shortcut_as_conv(block.shortcut, block.conv1.in_channels)
+    return model
+
+
 def resnet20() -> CifarResNet:
     return CifarResNet(3)
 

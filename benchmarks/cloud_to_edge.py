@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edgecompress as ec  # noqa: E402
-from cifar_resnet import ShortcutA, cifar_bundle, load_resnet  # noqa: E402
+from cifar_resnet import cifar_bundle, load_resnet, prunable  # noqa: E402
 from edgecompress.plot import plot_report  # noqa: E402
 
 log = logging.getLogger("cloud_to_edge")
@@ -56,25 +56,6 @@ class AugmentedLoader:
             padded = nn.functional.pad(x, (4, 4, 4, 4))
             dx, dy = torch.randint(0, 9, (2,), generator=self.gen).tolist()
             yield padded[:, :, dy:dy + h, dx:dx + w].contiguous(), y
-
-
-def shortcut_as_conv(short: ShortcutA, cin: int) -> nn.Conv2d:
-    """A fixed 1×1 stride-2 convolution equal to an option-A shortcut (subsample + zero-pad)."""
-    cout = cin + 2 * short.pad
-    conv = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
-    with torch.no_grad():
-        conv.weight.zero_()
-        for c in range(cin):
-            conv.weight[short.pad + c, c, 0, 0] = 1.0
-    return conv
-
-
-def prunable(model: nn.Module) -> nn.Module:
-    """Replace every option-A shortcut by its equivalent convolution (in place)."""
-    for block in model.modules():
-        if isinstance(getattr(block, "shortcut", None), ShortcutA):
-            block.shortcut = shortcut_as_conv(block.shortcut, block.conv1.in_channels)
-    return model
 
 
 def fp32_onnx_size(model: nn.Module, example: torch.Tensor) -> int:

@@ -72,3 +72,25 @@ def test_plugin_package_installs_and_registers_its_pass(tmp_path, trained_cnn, d
     finally:
         PASSES.pop("clip_weights", None)
         sys.modules.pop("ec_plugin_example", None)
+
+
+def test_cifar_pipeline_fast_on_an_image_tar(tmp_path):
+    import tarfile
+
+    _digit_pngs(tmp_path / "imgs", n=60)
+    tar_path = tmp_path / "imgs.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(tmp_path / "imgs", arcname="test")
+    dm = _module("cifar_pipeline").main(["--data", str(tar_path), "--fast", "--out", str(tmp_path / "o")])
+    assert [s.stage for s in dm.report.stages] == ["input", "fuse", "structured_prune", "quantize_ptq"]
+    assert dm.report.stages[2].params < dm.report.stages[1].params
+    assert (tmp_path / "o" / "model.onnx").exists() and (tmp_path / "o" / "model.tflite").exists()
+
+
+def test_jetson_prepare_writes_a_build_bundle(tmp_path):
+    art = _module("jetson_tensorrt").main(["prepare", "--fast", "--out", str(tmp_path)])
+    bundle = tmp_path / "model_trt"
+    assert art.path == bundle
+    command = (bundle / "build_engine.sh").read_text()
+    assert "trtexec" in command and "--fp16" in command and "--int8" in command
+    assert (bundle / "model.onnx").exists() and (bundle / "build_engine.py").exists()

@@ -42,7 +42,8 @@ def test_profile_values_fill_defaults_only(trained_cnn, digits):
 
 def test_export_options_per_device():
     assert get_target("rpi4").export_options("onnx") == {"opset": 13}
-    assert get_target("coral").export_options("tflite") == {"int8_io": True}
+    assert get_target("coral").export_options("tflite", "static") == {"int8_io": True}
+    assert get_target("coral").export_options("tflite") == {}  # a float model keeps float IO
     assert get_target("rpi5").export_options("torchscript") == {"engine": "qnnpack"}
     assert get_target("x86").export_options("torchscript") == {"engine": "x86"}
     assert get_target("jetson-nano").tensorrt_int8 is False

@@ -115,7 +115,8 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
     result = CompressResult(dm)
     for fmt in formats:
         spec = get_format(fmt)
-        options: dict[str, Any] = dict(tgt.export_options(fmt)) if tgt else {}
+        scheme = dm.quant_recipe.scheme if dm.quant_recipe else None
+        options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
         options.update(threads=threads or (tgt.threads if tgt else None),
                        benchmark_runs=benchmark_runs)
         name = "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"

@@ -55,12 +55,16 @@ class Target:
             out.append(p)
         return out, applied
 
-    def export_options(self, fmt: str) -> dict[str, Any]:
-        """Export defaults this device implies for ``fmt`` (user options override them)."""
+    def export_options(self, fmt: str, quant_scheme: str | None = None) -> dict[str, Any]:
+        """Export defaults this device implies for ``fmt`` (user options override them).
+
+        ``quant_scheme`` is the DeployableModel's recipe scheme (``"static"``, ``"dynamic"`` or
+        None): full-integer input/output only applies to static INT8 models.
+        """
         opts: dict[str, Any] = {}
         if fmt == "onnx":
             opts["opset"] = self.onnx_opset
-        elif fmt == "tflite" and self.tflite_full_integer:
+        elif fmt == "tflite" and self.tflite_full_integer and quant_scheme == "static":
             opts["int8_io"] = True
         elif fmt == "torchscript":
             opts["engine"] = self.torchscript_engine
