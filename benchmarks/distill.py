@@ -41,12 +41,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--student-width", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=15, help="student epochs (both runs)")
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--temperature", type=float, default=4.0)
-    ap.add_argument("--alpha", type=float, default=0.1)
+    ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--teacher-cache", default=None,
                     help="load the teacher's weights from this file if it exists, else save "
                          "them there (weights only); the JSON says whether it was reused")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32, help="student batch size")
+    ap.add_argument("--teacher-batch-size", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -111,7 +112,7 @@ def main() -> None:
     load_before = os.getloadavg()
     # idx() draws both subsets from one seeded permutation: the students' samples are the first
     # student_samples of the teacher's. Same validation samples for all.
-    teacher_data = ec.data.idx(args.data, batch_size=args.batch_size, seed=0,
+    teacher_data = ec.data.idx(args.data, batch_size=args.teacher_batch_size, seed=0,
                                limit_train=args.train_samples, limit_val=args.val_samples)
     data = ec.data.idx(args.data, batch_size=args.batch_size, seed=0,
                        limit_train=args.student_samples, limit_val=args.val_samples)

@@ -85,6 +85,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate (both ways)")
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.3)
+    ap.add_argument("--hints", default=None,
+                    help='feature hints as JSON, e.g. \'{"layers.2": "layers.2"}\'')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model-cache", default=None,
@@ -134,7 +136,9 @@ def main() -> None:
     common = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
     pruned = recover_with(model, data, None, args.ratio, args.seed)
     distill = recover_with(model, data, ec.Distill.recover(temperature=args.temperature,
-                                                           alpha=args.alpha, **common),
+                                                           alpha=args.alpha,
+                                                           hints=json.loads(args.hints)
+                                                           if args.hints else None, **common),
                            args.ratio, args.seed)
     plain = recover_with(model, data, ec.FineTune(**common), args.ratio, args.seed)
     gain = 100 * (distill["accuracy_after"] - plain["accuracy_after"])
