@@ -81,7 +81,8 @@ def test_every_importance_prunes(importance, trained_resnet, digits):
 def test_finetune_recovers_accuracy(trained_cnn, digits):
     base = accuracy(trained_cnn, digits.val)
     cut = _run(trained_cnn, digits, ratio=0.7)
-    tuned = _run(trained_cnn, digits, ratio=0.7, finetune=ec.FineTune(epochs=3, lr=3e-3))
+    tuned = _run(trained_cnn, digits, ratio=0.7,
+                 finetune=ec.FineTune(epochs=3, lr=3e-3))
     acc_cut, acc_tuned = accuracy(cut.model, digits.val), accuracy(tuned.model, digits.val)
     assert acc_tuned > acc_cut + 0.05, (base, acc_cut, acc_tuned)
     assert acc_tuned > base - 0.08
@@ -89,7 +90,7 @@ def test_finetune_recovers_accuracy(trained_cnn, digits):
 
 
 def test_iterative_steps_finetune_between(trained_resnet, digits):
-    ft = ec.FineTune(epochs=1, max_batches=3)
+    ft = ec.FineTune(epochs=1, max_batches=2)
     dm = _run(trained_resnet, digits, ratio=0.5, steps=2, finetune=ft)
     notes = dm.report.stages[-1].notes
     assert "finetune_step1_history" in notes and "finetune_step2_history" in notes
@@ -99,7 +100,7 @@ def test_iterative_steps_finetune_between(trained_resnet, digits):
 def test_save_and_reload_with_builder_and_without(trained_cnn, digits, tmp_path):
     dm = ec.Pipeline([ec.passes.StructuredPrune(ratio=0.5, round_to=4)], measure=CHEAP).run(
         trained_cnn, digits, builder="edgecompress.models:small_cnn")
-    path = dm.save(tmp_path / "pruned.ecm")
+    path = dm.save(tmp_path / "pruned.ecm", portable=False)
     x = digits.samples("val", 16)
     with torch.no_grad():
         want = dm.model(x)
