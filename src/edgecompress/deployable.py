@@ -143,10 +143,11 @@ class DeployableModel:
         if self.quant_recipe is not None and self.quant_recipe.calib_samples is not None:
             files["calib_samples.pt"] = _tensor_bytes({"x": self.quant_recipe.calib_samples})
         if portable:
-            program = _export_program(self.model, self.example_input())
+            program, static_batch = _export_program(self.model, self.example_input())
             if program is not None:
                 files["program.pt2"] = program
                 manifest["portable"] = True
+                manifest["program_static_batch"] = static_batch
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=str))
             for name, data in files.items():
@@ -216,9 +217,10 @@ class ExportedProgramModule(nn.Module):
     The exported graph is frozen in eval mode, so ``train()``/``eval()`` only flip the flag.
     """
 
-    def __init__(self, program_module: nn.Module):
+    def __init__(self, program_module: nn.Module, static_batch: int | None = None):
         super().__init__()
         self.program = program_module
+        self.static_batch = static_batch  # runners split larger batches into calls of this size
 
     def forward(self, *args: Any) -> Any:
         return self.program(*args)
@@ -268,8 +270,9 @@ def _safe_tensors(data: bytes, path: Path, member: str) -> dict[str, Any]:
                             f"Nothing from it was executed. Detail: {str(exc)[:300]}") from exc
 
 
-def _export_program(model: nn.Module, example: torch.Tensor) -> bytes | None:
-    """Serialize ``model`` as a torch.export program (None when the model does not export).
+def _export_program(model: nn.Module, example: torch.Tensor) -> tuple[bytes | None, bool]:
+    """Serialize ``model`` as a torch.export program (None when the model does not export),
+    and whether the program only takes a batch of 1.
 
     The batch dimension is exported as dynamic (from a batch of 2: torch specialises size-1
     dimensions); a model that only works at one batch size falls back to a static export.
@@ -285,15 +288,15 @@ def _export_program(model: nn.Module, example: torch.Tensor) -> bytes | None:
                 ep = torch.export.export(model, args, dynamic_shapes=dynamic, strict=False)
             buf = io.BytesIO()
             torch.export.save(ep, buf)
-            return buf.getvalue()
+            return buf.getvalue(), dynamic is None
         except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds of errors
             last = exc
     log.info("model not saved as a torch.export program (%s); reloading it will need a builder",
              str(last).splitlines()[0][:200] if str(last) else type(last).__name__)
-    return None
+    return None, False
 
 
-def _load_program(data: bytes, path: Path) -> nn.Module:
+def _load_program(data: bytes, path: Path, static_batch: bool = False) -> nn.Module:
     """Load a torch.export program only after proving every pickle inside is tensors-only.
 
     ``torch.export.load`` retries with ``weights_only=False`` when a safe load fails; checking
@@ -304,7 +307,8 @@ def _load_program(data: bytes, path: Path) -> nn.Module:
             if name.endswith(".pt"):
                 _safe_tensors(zf.read(name), path, f"program.pt2/{name}")
     try:
-        return ExportedProgramModule(torch.export.load(io.BytesIO(data)).module())
+        return ExportedProgramModule(torch.export.load(io.BytesIO(data)).module(),
+                                     1 if static_batch else None)
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: the saved torch.export program cannot be loaded by this "
                             f"torch ({torch.__version__}): {exc}") from exc
@@ -344,7 +348,8 @@ def _rebuild(manifest: dict[str, Any], weights: dict[str, Any], blobs: dict[str,
     if model is not None:
         return model
     if "program.pt2" in blobs:
-        return _load_program(blobs["program.pt2"], path)
+        return _load_program(blobs["program.pt2"], path,
+                             bool(manifest.get("program_static_batch", False)))
     raise ArtifactError(f"{path}: cannot rebuild the model: it was saved without a "
                         f"torch.export program and no builder is importable. Pass "
                         f"builder='package.module:function' (a function returning the "

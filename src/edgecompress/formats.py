@@ -116,6 +116,9 @@ def format_for_path(path: str | Path) -> FormatSpec:
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"artifact {p} does not exist")
+    if p.is_dir() and (p / "build_engine.sh").exists():
+        raise ArtifactError(f"{p} is a TensorRT build bundle, not an engine: copy it to the "
+                            f"device, run build_engine.sh there, then load the .engine file")
     for spec in FORMATS.values():
         if spec.directory and spec.detect is not None and spec.detect(p):
             return spec

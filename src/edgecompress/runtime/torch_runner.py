@@ -55,7 +55,8 @@ class TorchRunner(Runner):
             torch.set_num_threads(int(self.threads))
         self._module.eval()
         self._device = next((p.device for p in self._module.parameters()), torch.device("cpu"))
-        shape = (None, *self._example.shape[1:])
+        # a model reloaded from a static torch.export program takes one batch size only
+        shape = (getattr(self._module, "static_batch", None), *self._example.shape[1:])
         self.inputs = [TensorSpec("input", shape, str(self._example.numpy().dtype))]
         with torch.no_grad():
             out = self._module(self._example.to(self._device))
