@@ -47,6 +47,9 @@ def export_float_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset
 
     model = model.eval()
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.TransformerEncoder's eval-mode fused kernel has no ONNX export: use the plain ops
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -64,6 +67,8 @@ def export_float_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset
         raise ExportError(f"torch could not export {type(model).__name__} to ONNX with the "
                           f"{exporter} exporter: {str(exc)[:600]}. Try exporter='{other}' or a "
                           f"different opset") from exc
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     notes: dict[str, Any] = {"opset": opset, "exporter": exporter, "dynamic_batch": dynamic_batch}
     proto = onnx.load(str(path))
     if simplify:
