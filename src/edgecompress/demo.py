@@ -26,9 +26,9 @@ def _optional_pass(name: str, **options: object) -> Pass | None:
 
 
 def demo_passes() -> list[Pass]:
-    """Fuse → structured pruning (30 %, 1 epoch recovery) → static INT8 PTQ."""
+    """Fuse → structured pruning (30 % of channels, 3 epochs of recovery) → static INT8 PTQ."""
     passes = [get_pass("fuse")()]
-    for name, options in (("structured_prune", {"ratio": 0.3, "finetune": FineTune(epochs=1)}),
+    for name, options in (("structured_prune", {"ratio": 0.3, "finetune": FineTune(epochs=3, lr=2e-3)}),
                           ("quantize_ptq", {"samples": 256})):
         p = _optional_pass(name, **options)
         if p is not None:
