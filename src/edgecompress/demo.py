@@ -17,23 +17,11 @@ from .training import FineTune, TrainConfig, cross_entropy_loss, seed_everything
 log = logging.getLogger("edgecompress")
 
 
-def _optional_pass(name: str, **options: object) -> Pass | None:
-    try:
-        return get_pass(name)(**options)
-    except ImportError:
-        log.info("pass '%s' is not available in this build; the demo skips it", name)
-        return None
-
-
 def demo_passes() -> list[Pass]:
     """Fuse → structured pruning (30 % of channels, 3 epochs of recovery) → static INT8 PTQ."""
-    passes = [get_pass("fuse")()]
-    for name, options in (("structured_prune", {"ratio": 0.3, "finetune": FineTune(epochs=3, lr=2e-3)}),
-                          ("quantize_ptq", {"samples": 256})):
-        p = _optional_pass(name, **options)
-        if p is not None:
-            passes.append(p)
-    return passes
+    return [get_pass("fuse")(),
+            get_pass("structured_prune")(ratio=0.3, finetune=FineTune(epochs=3, lr=2e-3)),
+            get_pass("quantize_ptq")(samples=256)]
 
 
 def run_demo(out: Path, epochs: int = 4, image_size: int = 32, seed: int = 0,
