@@ -56,3 +56,43 @@ def test_bad_model_and_format_are_clear_errors(tmp_path, capsys):
     assert main(["compress", "--model", "edgecompress.models:small_cnn", "--recipe", str(recipe),
                  "--export", "onnx,gguf", "--out", str(tmp_path / "o")]) == 2
     assert "unknown export format 'gguf'" in capsys.readouterr().err
+
+
+ALL_PASSES = [
+    {"pass": "distill", "student": "small_cnn", "epochs": 1, "max_batches": 4},
+    {"pass": "fuse"},
+    {"pass": "structured_prune", "ratio": 0.3,
+     "finetune": {"kind": "distill", "epochs": 1, "max_batches": 3}},
+    {"pass": "unstructured_prune", "sparsity": 0.5,
+     "finetune": {"kind": "finetune", "epochs": 1, "max_batches": 3}},
+    {"pass": "quantize_qat", "epochs": 1, "max_batches": 3, "samples": 64},
+]
+
+
+def test_recipe_with_every_kind_of_pass_writes_every_artifact(tmp_path):
+    recipe = _recipe(tmp_path, ALL_PASSES)
+    pipe = ec.Pipeline.from_recipe(recipe)
+    assert ec.Pipeline.from_recipe(pipe.to_recipe()) == pipe  # the recipe round-trips
+    out = tmp_path / "out"
+    code = main(["compress", "--model", "edgecompress.models:small_resnet", "--data", "digits",
+                 "--image-size", "16", "--recipe", str(recipe), "--export",
+                 "onnx,tflite,torchscript", "--out", str(out), "--benchmark-runs", "2",
+                 "--threads", "1"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["input", "distill", "fuse", "structured_prune",
+                                                      "unstructured_prune", "quantize_qat"]
+    assert {a["format"]: a["precision"] for a in report["artifacts"]} == {
+        "onnx": "int8-static", "tflite": "int8-static", "torchscript": "int8-static"}
+    for name in ("model.onnx", "model.tflite", "model.ptl", "report.md", "plot.png"):
+        assert (out / name).exists(), name
+
+
+def test_unquantizable_format_in_compress_is_listed_and_exits_1(tmp_path, capsys):
+    recipe = _recipe(tmp_path, [{"pass": "quantize_ptq", "samples": 32}])
+    code = main(["compress", "--model", "edgecompress.models:small_cnn", "--data", "digits",
+                 "--image-size", "16", "--recipe", str(recipe), "--export", "onnx,ncnn",
+                 "--out", str(tmp_path / "o"), "--benchmark-runs", "2"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "✗ ncnn" in out and "Formats that can" in out and "✓ onnx" in out
