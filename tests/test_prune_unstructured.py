@@ -54,7 +54,7 @@ def test_cubic_schedule_rises_to_the_target():
 def test_gradual_finetune_keeps_masks_and_recovers(trained_cnn, digits):
     cut = _run(trained_cnn, digits, sparsity=0.95)
     dm = _run(trained_cnn, digits, sparsity=0.95, schedule="gradual", steps=3,
-              finetune=ec.FineTune(epochs=1, lr=2e-3, max_batches=8))
+              finetune=ec.FineTune(epochs=2, lr=3e-3))
     notes = dm.report.stages[-1].notes
     steps = [notes[f"sparsity_step{i}"] for i in (1, 2, 3)]
     assert steps == sorted(steps) and abs(steps[-1] - 0.95) <= 0.01
