@@ -73,10 +73,10 @@ def main() -> None:
     ap.add_argument("--student", required=True, type=Path, help="pretrained ResNet-20 state dict")
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--distill-epochs", type=int, default=6)
+    ap.add_argument("--distill-epochs", type=int, default=4)
     ap.add_argument("--target-params", type=float, default=0.3,
                     help="fraction of the student's parameters kept by structured pruning")
-    ap.add_argument("--recover-epochs", type=int, default=4)
+    ap.add_argument("--recover-epochs", type=int, default=10)
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="use a subset of the images (quick runs)")
     ap.add_argument("--threads", type=int, default=2)
