@@ -19,7 +19,6 @@ Writes benchmarks/results/quantize.json and quantize.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys

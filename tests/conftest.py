@@ -53,3 +53,12 @@ def _resnet_weights(digits):
 def trained_resnet(_resnet_weights) -> torch.nn.Module:
     """A SmallResNet (residual adds, width 8) trained on digits; a fresh copy per test."""
     return copy.deepcopy(_resnet_weights)
+
+
+@pytest.fixture(scope="session")
+def fused_onnx(tmp_path_factory, _cnn_weights, digits):
+    """The trained CNN, BatchNorm-fused and exported to ONNX once for the whole session."""
+    dm = ec.Pipeline([ec.passes.Fuse()], measure=False).run(copy.deepcopy(_cnn_weights), digits)
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    dm.export("onnx", path, benchmark_runs=0)
+    return path

@@ -4,18 +4,12 @@ import json
 
 import pytest
 
-import edgecompress as ec
 from edgecompress.cli import main
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory, _cnn_weights, digits):
-    import copy
-
-    dm = ec.Pipeline([ec.passes.Fuse()], measure=False).run(copy.deepcopy(_cnn_weights), digits)
-    path = tmp_path_factory.mktemp("cli") / "m.onnx"
-    dm.export("onnx", path, benchmark_runs=0)
-    return path
+@pytest.fixture()
+def artifact(fused_onnx):
+    return fused_onnx
 
 
 def test_bench_json(artifact, capsys):

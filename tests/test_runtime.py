@@ -8,14 +8,9 @@ import edgecompress as ec
 from edgecompress.runtime.system import system_status
 
 
-@pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory, _cnn_weights, digits):
-    import copy
-
-    dm = ec.Pipeline([ec.passes.Fuse()], measure=False).run(copy.deepcopy(_cnn_weights), digits)
-    path = tmp_path_factory.mktemp("rt") / "m.onnx"
-    dm.export("onnx", path, benchmark_runs=0)
-    return path
+@pytest.fixture()
+def onnx_path(fused_onnx):
+    return fused_onnx
 
 
 def test_runner_specs(onnx_path):
