@@ -62,3 +62,18 @@ def fused_onnx(tmp_path_factory, _cnn_weights, digits):
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
     dm.export("onnx", path, benchmark_runs=0)
     return path
+
+
+@pytest.fixture(scope="module")
+def cnn_dm(_cnn_weights, digits) -> ec.DeployableModel:
+    """The trained CNN as a DeployableModel with no passes applied (one per test module)."""
+    return ec.Pipeline([], measure=False).run(copy.deepcopy(_cnn_weights), digits)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread: two threads on a loaded 2-core machine spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

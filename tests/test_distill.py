@@ -28,12 +28,7 @@ from edgecompress.training import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a loaded 2-core machine spin against each other
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _student(width: int = 8, num_classes: int = 10, seed: int = 0) -> nn.Module:

@@ -25,11 +25,6 @@ def _deployable(model: torch.nn.Module, data: ec.DataBundle) -> ec.DeployableMod
 
 
 @pytest.fixture(scope="module")
-def cnn_dm(_cnn_weights, digits) -> ec.DeployableModel:
-    return _deployable(copy.deepcopy(_cnn_weights), digits)
-
-
-@pytest.fixture(scope="module")
 def cnn_folder(cnn_dm, tmp_path_factory):
     path = tmp_path_factory.mktemp("ncnn") / "cnn_ncnn"
     cnn_dm.export("ncnn", path, **FAST)

@@ -23,15 +23,6 @@ HAS_GPU = torch.cuda.is_available()
 FAST = {"benchmark_runs": 0, "parity_samples": 128, "threads": 1}
 
 
-def _deployable(model: torch.nn.Module, data: ec.DataBundle) -> ec.DeployableModel:
-    return ec.Pipeline([], measure=False).run(model, data)
-
-
-@pytest.fixture(scope="module")
-def cnn_dm(_cnn_weights, digits) -> ec.DeployableModel:
-    return _deployable(copy.deepcopy(_cnn_weights), digits)
-
-
 @pytest.fixture(scope="module")
 def int8_dm(cnn_dm, digits) -> ec.DeployableModel:
     """A hand-made static INT8 recipe on the trained CNN (the simulated model is the float one)."""
