@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import edgecompress as ec
+from edgecompress.deployable import InputSpec
 from edgecompress.models import small_cnn
 
 
@@ -43,6 +44,29 @@ def test_load_without_builder_uses_the_export_program(fused, digits, tmp_path):
     dm = ec.DeployableModel.load(path)
     x = digits.samples("val", 8)
     assert torch.allclose(dm.model(x), fused.model(x), atol=1e-6)
+
+
+class _BatchOfOne(torch.nn.Module):
+    """Flattens the whole batch into one row, so only a batch of 1 exports."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc(x.reshape(1, -1))
+
+
+def test_static_batch_program_runs_bigger_batches_in_pieces(digits, tmp_path):
+    torch.manual_seed(0)
+    dm = ec.DeployableModel(_BatchOfOne().eval(), InputSpec((1, 1, 16, 16)))
+    path = dm.save(tmp_path / "m.ecm", builder="no.such.module:fn")
+    loaded = ec.DeployableModel.load(path)
+    assert loaded.model.static_batch == 1
+    x = digits.samples("val", 8)
+    with torch.no_grad():
+        want = torch.cat([dm.model(row[None]) for row in x])
+        assert torch.allclose(loaded.model(x), want, atol=1e-6)  # not only through a runner
 
 
 def test_structure_replay_reshapes_any_width_of_the_same_architecture(fused, digits, tmp_path):

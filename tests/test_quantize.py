@@ -9,11 +9,11 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 import edgecompress as ec
-from edgecompress.deployable import DeployableModel
+from edgecompress.deployable import DeployableModel, ExportedProgramModule
 from edgecompress.errors import ConfigError, DataError
 from edgecompress.models import small_cnn
 from edgecompress.pipeline import Measure
-from edgecompress.quant.simulate import QuantLayer, act_qparams
+from edgecompress.quant.simulate import QuantLayer, act_qparams, fake_quant_plain
 from edgecompress.quant_recipe import QuantRecipe
 from edgecompress.training import TrainConfig, cross_entropy_loss, train
 
@@ -122,6 +122,35 @@ def test_save_load_quantized_model(ptq, tmp_path):
     r0, r1 = ptq.quant_recipe, loaded.quant_recipe
     assert r1.ranges == r0.ranges and r1.skip == r0.skip and r1.method == r0.method
     assert torch.equal(r1.calib_samples, r0.calib_samples)
+
+
+def test_int8_ecm_program_takes_a_batch_of_8(ptq, tmp_path):
+    """The saved torch.export program of the simulated INT8 model has a dynamic batch: it was
+    specialised to batch 1 (``Guard failed: x.size()[0] == 1`` on larger batches)."""
+    art = ptq.export("torch", tmp_path / "q.ecm", benchmark_runs=0)
+    x = ptq.sample_inputs(8)
+    with torch.no_grad():
+        want = ptq.model(x)
+        loaded = DeployableModel.load(art.path)  # no builder recorded: the program is used
+        assert isinstance(loaded.model, ExportedProgramModule)
+        assert loaded.model.static_batch is None
+        direct = loaded.model(x)
+    runner = ec.load(art.path)
+    assert runner.inputs[0].shape[0] is None  # one call per batch, not one per sample
+    got = torch.from_numpy(runner(x.numpy()))
+    for out in (got, direct):
+        assert torch.allclose(out, want, atol=1e-3), (out - want).abs().max()
+        assert torch.equal(out.argmax(1), want.argmax(1))
+
+
+def test_plain_fake_quant_matches_torch_bit_for_bit():
+    """The export-time activation quantizer must not move a single value, ties included."""
+    scale, zp = act_qparams(torch.tensor(-1.7), torch.tensor(5.3))
+    k = torch.arange(-300, 300, dtype=torch.float32)
+    x = torch.cat([torch.randn(10_000, generator=torch.Generator().manual_seed(0)) * 4,
+                   k * scale, (k + 0.5) * scale])
+    ref = torch.fake_quantize_per_tensor_affine(x, scale.reshape(1), zp.reshape(1), -128, 127)
+    assert torch.equal(fake_quant_plain(x, scale, zp), ref)
 
 
 def test_recipe_round_trip():

@@ -220,10 +220,15 @@ class ExportedProgramModule(nn.Module):
     def __init__(self, program_module: nn.Module, static_batch: int | None = None):
         super().__init__()
         self.program = program_module
-        self.static_batch = static_batch  # runners split larger batches into calls of this size
+        self.static_batch = static_batch  # larger batches run in calls of this size
 
-    def forward(self, *args: Any) -> Any:
-        return self.program(*args)
+    def forward(self, x: Any, *rest: Any) -> Any:
+        # a static program's guards reject any other batch size (not only in runners: also
+        # dm.model(x) after DeployableModel.load), so run a bigger batch in pieces
+        n = self.static_batch
+        if rest or n is None or x.shape[0] == n:
+            return self.program(x, *rest)
+        return torch.cat([self.program(part) for part in x.split(n)])
 
     def train(self, mode: bool = True) -> "ExportedProgramModule":
         self.training = mode

@@ -27,6 +27,8 @@ QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 ACT_QMIN, ACT_QMAX = -128, 127  # asymmetric 8-bit: u8 and s8 give the same grid (zp shifts by 128)
 W_QMAX = 127  # symmetric int8 weights in [-127, 127], as ORT's QDQ quantizer writes them
 W_QMAX_REDUCED = 64  # ORT's reduce_range: 7-bit weights in [-64, 64] (x86 CPUs without VNNI)
+# older torch (before 2.6) lacks it: there a simulated INT8 model exports with a batch of 1 only
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 def act_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +53,15 @@ def fake_quant_weight(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) ->
     scale = (absmax / qmax if absmax > 0 else torch.ones_like(absmax)).float().reshape(1)
     return torch.fake_quantize_per_tensor_affine(w, scale, torch.zeros(1, dtype=torch.int32),
                                                  -qmax, qmax)
+
+
+def fake_quant_plain(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    """``torch.fake_quantize_per_tensor_affine``'s forward in plain ops, bit for bit (its CPU
+    kernel multiplies by the float32 ``1 / scale`` and rounds half to even), which torch.export
+    traces with a dynamic batch. No straight-through gradient: for inference graphs only."""
+    zp = zp.to(x.dtype)
+    q = torch.clamp(torch.round(x * (1.0 / scale)) + zp, ACT_QMIN, ACT_QMAX)
+    return (q - zp) * scale
 
 
 class ActQuant(nn.Module):
@@ -92,6 +103,10 @@ class ActQuant(nn.Module):
         if not self.ready:
             return x
         scale, zp = act_qparams(self.lo, self.hi)
+        if _is_exporting():
+            # torch.export has no shape rule for fake_quantize with tensor qparams, so it could
+            # only export a batch of 1 (saved .ecm programs then rejected larger batches)
+            return fake_quant_plain(x, scale, zp)
         return torch.fake_quantize_per_tensor_affine(x, scale.reshape(1), zp.reshape(1),
                                                      ACT_QMIN, ACT_QMAX)
 
