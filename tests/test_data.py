@@ -122,3 +122,29 @@ def test_image_folder_and_tar_agree(tmp_path):
 def test_image_folder_without_images_is_a_clear_error(tmp_path):
     with pytest.raises(ec.DataError, match="no images"):
         ec.data.image_folder(tmp_path)
+
+
+def test_random_shift_flip_crops_from_the_padded_image_and_is_seeded():
+    x = torch.arange(8 * 2 * 5 * 5, dtype=torch.float32).reshape(8, 2, 5, 5)
+    y = torch.arange(8)
+    loader = [(x, y), (x, y)]
+    aug = ec.data.RandomShiftFlip(loader, pad=2, flip=True, seed=3)
+    batches = list(aug)
+    assert len(aug) == 2 and len(batches) == 2
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for out, labels in batches:
+        assert out.shape == x.shape and torch.equal(labels, y)
+        for i in range(8):  # each image is a 5×5 window of its padded (maybe flipped) copy
+            windows = [src[i, :, r:r + 5, c:c + 5] for src in (padded, padded.flip(3))
+                       for r in range(5) for c in range(5)]
+            assert any(torch.equal(out[i], w) for w in windows)
+    assert not torch.equal(batches[0][0], batches[1][0])  # a fresh draw per pass
+    again = list(ec.data.RandomShiftFlip(loader, pad=2, flip=True, seed=3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+
+
+def test_random_shift_flip_rejects_bad_input():
+    with pytest.raises(ec.DataError, match="pad"):
+        ec.data.RandomShiftFlip([], pad=-1)
+    with pytest.raises(ec.DataError, match="NCHW"):
+        next(iter(ec.data.RandomShiftFlip([(torch.zeros(4, 10), torch.zeros(4))])))
