@@ -277,3 +277,13 @@ def test_no_training_data_fails_before_anything_runs(trained_resnet, digits):
     step = ec.passes.Distill(student=_student())
     with pytest.raises(DataError, match="DataBundle.train"):
         ec.Pipeline([step], measure=False).run(trained_resnet, val_only)
+
+
+def test_same_batches_replays_augmented_batches(digits):
+    aug = ec.data.RandomShiftFlip(digits.train, pad=2, seed=5)
+    with same_batches(aug):
+        first = [x for x, _ in aug][:3]
+    again = [x for x, _ in aug][:3]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    after = [x for x, _ in aug][:3]  # outside the context the draws move on
+    assert not all(torch.equal(a, b) for a, b in zip(first, after))

@@ -168,14 +168,28 @@ def distill_into(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg: 
 
 @contextlib.contextmanager
 def same_batches(loader: Iterable[Any]) -> Iterator[None]:
-    """Rewind a shuffling DataLoader's generator afterwards, so the next run sees the same batches."""
-    gen = getattr(loader, "generator", None)
-    state = gen.get_state() if isinstance(gen, torch.Generator) else None
+    """Rewind a shuffling DataLoader's generator afterwards, so the next run sees the same batches.
+
+    Wrappers that keep the wrapped loader as ``.loader`` (e.g. ``ec.data.RandomShiftFlip``) are
+    followed, and their own generators rewound too: the same augmentations in the same order."""
+    states = [(gen, gen.get_state()) for gen in _generators(loader)]
     try:
         yield
     finally:
-        if state is not None:
-            gen.set_state(state)  # type: ignore[union-attr]
+        for gen, state in states:
+            gen.set_state(state)
+
+
+def _generators(loader: Any) -> list[torch.Generator]:
+    found = []
+    for _ in range(8):  # a chain of wrappers, not a cycle
+        gen = getattr(loader, "generator", None)
+        if isinstance(gen, torch.Generator):
+            found.append(gen)
+        loader = getattr(loader, "loader", None)
+        if loader is None:
+            break
+    return found
 
 
 def model_facts(model: nn.Module, data: DataBundle, name: str) -> dict[str, Any]:
