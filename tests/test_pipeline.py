@@ -176,3 +176,18 @@ def test_onnx_graph_chain_runs_from_an_onnx_model(digits, trained_cnn, tmp_path)
 
     assert out.report.stages[0].accuracy == pytest.approx(accuracy(dm.model, digits.val))
     assert out.report.stages[0].size_bytes == len(proto.SerializeToString())
+
+
+def test_training_after_batchnorm_folding_is_warned_about(trained_cnn, digits, caplog):
+    quick = ec.FineTune(epochs=1, max_batches=1)
+    folded_first = ec.Pipeline([ec.passes.Fuse(), ec.passes.UnstructuredPrune(
+        sparsity=0.5, finetune=quick)], measure=False)
+    with caplog.at_level("WARNING", logger="edgecompress"):
+        folded_first.run(trained_cnn, digits)
+    assert "folded BatchNorm" in caplog.text and "unstructured_prune" in caplog.text
+    caplog.clear()
+    fold_last = ec.Pipeline([ec.passes.UnstructuredPrune(sparsity=0.5, finetune=quick),
+                             ec.passes.Fuse()], measure=False)
+    with caplog.at_level("WARNING", logger="edgecompress"):
+        fold_last.run(trained_cnn, digits)
+    assert "folded BatchNorm" not in caplog.text

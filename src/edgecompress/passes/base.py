@@ -62,6 +62,7 @@ class Pass:
     name: ClassVar[str] = "pass"
     accepts: ClassVar[tuple[Form, ...]] = (Form.TORCH_FLOAT,)
     produces: ClassVar[Form | None] = None  # None: gives the form it was given
+    folds_batchnorm: ClassVar[bool] = False  # True: BatchNorm layers are gone after this pass
 
     def __post_init__(self) -> None:
         validate_options(self)
@@ -74,6 +75,14 @@ class Pass:
     def output_form(self, form: Form) -> Form:
         """The form this pass gives when given ``form``."""
         return self.produces or form
+
+    def trains_float_model(self) -> bool:
+        """True when this pass trains the float model it is given (e.g. recovery fine-tuning).
+
+        The pipeline warns when such a pass follows one that folds BatchNorm away: training
+        a BN-folded network is much less stable, so recovery then reaches far lower accuracy.
+        """
+        return getattr(self, "finetune", None) is not None
 
     def check_data(self, data: "DataBundle") -> None:
         """Raise DataError before anything runs when ``data`` lacks what this pass needs."""

@@ -90,6 +90,7 @@ class Fuse(Pass):
 
     name = "fuse"
     accepts = (Form.TORCH_FLOAT,)
+    folds_batchnorm = True
     produces = Form.TORCH_FLOAT
 
     tolerance: float = option(1e-4, "Largest allowed output change, relative to the output scale.",

@@ -220,6 +220,9 @@ class QuantizeQAT(Pass):
     def validate(self) -> None:
         _check_skip_type(self)
 
+    def trains_float_model(self) -> bool:
+        return False  # low-lr fine-tuning of the fake-quant model: folded BatchNorm is the norm
+
     def check_data(self, data: "DataBundle") -> None:
         if data.train is None:
             raise DataError("QuantizeQAT trains: it needs labelled batches in DataBundle.train. "
