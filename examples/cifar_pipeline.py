@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> ec.DeployableModel:
     model = prunable(load_resnet(args.weights) if args.weights else resnet20())
     recover = ec.Distill.recover(epochs=1 if args.fast else 3, max_batches=2 if args.fast else None)
     pipe = ec.Pipeline([
-        ec.passes.Fuse(),
         ec.passes.StructuredPrune(ratio=0.3, finetune=recover),
+        ec.passes.Fuse(),  # after the training passes: BatchNorm helps recovery
         ec.passes.QuantizePTQ(samples=64 if args.fast else 512),
     ], measure=ec.Measure(latency_runs=5 if args.fast else 30))
     dm = pipe.run(model, data)

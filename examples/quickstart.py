@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> ec.DeployableModel:
           val_loader=data.val)
 
     pipe = ec.Pipeline([
-        ec.passes.Fuse(),
         ec.passes.StructuredPrune(ratio=0.3, finetune=ec.FineTune(epochs=1, max_batches=5 if args.fast else None)),
+        ec.passes.Fuse(),  # after the training passes: BatchNorm helps recovery
         ec.passes.QuantizePTQ(samples=128 if args.fast else 256),
     ], measure=ec.Measure(latency_runs=5 if args.fast else 30))
     dm = pipe.run(model, data, builder="edgecompress.models:small_cnn")

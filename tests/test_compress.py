@@ -60,11 +60,11 @@ def test_bad_model_and_format_are_clear_errors(tmp_path, capsys):
 
 ALL_PASSES = [
     {"pass": "distill", "student": "small_cnn", "epochs": 1, "max_batches": 4},
-    {"pass": "fuse"},
     {"pass": "structured_prune", "ratio": 0.3,
      "finetune": {"kind": "distill", "epochs": 1, "max_batches": 3}},
     {"pass": "unstructured_prune", "sparsity": 0.5,
      "finetune": {"kind": "finetune", "epochs": 1, "max_batches": 3}},
+    {"pass": "fuse"},
     {"pass": "quantize_qat", "epochs": 1, "max_batches": 3, "samples": 64},
 ]
 
@@ -80,8 +80,8 @@ def test_recipe_with_every_kind_of_pass_writes_every_artifact(tmp_path):
                  "--threads", "1"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert [s["stage"] for s in report["stages"]] == ["input", "distill", "fuse", "structured_prune",
-                                                      "unstructured_prune", "quantize_qat"]
+    assert [s["stage"] for s in report["stages"]] == ["input", "distill", "structured_prune",
+                                                      "unstructured_prune", "fuse", "quantize_qat"]
     assert {a["format"]: a["precision"] for a in report["artifacts"]} == {
         "onnx": "int8-static", "tflite": "int8-static", "torchscript": "int8-static"}
     for name in ("model.onnx", "model.tflite", "model.ptl", "report.md", "plot.png"):

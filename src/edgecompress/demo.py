@@ -18,9 +18,12 @@ log = logging.getLogger("edgecompress")
 
 
 def demo_passes() -> list[Pass]:
-    """Fuse → structured pruning (30 % of channels, 3 epochs of recovery) → static INT8 PTQ."""
-    return [get_pass("fuse")(),
-            get_pass("structured_prune")(ratio=0.3, finetune=FineTune(epochs=3, lr=2e-3)),
+    """Structured pruning (30 % of channels, 3 epochs of recovery) → fuse → static INT8 PTQ.
+
+    Fuse comes after the recovery training: fine-tuning a BatchNorm-folded network recovers
+    much less accuracy."""
+    return [get_pass("structured_prune")(ratio=0.3, finetune=FineTune(epochs=3, lr=2e-3)),
+            get_pass("fuse")(),
             get_pass("quantize_ptq")(samples=256)]
 
 
