@@ -77,6 +77,19 @@ def test_ptq_onnx_artifact_holds_int8_and_passes_parity(ptq, tmp_path):
     assert abs(art.accuracy - float_art.accuracy) <= 0.03
 
 
+def test_compact_names_shrink_the_int8_file_without_changing_its_outputs(ptq, tmp_path):
+    named = ptq.export("onnx", tmp_path / "named.onnx", benchmark_runs=0, compact_names=False)
+    compact = ptq.export("onnx", tmp_path / "compact.onnx", benchmark_runs=0)
+    assert compact.notes["tensors_renamed"] > 50
+    assert named.size_bytes - compact.size_bytes > 3000, (named.size_bytes, compact.size_bytes)
+    a, b = onnx.load(str(named.path)), onnx.load(str(compact.path))
+    assert [n.name for n in a.graph.node] == [n.name for n in b.graph.node]  # layer names kept
+    assert not any(p.key.startswith("onnxsim.") for p in b.metadata_props)
+    x = ptq.data.samples("val", 32).numpy()
+    out_a, out_b = ec.load(named.path)(x), ec.load(compact.path)(x)
+    np.testing.assert_array_equal(out_a, out_b)
+
+
 def test_skip_keeps_layer_float_in_onnx(trained_cnn, digits, tmp_path):
     dm = _run(trained_cnn, digits, ec.passes.QuantizePTQ(samples=64, method="minmax",
                                                         skip=["classifier"]))
