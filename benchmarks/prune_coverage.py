@@ -41,6 +41,18 @@ def input_size(name: str, size: int) -> int:
     return 224 if name.startswith(FIXED_224) else size
 
 
+def randomize_zero_heads(model) -> None:
+    """Give zero-initialised Linear layers random weights.
+
+    torchvision starts ViT's classification head at zero, so a random-weight ViT outputs exactly
+    zero for every input and an ONNX parity check would only compare zeros with zeros."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and not m.weight.detach().any():
+            torch.nn.init.normal_(m.weight, std=0.02)
+
+
 def check_one(name: str, size: int, ratio: float, seed: int) -> dict:
     """Prune one model and run every check; returns the row (raises nothing)."""
     import warnings
@@ -57,6 +69,7 @@ def check_one(name: str, size: int, ratio: float, seed: int) -> dict:
     t0 = time.perf_counter()
     try:
         model = torchvision.models.get_model(name, weights=None).eval()
+        randomize_zero_heads(model)
         x = torch.randn(4, 3, size, size)
         data = ec.DataBundle(val=[x], example_input=x[:1], name="random")
         pipe = ec.Pipeline([ec.passes.StructuredPrune(ratio=ratio)],
@@ -168,6 +181,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--update", action="store_true",
+                    help="re-check --models and replace their rows in the existing results")
     args = ap.parse_args()
     if args.one:
         print(json.dumps(check_one(args.one, args.size, args.ratio, args.seed)))
@@ -176,6 +191,9 @@ def main() -> None:
     print(f"load average {os.getloadavg()}; {len(names)} models, {len(skipped)} skipped by size")
     rows: list[dict] = []
     not_run: list[dict] = []
+    if args.update:  # keep every other model's row; the re-checked ones are replaced in place
+        old = json.loads((Path(args.out) / "prune_coverage.json").read_text())
+        rows, skipped = old["rows"], old["skipped"]
     start = time.monotonic()
     for name in names:
         if args.budget_minutes and time.monotonic() - start > 60 * args.budget_minutes:
@@ -183,7 +201,11 @@ def main() -> None:
                             "not_run": f"time budget of {args.budget_minutes:g} min used up"})
             continue
         row = run_child(name, args)
-        rows.append(row)
+        where = [i for i, r in enumerate(rows) if r["model"] == name]
+        if where:
+            rows[where[0]] = row
+        else:
+            rows.append(row)
         print(fmt(row), f"({row.get('seconds', '?')} s)", flush=True)
         write(rows, skipped + not_run, args, done=False)
     write(rows, skipped + not_run, args, done=True)
