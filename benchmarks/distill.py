@@ -49,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32, help="student batch size")
     ap.add_argument("--teacher-batch-size", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--augment", type=int, default=0, metavar="PAD",
+                    help="random PAD-pixel shifts + horizontal flips on the students' batches "
+                         "(both arms alike; 0: off)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return ap.parse_args()
@@ -116,6 +119,8 @@ def main() -> None:
                                limit_train=args.train_samples, limit_val=args.val_samples)
     data = ec.data.idx(args.data, batch_size=args.batch_size, seed=0,
                        limit_train=args.student_samples, limit_val=args.val_samples)
+    if args.augment:
+        data.train = ec.data.RandomShiftFlip(data.train, pad=args.augment, flip=True, seed=0)
     teacher, reused = train_teacher(teacher_data, args)
     teacher_seconds = time.perf_counter() - start
     teacher_acc = accuracy(teacher, data.val)
