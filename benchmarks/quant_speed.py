@@ -2,7 +2,7 @@
 
 Seeded random weights (speed does not depend on trained values); the INT8 model comes from
 ``ec.passes.QuantizePTQ`` calibrated on seeded random images and exported by the ONNX exporter
-(ORT ``quantize_static``, QDQ). FP32 and INT8 are timed interleaved in one process, batch 1,
+(ORT ``quantize_static``, QDQ). FP32 and INT8 are timed in alternating blocks in one process, batch 1,
 ``--threads`` intra-op threads, and the integer kernels ORT runs after its fusions are listed.
 The load average is recorded: on a shared machine, rerun when it is low.
 

@@ -76,8 +76,13 @@ def onnx_accuracy(path: Path, data: ec.DataBundle) -> float:
 
 
 def interleaved_latency(paths: dict[str, Path], example: np.ndarray, threads: int,
-                        runs: int) -> dict[str, float]:
-    """p50 ms per model, batch 1, the models timed in turn so load drifts hit all alike."""
+                        runs: int, block: int = 10) -> dict[str, float]:
+    """p50 ms per model, batch 1, the models timed in alternating blocks so load drifts hit all alike.
+
+    Blocks, not single runs: each ONNX Runtime session keeps its own spinning worker threads,
+    and switching sessions on every run makes the two pools fight over the cores (measured:
+    both latencies doubled on 2 cores). Two untimed runs start each block for the same reason.
+    """
     import onnxruntime as ort
 
     sessions = {}
@@ -87,14 +92,14 @@ def interleaved_latency(paths: dict[str, Path], example: np.ndarray, threads: in
         sessions[key] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = next(iter(sessions.values())).get_inputs()[0].name
     times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(5):
-        for s in sessions.values():
-            s.run(None, {name: example})
-    for _ in range(runs):
+    for _ in range(max(1, runs // block)):
         for key, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(None, {name: example})
-            times[key].append(time.perf_counter() - t0)
+            for _ in range(2):
+                s.run(None, {name: example})
+            for _ in range(block):
+                t0 = time.perf_counter()
+                s.run(None, {name: example})
+                times[key].append(time.perf_counter() - t0)
     return {k: round(1000 * float(np.median(v)), 3) for k, v in times.items()}
 
 
