@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import edgecompress as ec
 from edgecompress.export.tflite import inspect_tflite
@@ -80,6 +81,17 @@ def test_int8_static_has_int8_weights_and_kernels(ptq_dm, fp32, tmp_path):
     assert art.notes["io_dtypes"] == {"input": "float32", "output": "float32"}
     assert art.size_bytes < 0.45 * fp32.size_bytes
     assert art.accuracy > 0.9
+
+
+def test_int8_activation_ranges_cover_every_calibration_sample(ptq_dm, tmp_path):
+    # ai-edge-quantizer's default moving average of per-image ranges clipped large logits
+    art = ptq_dm.export("tflite", tmp_path / "r.tflite", **FAST)
+    calib = ptq_dm.quant_recipe.calib_samples
+    with torch.no_grad():
+        expected = ptq_dm.model(calib).abs().max().item()
+    got = np.abs(ec.load(art.path)(calib.numpy())).max()
+    assert got >= 0.97 * expected, (got, expected)
+    assert art.notes["activation_ranges"] == "min/max over all calibration samples"
 
 
 def test_int8_io_runner_quantizes_and_dequantizes(ptq_dm, digits, tmp_path):

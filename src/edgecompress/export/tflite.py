@@ -185,8 +185,8 @@ class _Aeq:
             self.manager.add_static_config(regex=".*", operation_name=self._all,
                                            activation_num_bits=8, weight_num_bits=recipe.bits,
                                            weight_granularity=granularity)
-            self.notes["quant_scheme"] = ("static: int8 weights and activations, min/max "
-                                          "activation ranges calibrated on the recipe's samples")
+            self.notes["quant_scheme"] = ("static: int8 weights and activations, activation "
+                                          "ranges calibrated on the recipe's samples")
             if not int8_io:
                 self._keep_float_io()
             if recipe.method != "minmax" or recipe.source == "qat":
@@ -237,6 +237,23 @@ class _Aeq:
                     algorithm_key=AlgorithmName.NO_QUANTIZE)
         self.notes["float_layers"] = list(names)
 
+    def _calibrate(self, samples: list[dict[str, np.ndarray]], threads: int) -> Any:
+        """Activation ranges as the min/max over all samples.
+
+        ai-edge-quantizer's default keeps a moving average (factor 0.95) of each sample's
+        min/max; fed one image at a time (the converted graph has batch 1) that is about the
+        *typical* image's range, so large logits were clipped: a pretrained CIFAR ResNet-20's
+        top logit stopped at 13 where the float model gives 30, and top-1 agreement with the
+        simulated INT8 model fell to 97.9 %. The recipe's own calibration (and ORT's) is a
+        min/max over all samples; this matches it.
+        """
+        from ai_edge_quantizer import calibrator
+
+        calib = calibrator.Calibrator(str(self.float_path), num_threads=threads,
+                                      qsv_update_func=_widest_range)
+        calib.calibrate({"serving_default": samples}, self.manager)
+        return calib.get_model_qsvs()
+
     def run(self, out: Path, calib: torch.Tensor | None, threads: int | None) -> dict[str, Any]:
         from ai_edge_quantizer import quantizer
 
@@ -253,9 +270,9 @@ class _Aeq:
                 samples = [{name: calib[i:i + 1].numpy().astype(np.float32)}
                            for i in range(calib.shape[0])]
                 with _quiet_tools():
-                    result = qt.calibrate({"serving_default": samples},
-                                          num_threads=threads or os.cpu_count() or 1)
+                    result = self._calibrate(samples, threads or os.cpu_count() or 1)
                 self.notes["calib_count"] = len(samples)
+                self.notes["activation_ranges"] = "min/max over all calibration samples"
             with _quiet_tools():
                 quantized = qt.quantize(result, enable_progress_report=False)
         except ExportError:
@@ -266,6 +283,13 @@ class _Aeq:
                               f"recipe with their own quantizers") from exc
         out.write_bytes(bytes(quantized.quantized_model))
         return self.notes
+
+
+def _widest_range(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    if not old:
+        return new
+    return {**old, "min": np.minimum(old["min"], new["min"]),
+            "max": np.maximum(old["max"], new["max"])}
 
 
 # torch layer types of a dynamic recipe → the TFLite ops litert-torch lowers them to
