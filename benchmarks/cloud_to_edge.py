@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,25 +37,6 @@ from cifar_resnet import cifar_bundle, load_resnet, prunable  # noqa: E402
 from edgecompress.plot import plot_report  # noqa: E402
 
 log = logging.getLogger("cloud_to_edge")
-
-
-class AugmentedLoader:
-    """Random 4-pixel-padded crops and horizontal flips on each batch of a loader (seeded)."""
-
-    def __init__(self, loader: Any, seed: int = 0):
-        self.loader, self.gen = loader, torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.loader:
-            n, _, h, w = x.shape
-            flip = torch.rand(n, generator=self.gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            padded = nn.functional.pad(x, (4, 4, 4, 4))
-            dx, dy = torch.randint(0, 9, (2,), generator=self.gen).tolist()
-            yield padded[:, :, dy:dy + h, dx:dx + w].contiguous(), y
 
 
 def fp32_onnx_size(model: nn.Module, example: torch.Tensor) -> int:
@@ -76,18 +57,23 @@ def main() -> None:
     ap.add_argument("--distill-epochs", type=int, default=4)
     ap.add_argument("--target-params", type=float, default=0.3,
                     help="fraction of the student's parameters kept by structured pruning")
-    ap.add_argument("--recover-epochs", type=int, default=10)
+    ap.add_argument("--recover-epochs", type=int, default=10, help="per pruning step")
+    ap.add_argument("--prune-steps", type=int, default=1)
+    ap.add_argument("--round-to", type=int, default=None)
+    ap.add_argument("--scope", default="global", choices=["global", "local"])
+    ap.add_argument("--importance", default="l2")
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="use a subset of the images (quick runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()
 
     data = cifar_bundle(args.data, batch_size=64, calib_size=512, seed=args.seed, limit=args.limit)
-    data.train = AugmentedLoader(data.train, seed=args.seed)
+    data.train = ec.data.RandomShiftFlip(data.train, pad=4, flip=True, seed=args.seed)
     teacher = load_resnet(args.teacher)
     student = load_resnet(args.student)
     x = data.samples("val", 64)
@@ -99,10 +85,13 @@ def main() -> None:
     pipe = ec.Pipeline([
         ec.passes.Distill(teacher=teacher, student=student, epochs=args.distill_epochs, lr=1e-3,
                           temperature=4.0, alpha=0.3),
-        ec.passes.Fuse(),
-        ec.passes.StructuredPrune(target_params=args.target_params, importance="l2",
+        # pruned and recovered with BatchNorm still in place; Fuse only after the training
+        ec.passes.StructuredPrune(target_params=args.target_params, importance=args.importance,
+                                  scope=args.scope,
+                                  steps=args.prune_steps, round_to=args.round_to,
                                   finetune=ec.Distill.recover(epochs=args.recover_epochs, lr=2e-3,
                                                               alpha=0.3)),
+        ec.passes.Fuse(),
         ec.passes.QuantizeQAT(epochs=args.qat_epochs, lr=1e-4,
                               finetune=ec.Distill.recover(epochs=args.qat_epochs, lr=1e-4,
                                                           alpha=0.3)),
@@ -133,9 +122,9 @@ def main() -> None:
                  else 100 * (teacher_acc - best["accuracy"])},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cloud_to_edge.json").write_text(json.dumps(result, indent=2, default=str))
-    plot_report(dm.report, args.out / "cloud_to_edge.png", title="CIFAR-10 (JPEG): ResNet-56 → edge")
-    (args.out / "cloud_to_edge.md").write_text(markdown(result, dm))
+    (args.out / f"cloud_to_edge{args.tag}.json").write_text(json.dumps(result, indent=2, default=str))
+    plot_report(dm.report, args.out / f"cloud_to_edge{args.tag}.png", title="CIFAR-10 (JPEG): ResNet-56 → edge")
+    (args.out / f"cloud_to_edge{args.tag}.md").write_text(markdown(result, dm))
     print(dm.report)
     print(json.dumps(result["goal"], indent=2))
 

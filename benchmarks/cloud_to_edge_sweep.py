@@ -1,0 +1,57 @@
+"""One table from several ``cloud_to_edge.py`` runs (different pruning targets): size vs accuracy.
+
+    python benchmarks/cloud_to_edge_sweep.py benchmarks/results/cloud_to_edge*.json \
+        --out benchmarks/results/cloud_to_edge_sweep.md
+
+Every number is read from the runs' JSON files; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def row(path: Path, r: dict[str, Any]) -> str:
+    stages = {s["stage"]: s for s in r["report"]["stages"]}
+    pruned = stages.get("structured_prune", {})
+    cells = [f"`{path.name}`", f"{pruned.get('params', 0) / 1000:.1f}k",
+             f"{100 * pruned.get('accuracy', float('nan')):.2f}%"]
+    for fmt in ("onnx", "tflite"):
+        e = r["exports"].get(fmt, {})
+        if "size_bytes" not in e:
+            cells += ["failed", "", ""]
+            continue
+        lost = 100 * (r["teacher_accuracy"] - e["accuracy"])
+        cells += [f"{e['size_bytes']:,} B ({e['x_smaller_than_teacher_fp32_onnx']:.1f}×)",
+                  f"{100 * e['accuracy']:.2f}% (−{lost:.2f})",
+                  f"{100 * e['parity']['top1_agreement']:.1f}%"]
+    cells.append(f"{r['seconds'] / 60:.0f} min")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="cloud_to_edge*.json files")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    runs = sorted(((p, json.loads(p.read_text())) for p in args.runs),
+                  key=lambda pr: -pr[1]["report"]["stages"][-1]["params"])
+    teacher = runs[0][1]
+    lines = [f"Teacher: ResNet-56, {teacher['teacher_accuracy'] * 100:.2f}% top-1, FP32 ONNX "
+             f"{teacher['teacher_fp32_onnx_bytes']:,} B (40× smaller: ≤ "
+             f"{teacher['teacher_fp32_onnx_bytes'] // 40:,} B). Each run's command is in its "
+             f"`.md` file; `agree` is INT8 top-1 agreement with the simulated INT8 model.", "",
+             "| run | params after pruning | top-1 after pruning (float) | ONNX INT8 | ONNX top-1 "
+             "(points lost) | ONNX agree | TFLite INT8 | TFLite top-1 (points lost) | "
+             "TFLite agree | wall time |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [row(p, r) for p, r in runs]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
