@@ -12,6 +12,12 @@ formats or exporters missing here are listed with the error text.
     .venv/bin/python benchmarks/formats.py                          # digits as 3×224×224 images
     .venv/bin/python benchmarks/formats.py --cifar ../shared/data/cifar10-jpeg-test/test.tar
     .venv/bin/python benchmarks/formats.py --models demo resnet18 --formats onnx ncnn
+    .venv/bin/python benchmarks/formats.py --models resnet20_cifar --cifar CIFAR_TAR \
+        --resnet20 ../shared/data/resnet-cifar10-pretrained/resnet20-12fca82f.th
+
+``resnet20_cifar`` is the one model here with trained weights: the pretrained CIFAR ResNet-20
+on the CIFAR-10 JPEGs at 32×32 (calibrated on one half, checked on the other), so its INT8 rows
+measure top-1 agreement on real data with real decision margins.
 
 Latency is batch 1, ``--threads`` threads (default 1: on a shared 2-core machine two threads
 spin against each other), p50 of ``--runs`` calls; the load average is printed and saved with
@@ -48,7 +54,9 @@ FP16_OPTION = {"ncnn": {"fp16": True}, "tflite": {"fp16": True}, "tensorrt": {"f
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["demo", *TORCHVISION],
-                    choices=["demo", *TORCHVISION])
+                    choices=["demo", *TORCHVISION, "resnet20_cifar"])
+    ap.add_argument("--resnet20", default=None, help="pretrained CIFAR ResNet-20 weights "
+                    "(needed by --models resnet20_cifar, with --cifar)")
     ap.add_argument("--formats", nargs="+", default=None,
                     help="formats to try (default: every row of the format table)")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"],
@@ -57,8 +65,12 @@ def parse_args() -> argparse.Namespace:
                     "models' parity and INT8 calibration (default: digits upscaled to 3×224×224)")
     ap.add_argument("--images", type=int, default=192, help="real images for the 224 models "
                     "(half calibrate INT8, half check parity)")
+    ap.add_argument("--no-probe", dest="probe", action="store_false",
+                    help="keep torchvision's random 1000-class head (no linear probe)")
     ap.add_argument("--parity-samples", type=int, default=64)
     ap.add_argument("--calib-samples", type=int, default=64, help="INT8 calibration samples")
+    ap.add_argument("--ptq-method", default="percentile", choices=["minmax", "percentile", "entropy"],
+                    help="QuantizePTQ's range method for the simulated INT8 model")
     ap.add_argument("--runs", type=int, default=50, help="timed runs per artifact")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--demo-epochs", type=int, default=4)
@@ -103,6 +115,56 @@ def torchvision_model(name: str, data: ec.DataBundle, batches: int = 4) -> torch
     return model.eval()
 
 
+def cifar_resnet20(args: argparse.Namespace) -> tuple[torch.nn.Module, ec.DataBundle]:
+    """The pretrained CIFAR ResNet-20 and the CIFAR-10 JPEGs at 32×32 (calib / val halves)."""
+    if not (args.resnet20 and args.cifar):
+        sys.exit("--models resnet20_cifar needs --resnet20 WEIGHTS and --cifar CIFAR_TAR")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cifar_resnet import cifar_bundle, load_resnet, prunable
+
+    data = cifar_bundle(args.cifar, batch_size=64, calib_size=max(256, args.calib_samples),
+                        seed=0, limit=2 * args.images)
+    # option-A shortcuts (strided slice + zero pad) as the equal 1×1 convs: ncnn has no
+    # layer for a strided slice
+    return prunable(load_resnet(args.resnet20)).eval(), data
+
+
+def probe_head(model: torch.nn.Module, data: ec.DataBundle, steps: int = 300) -> float:
+    """Replace the last Linear by a ``data.num_classes`` head trained on the frozen features of
+    ``data.train`` (a linear probe, full batch, seeded); returns its validation accuracy.
+
+    A random-weight backbone with a trained head makes real decisions with real margins, so
+    INT8 top-1 agreement on real images means something (with a random head the top classes are
+    ~1e-3 apart and any rounding flips them)."""
+    from edgecompress.data.bundle import iter_batches
+    from edgecompress.training import accuracy
+
+    name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0].detach()))
+    labels = []
+    with torch.no_grad():
+        for x, y in iter_batches(data.train):
+            model.eval()(x)
+            labels.append(y)
+    hook.remove()
+    feats, y = torch.cat(captured), torch.cat(labels)
+    torch.manual_seed(0)
+    new = torch.nn.Linear(head.in_features, data.num_classes or int(y.max()) + 1)
+    opt = torch.optim.Adam(new.parameters(), lr=1e-2, weight_decay=1e-4)
+    mean, std = feats.mean(0), feats.std(0) + 1e-6
+    for _ in range(steps):  # on standardised features, then folded into the layer below
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(new((feats - mean) / std), y).backward()
+        opt.step()
+    with torch.no_grad():
+        new.weight.div_(std)
+        new.bias.sub_(new.weight @ mean)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], new)
+    return accuracy(model.eval(), data.val)
+
+
 def images_224(args: argparse.Namespace) -> ec.DataBundle:
     """Real images at 3×224×224: CIFAR-10 JPEGs when given, else the digits upscaled."""
     n = args.images
@@ -127,7 +189,7 @@ def quantized(model: torch.nn.Module, data: ec.DataBundle, args: argparse.Namesp
               ) -> ec.DeployableModel | str:
     """The INT8 (static PTQ) DeployableModel, or why there is none."""
     try:
-        ptq = ec.passes.QuantizePTQ(samples=args.calib_samples)
+        ptq = ec.passes.QuantizePTQ(samples=args.calib_samples, method=args.ptq_method)
     except AttributeError as exc:
         return f"QuantizePTQ unavailable: {exc}"
     try:
@@ -200,10 +262,15 @@ def run_cell(dm: ec.DeployableModel, fmt: str, precision: str, path: Path,
 
 def bench_model(name: str, args: argparse.Namespace, work: Path, data224: ec.DataBundle | None,
                 digits16: ec.DataBundle, rows: list[dict[str, Any]], save: Any) -> None:
-    data = digits16 if name == "demo" else data224
-    assert data is not None
-    model = (demo_model(data, args.demo_epochs) if name == "demo"
-             else torchvision_model(name, data))
+    if name == "resnet20_cifar":
+        model, data = cifar_resnet20(args)
+    else:
+        data = digits16 if name == "demo" else data224
+        assert data is not None
+        model = (demo_model(data, args.demo_epochs) if name == "demo"
+                 else torchvision_model(name, data))
+    if name in TORCHVISION and args.probe:
+        print(f"{name}: linear-probe head, val accuracy {probe_head(model, data):.3f}", flush=True)
     dm = ec.Pipeline([], measure=False).run(model, data)
     reference = reference_facts(model, data, args.parity_samples)
     dm_int8: ec.DeployableModel | str | None = None
@@ -313,7 +380,7 @@ def main() -> None:
         (out / f"formats{args.tag}.md").write_text(markdown(result))
 
     digits16 = ec.data.digits(image_size=16, batch_size=64, seed=0)
-    data224 = images_224(args) if any(m != "demo" for m in args.models) else None
+    data224 = images_224(args) if any(m in TORCHVISION for m in args.models) else None
     print(HEADER)
     with tempfile.TemporaryDirectory(prefix="ec_formats_") as work:
         for name in args.models:
