@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
@@ -81,7 +82,7 @@ def main() -> None:
               "load_average_after": os.getloadavg(), "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prune_speed.json").write_text(json.dumps(result, indent=1))
+    (out / f"prune_speed{args.tag}.json").write_text(json.dumps(result, indent=1))
     lines = [(f"# ResNet-18 {args.size}×{args.size}: MACs vs ONNX Runtime latency "
               f"({args.threads} threads)"), "",
              (f"Load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} "
@@ -93,7 +94,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e9:.3f} G | "
                      f"{r['macs_ratio']:.2f} | {r['p50_ms']:.2f} | {r['speedup']:.2f}× | "
                      f"{r['speedup_over_reduction']:.2f} | {goal} |")
-    (out / "prune_speed.md").write_text("\n".join(lines) + "\n")
+    (out / f"prune_speed{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
