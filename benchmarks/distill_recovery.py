@@ -151,7 +151,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "distill_recovery.json").write_text(json.dumps(result, indent=2))
-    pct = lambda v: f"{100 * v:.2f}%"
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.2f}%"
+
     md = (f"# Recovery after {int(100 * args.ratio)} % structured pruning (Fashion-MNIST)\n\n"
           f"SmallResNet(width {args.width}) trained {args.train_epochs} epochs on "
           f"{args.train_samples} samples; pruned with {distill['pruner']}: "

@@ -330,7 +330,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"{env['load_start']}, at end {env.get('load_end')}. Data for the 224×224 models: "
              f"{env['data_224']}. Latency: batch 1, p50 of {env['runs']} runs. torchvision "
              f"models have seeded random weights with BatchNorm statistics set on the data "
-             f"(speed/parity only; no training); parity is measured on real images against the torch model (INT8: the simulated INT8 model).")
+             f"(speed/parity only; no training); parity is measured on real images against the "
+             f"torch model (INT8: the simulated INT8 model).")
     legend = ("`ref classes` = distinct top-1 classes the torch model picks on the parity "
               "samples and `logit scale` its largest |logit|: with one class, top-1 agreement "
               "says nothing (random-weight nets often pick one class for every image).")

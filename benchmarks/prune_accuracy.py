@@ -71,7 +71,8 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         loss = "–" if "loss_points" not in r else f"{r['loss_points']:.2f}"
-        xz = "–" if not r.get("compressed_xz") else f"{r['compressed_xz']:,} B ({r['compressed_xz'] / r['dense_xz']:.2f}×)"
+        xz = ("–" if not r.get("compressed_xz")
+              else f"{r['compressed_xz']:,} B ({r['compressed_xz'] / r['dense_xz']:.2f}×)")
         goal = "–" if "meets_goal" not in r else ("✅" if r["meets_goal"] else "❌")
         lines.append(f"| {r['model']} | {100 * r['accuracy']:.2f}% | {loss} | {r['params']:,} | "
                      f"{r['macs']:,} | {100 * r['sparsity']:.1f}% | {xz} | {goal} |")

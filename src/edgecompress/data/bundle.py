@@ -73,7 +73,8 @@ def _length(loader: Iterable[Any]) -> int | None:
         return None
 
 
-def iter_batches(loader: Iterable[Any], limit_samples: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def iter_batches(loader: Iterable[Any], limit_samples: int | None = None
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield ``(x, y)`` batches, stopping once ``limit_samples`` inputs have been yielded."""
     seen = 0
     for batch in loader:

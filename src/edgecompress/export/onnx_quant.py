@@ -183,11 +183,13 @@ def _dynamic(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[st
     float_kinds = [k for k in recipe.layers if not _DYNAMIC_OPS.get(k)]
     with _quiet():
         quantize_dynamic(str(src), str(out), op_types_to_quantize=ops, per_channel=False,
-                         reduce_range=bool(recipe.extra.get("reduce_range", False)), weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                         reduce_range=bool(recipe.extra.get("reduce_range", False)),
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                          extra_options={"MatMulConstBOnly": True})
     notes: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_dynamic",
                              "op_types": ops,
-                             "reduce_range": bool(recipe.extra.get("reduce_range", False)), "gemm_rewritten": rewritten, "float_nodes": exclude}
+                             "reduce_range": bool(recipe.extra.get("reduce_range", False)),
+                             "gemm_rewritten": rewritten, "float_nodes": exclude}
     present = {n.op_type for n in proto.graph.node}
     kept = [k for k in float_kinds if k.upper() in present]
     if kept:

@@ -23,8 +23,8 @@ from ..options import option
 from ..quant.calibrate import calibrate
 from ..quant.dynamic import DYNAMIC_TYPES, dynamic_layers, quantize_dynamic_torch
 from ..quant.mapping import execution_order
-from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni, output_modes, quantizable_layers, ranges_of,
-                              resolve_skip, set_observing, unwrap, wrap)
+from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni, output_modes,
+                              quantizable_layers, ranges_of, resolve_skip, set_observing, unwrap, wrap)
 from ..quant_recipe import QuantRecipe
 from ..training import FineTune, Recovery
 from .base import Pass, PassContext

@@ -100,7 +100,7 @@ def map_layers(proto: Any, order: list[list[Any]]) -> dict[str, Any]:
             mapping[name] = nodes[hits[0]][0]
             used.add(hits[0])
     cursor = 0
-    for name, shape in order:  # the rest in order, by weight shape
+    for name, _shape in order:  # the rest in order, by weight shape
         if name in mapping:
             continue
         for i in range(cursor, len(nodes)):

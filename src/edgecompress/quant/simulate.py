@@ -5,8 +5,9 @@ output go through :class:`ActQuant` (per-tensor asymmetric 8-bit, scale and zero
 as ORT's ``compute_scale_zp`` does; a ReLU consuming the output is fused as ORT fuses it) and
 its weight is fake-quantized symmetric int8 in [-127, 127], per output channel or per tensor.
 Those are the tensors ORT's QDQ graph quantizes around its integer kernels; residual additions
-read quantized layer outputs and feed quantized layer inputs, so they need no quantizer here. The wrapped model keeps plain tensors only (weights plus
-range buffers), so it is rebuilt from the float model and its state dict (:func:`rebuild`).
+read quantized layer outputs and feed quantized layer inputs, so they need no quantizer here.
+The wrapped model keeps plain tensors only (weights plus range buffers),
+so it is rebuilt from the float model and its state dict (:func:`rebuild`).
 """
 
 from __future__ import annotations
