@@ -330,21 +330,24 @@ def markdown(result: dict[str, Any]) -> str:
              f"{env['load_start']}, at end {env.get('load_end')}. Data for the 224×224 models: "
              f"{env['data_224']}. Latency: batch 1, p50 of {env['runs']} runs. torchvision "
              f"models have seeded random weights with BatchNorm statistics set on the data "
-             f"(speed/parity only; no training); parity is measured on real images against the "
+             f"and, unless --no-probe, a linear-probe head trained on the calibration half; "
+             f"`resnet20_cifar` is the pretrained CIFAR ResNet-20 on CIFAR-10 JPEGs (trained "
+             f"weights, real data). Parity is measured on held-out real images against the "
              f"torch model (INT8: the simulated INT8 model).")
+    command = f"Command: `python benchmarks/formats.py {' '.join(env.get('argv', []))}`"
     legend = ("`ref classes` = distinct top-1 classes the torch model picks on the parity "
               "samples and `logit scale` its largest |logit|: with one class, top-1 agreement "
               "says nothing (random-weight nets often pick one class for every image).")
     header = ("| model | format | precision | size MB | p50 ms | FPS | max abs diff | "
               "top-1 agree | parity | accuracy | ref classes | logit scale | note |")
-    lines = ["# Export formats benchmark", "", intro, "", legend, "", header,
+    lines = ["# Export formats benchmark", "", command, "", intro, "", legend, "", header,
              "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
     for r in result["rows"]:
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['format']} | {r['precision']} | | | | | | "
                          f"{r['status']} | | | | {r.get('error', '')[:160].replace('|', '/')} |")
             continue
-        acc = r["accuracy"] if r["model"] == "demo" else None
+        acc = r["accuracy"] if r["model"] in ("demo", "resnet20_cifar") else None
         agree = None if r["top1_agreement"] is None else 100 * r["top1_agreement"]
         note = "; ".join(f"{k}: {v}" for k, v in (r.get("notes") or {}).items())
         lines.append(f"| {r['model']} | {r['format']} | {r['precision']} | {r['size_mb']:.2f} | "
