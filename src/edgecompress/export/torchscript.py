@@ -83,6 +83,13 @@ def engine_for(recipe: "QuantRecipe", requested: str | None) -> str:
     return "qnnpack" if recipe.backend == "arm" else "x86"
 
 
+def seven_bit_activations(recipe: "QuantRecipe", engine: str) -> bool:
+    """fbgemm/x86 kernels need 7-bit activations on CPUs without VNNI to avoid overflow; the
+    recipe's ``reduce_range`` (set by the user, or on when the quantizing CPU lacks VNNI)
+    decides, as it does for ORT's weights."""
+    return engine in ("x86", "fbgemm") and bool(recipe.extra.get("reduce_range", True))
+
+
 def _qconfig_mapping(recipe: "QuantRecipe", engine: str, skipped: list[str]) -> Any:
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import (
@@ -91,8 +98,7 @@ def _qconfig_mapping(recipe: "QuantRecipe", engine: str, skipped: list[str]) -> 
         PerChannelMinMaxObserver,
     )
 
-    # fbgemm/x86 kernels need 7-bit activations on CPUs without VNNI to avoid overflow
-    reduce_range = engine in ("x86", "fbgemm")
+    reduce_range = seven_bit_activations(recipe, engine)
     act_cls = MinMaxObserver if recipe.method == "minmax" else HistogramObserver
     activation = act_cls.with_args(dtype=torch.quint8, reduce_range=reduce_range)
     if recipe.per_channel:
@@ -244,9 +250,11 @@ class TorchScriptExporter(Exporter):
                                   "has none and no DataBundle is attached")
             assert engine is not None
             quantized = quantize_static_fx(model, recipe, engine, calib.float().cpu(), skipped)
+            seven_bit = seven_bit_activations(recipe, engine)
             how = (f"torch.ao FX static: {'per-channel' if recipe.per_channel else 'per-tensor'} "
                    f"int8 weights, {'min/max' if recipe.method == 'minmax' else 'histogram'} "
-                   f"activation observers, calibrated on {calib.shape[0]} samples")
+                   f"activation observers{' (7-bit activations: reduce_range)' if seven_bit else ''}"
+                   f", calibrated on {calib.shape[0]} samples")
         else:
             quantized = quantize_dynamic_torch(model, recipe, skipped)
             how = "torch.ao quantize_dynamic: int8 weights, activations quantized per call"
