@@ -14,10 +14,23 @@ from pathlib import Path
 from typing import Any
 
 
+def flag(command: str, name: str, default: str) -> str:
+    words = command.split()
+    return words[words.index(name) + 1] if name in words[:-1] else default
+
+
+def label(r: dict[str, Any]) -> str:
+    """The run's pruning settings, read from its recorded command."""
+    cmd = r["command"]
+    return (f"target_params {flag(cmd, '--target-params', '0.3')}, scope "
+            f"{flag(cmd, '--scope', 'global')}, {flag(cmd, '--prune-steps', '1')} step(s) × "
+            f"{flag(cmd, '--recover-epochs', '10')} epochs")
+
+
 def row(path: Path, r: dict[str, Any]) -> str:
     stages = {s["stage"]: s for s in r["report"]["stages"]}
     pruned = stages.get("structured_prune", {})
-    cells = [f"`{path.name}`", f"{pruned.get('params', 0) / 1000:.1f}k",
+    cells = [f"{label(r)} (`{path.stem}`)", f"{pruned.get('params', 0) / 1000:.1f}k",
              f"{100 * pruned.get('accuracy', float('nan')):.2f}%"]
     for fmt in ("onnx", "tflite"):
         e = r["exports"].get(fmt, {})
@@ -37,14 +50,17 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="cloud_to_edge*.json files")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    runs = sorted(((p, json.loads(p.read_text())) for p in args.runs),
-                  key=lambda pr: -pr[1]["report"]["stages"][-1]["params"])
+    by_command = {}  # a run copied under two names is listed once
+    for p in sorted(args.runs, key=lambda p: len(p.name)):
+        r = json.loads(p.read_text())
+        by_command.setdefault(r["command"], (p, r))
+    runs = sorted(by_command.values(), key=lambda pr: -pr[1]["report"]["stages"][-1]["params"])
     teacher = runs[0][1]
     lines = [f"Teacher: ResNet-56, {teacher['teacher_accuracy'] * 100:.2f}% top-1, FP32 ONNX "
              f"{teacher['teacher_fp32_onnx_bytes']:,} B (40× smaller: ≤ "
              f"{teacher['teacher_fp32_onnx_bytes'] // 40:,} B). Each run's command is in its "
              f"`.md` file; `agree` is INT8 top-1 agreement with the simulated INT8 model.", "",
-             "| run | params after pruning | top-1 after pruning (float) | ONNX INT8 | ONNX top-1 "
+             "| pruning (run) | params after pruning | top-1 after pruning (float) | ONNX INT8 | ONNX top-1 "
              "(points lost) | ONNX agree | TFLite INT8 | TFLite top-1 (points lost) | "
              "TFLite agree | wall time |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
