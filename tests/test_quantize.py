@@ -141,6 +141,7 @@ def test_int8_ecm_program_takes_a_batch_of_8(ptq, tmp_path):
     """The saved torch.export program of the simulated INT8 model has a dynamic batch: it was
     specialised to batch 1 (``Guard failed: x.size()[0] == 1`` on larger batches)."""
     art = ptq.export("torch", tmp_path / "q.ecm", benchmark_runs=0)
+    assert art.notes["int8"].startswith("simulated: float weights")  # not sold as int8 kernels
     x = ptq.sample_inputs(8)
     with torch.no_grad():
         want = ptq.model(x)

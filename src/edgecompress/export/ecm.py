@@ -33,7 +33,12 @@ class EcmExporter(Exporter):
     def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
               metadata: dict[str, Any]) -> dict[str, Any]:
         dm.save(tmp, builder=opts.builder, portable=opts.portable)
-        return {}
+        if dm.quant_recipe is None:
+            return {}
+        # the .ecm keeps the pipeline's own model: say plainly that it is not an int8 file
+        return {"int8": "simulated: float weights with the recipe's INT8 ranges (fake "
+                        "quantization, float kernels); export to onnx, tflite or torchscript for "
+                        "int8 weights and kernels"}
 
     def store_metadata(self, path: Path, metadata: dict[str, Any]) -> None:
         write_sidecar(path, json.loads(json.dumps(metadata, default=str)), [path])
