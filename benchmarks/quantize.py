@@ -236,7 +236,8 @@ def part_fashion(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# INT8 quantization benchmark{result['tag']}", "",
-             f"Load average at start/end: {result['load_start']} / {result['load_end']} "
+             f"Command: `{result.get('command', '')}`", "",
+             f"Load average at start/end: {result['load_start']:.2f} / {result['load_end']:.2f} "
              f"(2 cores shared with other jobs; latency ratios measured interleaved).", ""]
     if "cifar" in result:
         c = result["cifar"]
@@ -269,7 +270,7 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("EDGECOMPRESS_PROGRESS", "0")
     result: dict[str, Any] = {"tag": args.tag, "load_start": os.getloadavg()[0],
-                              "torch": torch.__version__}
+                              "torch": torch.__version__, "command": " ".join(["python", *sys.argv])}
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__
