@@ -142,6 +142,7 @@ def test_int8_ecm_program_takes_a_batch_of_8(ptq, tmp_path):
     specialised to batch 1 (``Guard failed: x.size()[0] == 1`` on larger batches)."""
     art = ptq.export("torch", tmp_path / "q.ecm", benchmark_runs=0)
     assert art.notes["int8"].startswith("simulated: float weights")  # not sold as int8 kernels
+    assert art.precision == "int8-static-simulated"
     x = ptq.sample_inputs(8)
     with torch.no_grad():
         want = ptq.model(x)

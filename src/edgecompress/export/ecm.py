@@ -30,12 +30,20 @@ class EcmExporter(Exporter):
     def float_precision(self, opts: Any) -> str:
         return "fp32"
 
+    def decide_precision(self, dm: "DeployableModel", opts: Any) -> tuple[str, str | None]:
+        """A static INT8 recipe's .ecm holds the simulated model (float weights, float kernels):
+        its precision says so, so no table or report lists it beside the real int8 files. (A
+        dynamic recipe's model holds torch's dynamic int8 modules: real int8 weights.)"""
+        precision, fallback = super().decide_precision(dm, opts)
+        if precision == "int8-static":
+            precision += "-simulated"
+        return precision, fallback
+
     def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
               metadata: dict[str, Any]) -> dict[str, Any]:
         dm.save(tmp, builder=opts.builder, portable=opts.portable)
-        if dm.quant_recipe is None:
+        if not precision.endswith("-simulated"):
             return {}
-        # the .ecm keeps the pipeline's own model: say plainly that it is not an int8 file
         return {"int8": "simulated: float weights with the recipe's INT8 ranges (fake "
                         "quantization, float kernels); export to onnx, tflite or torchscript for "
                         "int8 weights and kernels"}
