@@ -50,6 +50,15 @@ def test_round_to_keeps_multiples(trained_resnet, digits):
     assert sum(widths) < sum(c.out_channels for c in _convs(trained_resnet).values())
 
 
+def test_default_rounds_channels_to_multiples_of_8(trained_cnn, digits):
+    # multiples of 8 keep ONNX Runtime's blocked convolutions (see benchmarks/prune_speed.py)
+    dm = _run(trained_cnn, digits, ratio=0.3)
+    widths = [c.out_channels for c in _convs(dm.model).values()]
+    assert all(w % 8 == 0 for w in widths), widths
+    unrounded = _run(trained_cnn, digits, ratio=0.3, round_to=None)
+    assert any(c.out_channels % 8 for c in _convs(unrounded.model).values())
+
+
 def test_target_macs_is_reached(trained_cnn, digits):
     dm = _run(trained_cnn, digits, target_macs=0.5)
     ratio = dm.report.stages[-1].macs / dm.report.stages[0].macs
@@ -57,7 +66,8 @@ def test_target_macs_is_reached(trained_cnn, digits):
 
 
 def test_target_params_is_reached(trained_resnet, digits):
-    dm = _run(trained_resnet, digits, target_params=0.6)
+    # round_to=1: these layers are 8-32 channels wide, so multiples of 8 could not land near 0.6
+    dm = _run(trained_resnet, digits, target_params=0.6, round_to=1)
     ratio = dm.report.stages[-1].params / dm.report.stages[0].params
     assert 0.53 <= ratio <= 0.6, ratio
 
@@ -80,8 +90,8 @@ def test_every_importance_prunes(importance, trained_resnet, digits):
 
 def test_finetune_recovers_accuracy(trained_cnn, digits):
     base = accuracy(trained_cnn, digits.val)
-    cut = _run(trained_cnn, digits, ratio=0.7)
-    tuned = _run(trained_cnn, digits, ratio=0.7,
+    cut = _run(trained_cnn, digits, ratio=0.7, round_to=1)  # 16-wide layers: no rounding to 8
+    tuned = _run(trained_cnn, digits, ratio=0.7, round_to=1,
                  finetune=ec.FineTune(epochs=3, lr=3e-3))
     acc_cut, acc_tuned = accuracy(cut.model, digits.val), accuracy(tuned.model, digits.val)
     assert acc_tuned > acc_cut + 0.05, (base, acc_cut, acc_tuned)
