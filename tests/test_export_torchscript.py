@@ -67,6 +67,28 @@ def test_int8_static_with_residual_adds(ptq_dm, tmp_path):
     assert runner(np.zeros((3, 1, 16, 16), np.float32)).shape == (3, 10)
 
 
+def test_int8_static_takes_the_recipes_activation_ranges(ptq_dm, digits):
+    # torch's HistogramObserver would pick other ranges than the recipe's percentile; the .ptl
+    # must quantize every covered layer output exactly as the simulated model does
+    import torch
+
+    from edgecompress.export.torchscript import quantize_static_fx, quantized_engine
+
+    recipe = ptq_dm.quant_recipe
+    with quantized_engine("qnnpack"):
+        quantized, imported = quantize_static_fx(ptq_dm.float_model, recipe, "qnnpack",
+                                                 digits.samples("train", 64), [])
+    modules = dict(quantized.named_modules())
+    outs = {k[:-4]: v for k, v in recipe.ranges.items() if k.endswith(":out") and k[:-4] in modules}
+    assert imported >= len(outs) >= 9
+    for layer, (lo, hi) in outs.items():
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = (hi - lo) / 255
+        assert modules[layer].scale == pytest.approx(scale, rel=1e-5), layer
+        assert modules[layer].zero_point == round(-lo / scale), layer
+    assert isinstance(quantized(digits.samples("val", 4)), torch.Tensor)
+
+
 @pytest.mark.parametrize("reduce_range", [True, False])
 def test_x86_activation_bits_follow_the_recipes_reduce_range(_resnet_weights, digits, tmp_path,
                                                              reduce_range):

@@ -113,8 +113,9 @@ def _qconfig_mapping(recipe: "QuantRecipe", engine: str, skipped: list[str]) -> 
 
 
 def quantize_static_fx(model: nn.Module, recipe: "QuantRecipe", engine: str,
-                       calib: torch.Tensor, skipped: list[str]) -> nn.Module:
-    """Static INT8 with torch.ao FX graph mode, calibrated on ``calib``."""
+                       calib: torch.Tensor, skipped: list[str]) -> tuple[nn.Module, int]:
+    """Static INT8 with torch.ao FX graph mode, calibrated on ``calib``, then given the
+    recipe's activation ranges where it has them; also returns how many ranges came from it."""
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     model = copy.deepcopy(model).eval().cpu()
@@ -128,7 +129,50 @@ def quantize_static_fx(model: nn.Module, recipe: "QuantRecipe", engine: str,
     with torch.no_grad():
         for i in range(0, calib.shape[0], 32):
             prepared(calib[i:i + 32])
-    return convert_fx(prepared)
+    imported = import_recipe_ranges(prepared, recipe.ranges)
+    return convert_fx(prepared), imported
+
+
+def _recipe_range(node: Any, ranges: dict[str, Any]) -> tuple[float, float] | None:
+    """The recipe's range for the tensor an FX observer ``node`` watches.
+
+    The producing layer's ``:out`` range wins (with a fused ReLU it is the post-ReLU range, as
+    FX's fused module outputs); otherwise the union of the ``:in`` ranges of the layers reading
+    the tensor (a residual sum feeding two convolutions)."""
+    producer = node.args[0] if node.args else None
+    if getattr(producer, "op", None) == "call_module" and f"{producer.target}:out" in ranges:
+        lo, hi = ranges[f"{producer.target}:out"]
+        return float(lo), float(hi)
+    ins = [ranges[f"{u.target}:in"] for u in node.users
+           if u.op == "call_module" and f"{u.target}:in" in ranges]
+    if not ins:
+        return None
+    return min(float(r[0]) for r in ins), max(float(r[1]) for r in ins)
+
+
+def import_recipe_ranges(prepared: Any, ranges: dict[str, Any]) -> int:
+    """Give FX's activation observers the recipe's calibrated (or QAT-learned) ranges.
+
+    Re-observing with torch's own observers found different ranges than the simulated model
+    (HistogramObserver is not the recipe's percentile), so the .ptl disagreed with the
+    simulation more than ONNX did. Each observer the recipe covers becomes a MinMaxObserver
+    holding the recipe's range; the rest keep what calibration found. Returns how many."""
+    from torch.ao.quantization.observer import MinMaxObserver, ObserverBase
+
+    count = 0
+    for node in prepared.graph.nodes:
+        observer = getattr(prepared, str(node.target), None) if node.op == "call_module" else None
+        if not isinstance(observer, ObserverBase) or observer.dtype != torch.quint8:
+            continue
+        found = _recipe_range(node, ranges)
+        if found is None:
+            continue
+        fixed = MinMaxObserver(dtype=observer.dtype, qscheme=observer.qscheme,
+                               quant_min=observer.quant_min, quant_max=observer.quant_max)
+        fixed.min_val, fixed.max_val = torch.tensor(found[0]), torch.tensor(found[1])
+        setattr(prepared, str(node.target), fixed)
+        count += 1
+    return count
 
 
 def quantize_dynamic_torch(model: nn.Module, recipe: "QuantRecipe",
@@ -241,6 +285,7 @@ class TorchScriptExporter(Exporter):
     def _quantize(self, model: nn.Module, recipe: "QuantRecipe", engine: str | None,
                   dm: "DeployableModel", precision: str) -> tuple[nn.Module, dict[str, Any]]:
         skipped = list(recipe.extra.get("skipped_layers") or recipe.skip)
+        imported = None
         if precision == "int8-static":
             calib = recipe.calib_samples
             if calib is None and dm.data is not None:
@@ -249,11 +294,13 @@ class TorchScriptExporter(Exporter):
                 raise ExportError("static INT8 TorchScript needs calibration samples; the recipe "
                                   "has none and no DataBundle is attached")
             assert engine is not None
-            quantized = quantize_static_fx(model, recipe, engine, calib.float().cpu(), skipped)
+            quantized, imported = quantize_static_fx(model, recipe, engine, calib.float().cpu(),
+                                                     skipped)
             seven_bit = seven_bit_activations(recipe, engine)
             how = (f"torch.ao FX static: {'per-channel' if recipe.per_channel else 'per-tensor'} "
-                   f"int8 weights, {'min/max' if recipe.method == 'minmax' else 'histogram'} "
-                   f"activation observers{' (7-bit activations: reduce_range)' if seven_bit else ''}"
+                   f"int8 weights, {imported} activation ranges from the recipe, the others from "
+                   f"{'min/max' if recipe.method == 'minmax' else 'histogram'} observers"
+                   f"{' (7-bit activations: reduce_range)' if seven_bit else ''}"
                    f", calibrated on {calib.shape[0]} samples")
         else:
             quantized = quantize_dynamic_torch(model, recipe, skipped)
@@ -264,7 +311,7 @@ class TorchScriptExporter(Exporter):
                               f"{type(model).__name__} for the {precision} recipe; nothing was "
                               f"written. Check the recipe's layers / skip, or export to 'onnx'")
         return quantized, {"quant_engine": engine, "quantizer": how, "int8_layers": n_int8,
-                           "float_layers": skipped,
+                           "float_layers": skipped, "recipe_ranges_imported": imported,
                            "deprecation": "torch.ao.quantization and the lite interpreter are "
                                           "deprecated upstream (torchao / ExecuTorch) but work "
                                           "in this torch"}
