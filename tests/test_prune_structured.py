@@ -189,3 +189,34 @@ def test_untraceable_model_clear_error(digits):
     with pytest.raises(ec.PassError, match="cannot be traced"):
         _run(model, digits, ratio=0.5)
     assert _same(model, state)
+
+
+def test_channel_shuffle_net_prunes_shuffle_free_widths_exactly():
+    # ShuffleNetV2's channel shuffle defeats Torch-Pruning's reshape mapping; edgecompress prunes
+    # only the widths no shuffle touches. Half of those channels are made dead (BatchNorm scale
+    # 0, output 0 after ReLU) so bn_scale picks exactly them: removing them must not change the
+    # output, which fails if any coupled layer lost the wrong channels.
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.shufflenet_v2_x0_5(weights=None, num_classes=10).eval()
+    chains = [[model.conv1[1], model.stage2[0].branch1[1]], [model.conv5[1]]]
+    chains += [[block.branch2[1], block.branch2[4]] for stage in (model.stage2, model.stage3, model.stage4)
+               for block in stage]
+    with torch.no_grad():
+        for bns in chains:
+            dead = torch.arange(bns[0].num_features)[::2]
+            for i, bn in enumerate(bns):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.weight[dead] = 0
+                bn.bias[dead] = -1.0 if i == 0 else 0.0  # ReLU follows the first BN only
+    block_out = [b.branch2[5].out_channels for b in model.stage3]
+    x = torch.randn(2, 3, 64, 64)
+    data = ec.DataBundle(val=[x], example_input=x[:1], name="random")
+    dm = _run(model, data, ratio=0.5, scope="local", importance="bn_scale", round_to=1)
+    assert dm.model.conv5[0].out_channels == 512 and dm.model.conv1[0].out_channels == 12
+    assert dm.model.stage3[1].branch2[0].out_channels == model.stage3[1].branch2[0].out_channels // 2
+    assert [b.branch2[5].out_channels for b in dm.model.stage3] == block_out  # shuffled widths kept
+    with torch.no_grad():
+        assert torch.allclose(dm.model(x), model(x), atol=1e-5)
+    assert dm.report.stages[-1].params < 0.7 * dm.report.stages[0].params

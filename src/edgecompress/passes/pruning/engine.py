@@ -61,11 +61,12 @@ def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: Ste
     modules = dict(model.named_modules())
     ignored = [modules[name] for name in cfg.ignored]
     try:
-        return _pruner_class()(
-            model, example, importance=make_importance(cfg.importance),
-            global_pruning=cfg.global_scope, pruning_ratio=ratio,
-            max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
-            ignored_layers=[*ignored, *extra.pop("ignored_layers", [])], **extra)
+        with adapters.graph_build_guards(model):
+            return _pruner_class()(
+                model, example, importance=make_importance(cfg.importance),
+                global_pruning=cfg.global_scope, pruning_ratio=ratio,
+                max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
+                ignored_layers=[*ignored, *extra.pop("ignored_layers", [])], **extra)
     except Exception as exc:
         raise PassError(f"{stage}: Torch-Pruning cannot build the dependency graph of "
                         f"{type(model).__name__}: {type(exc).__name__}: {str(exc)[:300]}. "
@@ -75,8 +76,9 @@ def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: Ste
 
 def count_groups(pruner: Any) -> int:
     """How many channel groups the pruner may cut (0: nothing prunable)."""
-    return sum(1 for _ in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                                   root_module_types=pruner.root_module_types))
+    with adapters.graph_build_guards(pruner.model):
+        return sum(1 for _ in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                       root_module_types=pruner.root_module_types))
 
 
 def prune_step(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepConfig,
@@ -89,7 +91,7 @@ def prune_step(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepC
     if cfg.importance == "taylor":
         accumulate_gradients(model, cfg.grad_batches)
     cut = 0
-    with torch.no_grad():
+    with torch.no_grad(), adapters.graph_build_guards(model):
         for group in pruner.step(interactive=True):
             group.prune()
             cut += 1
