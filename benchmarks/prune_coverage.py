@@ -155,7 +155,8 @@ def write(rows: list[dict], skipped: list[dict], args: argparse.Namespace, done:
     ok = sum(r["ok"] for r in rows)
     summary = {"tried": len(rows), "succeeded": ok, "skipped_or_not_run": len(skipped),
                "success_rate": ok / len(rows) if rows else None, "ratio": args.ratio,
-               "cnn_input": args.size, "complete": done, "load_average": os.getloadavg()}
+               "cnn_input": args.size, "complete": done, "load_average": os.getloadavg(),
+               "commands": args.commands}
     (out / "prune_coverage.json").write_text(json.dumps({"summary": summary, "rows": rows,
                                                          "skipped": skipped}, indent=1))
     lines = [f"# Structured pruning coverage (torchvision, ratio {args.ratio:.2f})", "",
@@ -163,6 +164,7 @@ def write(rows: list[dict], skipped: list[dict], args: argparse.Namespace, done:
               f"({100 * ok / max(len(rows), 1):.1f}%); {len(skipped)} skipped (size or time "
               f"budget). CNNs at {args.ratio}× channels, input {args.size} (224 where the "
               f"architecture needs it); random weights."), "",
+             "Produced by: " + "; then ".join(f"`{c}`" for c in args.commands), "",
              "| model | input | ok | result |", "|---|---|---|---|",
              *[fmt(r) for r in rows + skipped]]
     (out / "prune_coverage.md").write_text("\n".join(lines) + "\n")
@@ -187,13 +189,16 @@ def main() -> None:
     if args.one:
         print(json.dumps(check_one(args.one, args.size, args.ratio, args.seed)))
         return
+    args.commands = ["python benchmarks/prune_coverage.py " + " ".join(sys.argv[1:])]
     names, skipped = model_list(args.models, args.max_params)
     print(f"load average {os.getloadavg()}; {len(names)} models, {len(skipped)} skipped by size")
     rows: list[dict] = []
     not_run: list[dict] = []
     if args.update:  # keep every other model's row; the re-checked ones are replaced in place
         old = json.loads((Path(args.out) / "prune_coverage.json").read_text())
-        rows, skipped = old["rows"], old["skipped"]
+        rows = old["rows"]
+        args.commands = old["summary"].get("commands", []) + args.commands
+        skipped = [s for s in old["skipped"] if s["model"] not in names]  # now run
     start = time.monotonic()
     for name in names:
         if args.budget_minutes and time.monotonic() - start > 60 * args.budget_minutes:
