@@ -66,7 +66,7 @@ class StructuredPrune(Pass):
                         "fraction from each layer (local).", choices=("global", "local"))
     # 8 by default: ONNX Runtime's blocked (NCHWc) convolutions and XNNPACK/ncnn packing need
     # channel multiples of 8 or 16; odd counts fall back to slower kernels (ResNet-18 at ratio
-    # 0.5: 2.95x faster unrounded, 3.66x with 8, benchmarks/results/prune_speed.md).
+    # 0.5, 1 thread: 2.86x faster unrounded, 3.69x with 8, benchmarks/results/prune_speed*.md).
     round_to: int | None = option(8, "Keep channel counts at multiples of this (faster "
                                   "kernels); layers at or below it are left whole. 1 or None "
                                   "turns rounding off.", low=1)
