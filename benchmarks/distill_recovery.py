@@ -7,18 +7,19 @@ the teacher) or by plain ``ec.FineTune``. Prints the two side by side and writes
 
     .venv/bin/python benchmarks/distill_recovery.py ../shared/data/fashion-mnist
 
-Pruning uses ``ec.passes.StructuredPrune`` (its defaults: global L2 ranking) when it exists;
-otherwise a small pass defined here calls Torch-Pruning directly (the JSON says which).
+Pruning is ``ec.passes.StructuredPrune(ratio, scope=...)`` (L2 ranking, channels rounded to
+multiples of 8). ``--recover-samples`` recovers on the first N of the training images only (the
+common case of a model trained on more data than is at hand for recovery), where the teacher's
+soft targets carry what the labels of those few images cannot.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from torch import nn
 
 import edgecompress as ec
 from edgecompress.models import SmallResNet
-from edgecompress.options import option
 from edgecompress.passes.distill import same_batches
 from edgecompress.training import (
     Recovery,
@@ -35,42 +35,6 @@ from edgecompress.training import (
     cross_entropy_loss,
     train,
 )
-
-
-@dataclass
-class TorchPruningPrune(ec.Pass):
-    """Uniform L2-magnitude channel pruning with Torch-Pruning, then the ``finetune`` hook."""
-
-    name = "torch_pruning_prune"
-    ratio: float = option(0.5, "Fraction of channels removed per layer.", low=0, high=1,
-                          low_open=True, high_open=True)
-    finetune: Any = option(None, "Recovery hook.", recipe=False)
-
-    def run(self, model: nn.Module, ctx: ec.PassContext) -> nn.Module:
-        import torch_pruning as tp
-
-        assert ctx.data.example_input is not None
-        ignored = [m for m in model.modules() if isinstance(m, nn.Linear)]  # keep the classes
-        pruner = tp.pruner.MagnitudePruner(model, ctx.data.example_input,
-                                           importance=tp.importance.MagnitudeImportance(p=2),
-                                           pruning_ratio=self.ratio, ignored_layers=ignored)
-        pruner.step()
-        if self.finetune is not None:
-            model = self.finetune.recover(model, ctx, "recover")
-        return model
-
-
-def prune_pass(ratio: float, recovery: Recovery | None) -> tuple[ec.Pass, str]:
-    cls = None
-    try:
-        cls = ec.passes.StructuredPrune
-    except (AttributeError, ImportError, ModuleNotFoundError):
-        pass
-    if cls is not None:
-        names = {f.name for f in dataclasses.fields(cls)}
-        if {"ratio", "finetune"} <= names:
-            return cls(ratio=ratio, finetune=recovery), "ec.passes.StructuredPrune"
-    return TorchPruningPrune(ratio=ratio, finetune=recovery), "torch_pruning (direct)"
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--train-epochs", type=int, default=5)
     ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--scope", default="global", choices=["global", "local"])
+    ap.add_argument("--recover-samples", type=int, default=None,
+                    help="recover on the first N training images only (default: all of them)")
     ap.add_argument("--epochs", type=int, default=2, help="recovery epochs (both ways)")
     ap.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate (both ways)")
     ap.add_argument("--temperature", type=float, default=4.0)
@@ -96,9 +63,11 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def recover_with(model: nn.Module, data: ec.DataBundle, recovery: Recovery | None, ratio: float,
-                 seed: int) -> dict[str, Any]:
-    step, how = prune_pass(ratio, recovery)
+def recover_with(model: nn.Module, data: ec.DataBundle, recovery: Recovery | None,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    step = ec.passes.StructuredPrune(ratio=args.ratio, scope=args.scope, finetune=recovery)
+    how = f"ec.passes.StructuredPrune(ratio={args.ratio}, scope={args.scope!r})"
+    seed = args.seed
     t0 = time.perf_counter()
     with same_batches(data.train):  # the other recovery sees exactly these batches
         dm = ec.Pipeline([step], measure=ec.Measure(latency=False), seed=seed).run(model, data)
@@ -133,14 +102,17 @@ def main() -> None:
     data = ec.data.idx(args.data, batch_size=128, seed=0, limit_train=args.train_samples,
                        limit_val=args.val_samples)
     model, reused = trained_model(data, args)
+    if args.recover_samples:  # idx() draws both from one seeded permutation: a prefix
+        data = ec.data.idx(args.data, batch_size=128, seed=0, limit_train=args.recover_samples,
+                           limit_val=args.val_samples)
     common = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
-    pruned = recover_with(model, data, None, args.ratio, args.seed)
+    pruned = recover_with(model, data, None, args)
     distill = recover_with(model, data, ec.Distill.recover(temperature=args.temperature,
                                                            alpha=args.alpha,
                                                            hints=json.loads(args.hints)
                                                            if args.hints else None, **common),
-                           args.ratio, args.seed)
-    plain = recover_with(model, data, ec.FineTune(**common), args.ratio, args.seed)
+                           args)
+    plain = recover_with(model, data, ec.FineTune(**common), args)
     gain = 100 * (distill["accuracy_after"] - plain["accuracy_after"])
     result = {"benchmark": "distill_recovery", "config": vars(args), "model_reused": reused,
               "pruned_only": pruned,
@@ -160,7 +132,9 @@ def main() -> None:
           f"{args.train_samples} samples; pruned with {distill['pruner']}: "
           f"{distill['params_before']:,} → {distill['params_after']:,} params, "
           f"{distill['macs_before'] / 1e6:.2f} M → {distill['macs_after'] / 1e6:.2f} M MACs. "
-          f"Recovery: {args.epochs} epochs, lr {args.lr}, seed {args.seed}, same batches.\n\n"
+          f"Recovery: {args.epochs} epochs on {args.recover_samples or args.train_samples} "
+          f"samples, lr {args.lr}, seed {args.seed}, same batches.\n\n"
+          f"Command: `python benchmarks/distill_recovery.py {' '.join(sys.argv[1:])}`\n\n"
           f"| | plain fine-tune | distillation recovery (T={args.temperature}, "
           f"alpha={args.alpha}) |\n| --- | ---: | ---: |\n"
           f"| before pruning | {pct(plain['accuracy_before'])} | {pct(distill['accuracy_before'])} |\n"
