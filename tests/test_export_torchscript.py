@@ -85,7 +85,8 @@ def test_int8_static_takes_the_recipes_activation_ranges(ptq_dm, digits):
         lo, hi = min(lo, 0.0), max(hi, 0.0)
         scale = (hi - lo) / 255
         assert modules[layer].scale == pytest.approx(scale, rel=1e-5), layer
-        assert modules[layer].zero_point == round(-lo / scale), layer
+        # -lo/scale can land on .5 (a range symmetric about 0): torch and numpy may round apart
+        assert abs(modules[layer].zero_point - (-lo / scale)) <= 0.5 + 1e-3, layer
     assert isinstance(quantized(digits.samples("val", 4)), torch.Tensor)
 
 
