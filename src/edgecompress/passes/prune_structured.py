@@ -64,9 +64,9 @@ class StructuredPrune(Pass):
                              choices=IMPORTANCES)
     scope: str = option("global", "Rank channels across all layers (global) or remove the same "
                         "fraction from each layer (local).", choices=("global", "local"))
-    # 8 by default: ONNX Runtime's blocked (NCHWc) convolutions and XNNPACK/ncnn packing need
-    # channel multiples of 8 or 16; odd counts fall back to slower kernels (ResNet-18 at ratio
-    # 0.5, 1 thread: 2.86x faster unrounded, 3.69x with 8, benchmarks/results/prune_speed*.md).
+    # 8 by default: ONNX Runtime ran its blocked (NCHWc) convolutions only on multiples of 8;
+    # odd counts fell back to slower kernels (ResNet-18 at ratio 0.5, 1 thread: 2.86x faster
+    # unrounded, 3.69x with 8; benchmarks/results/prune_speed*.md).
     round_to: int | None = option(8, "Keep channel counts at multiples of this (faster "
                                   "kernels); layers at or below it are left whole. 1 or None "
                                   "turns rounding off.", low=1)
