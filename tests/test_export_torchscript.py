@@ -90,6 +90,14 @@ def test_int8_static_takes_the_recipes_activation_ranges(ptq_dm, digits):
     assert isinstance(quantized(digits.samples("val", 4)), torch.Tensor)
 
 
+def test_qat_recipe_exports_with_its_learned_ranges(_resnet_weights, digits, tmp_path):
+    dm = ec.Pipeline([ec.passes.QuantizeQAT(epochs=1)], measure=False).run(
+        copy.deepcopy(_resnet_weights), digits)
+    art = dm.export("torchscript", tmp_path / "qat.ptl", **FAST)
+    assert art.precision == "int8-static" and art.notes["recipe_ranges_imported"] >= 10
+    assert art.parity.passed and art.parity.top1_agreement >= 0.97  # vs the QAT-simulated model
+
+
 @pytest.mark.parametrize("reduce_range", [True, False])
 def test_x86_activation_bits_follow_the_recipes_reduce_range(_resnet_weights, digits, tmp_path,
                                                              reduce_range):
