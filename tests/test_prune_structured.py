@@ -59,6 +59,16 @@ def test_default_rounds_channels_to_multiples_of_8(trained_cnn, digits):
     assert any(c.out_channels % 8 for c in _convs(unrounded.model).values())
 
 
+@pytest.mark.parametrize("current,asked,kept", [(64, 19, 48), (16, 1, 16), (16, 5, 8), (16, 12, 8),
+                                               (33, 4, 32), (8, 4, 8), (125, 60, 64)])
+def test_round_to_keeps_the_nearest_multiple(current, asked, kept):
+    # rounding down (Torch-Pruning's way) kept 40 of 64 channels when 30 % were asked for, and
+    # halved a 16-channel layer asked to lose one channel
+    from edgecompress.passes.pruning.engine import channels_to_prune
+
+    assert current - channels_to_prune(asked, current, 8) == kept
+
+
 def test_target_macs_is_reached(trained_cnn, digits):
     dm = _run(trained_cnn, digits, target_macs=0.5)
     ratio = dm.report.stages[-1].macs / dm.report.stages[0].macs

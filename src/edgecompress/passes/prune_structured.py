@@ -65,8 +65,8 @@ class StructuredPrune(Pass):
     scope: str = option("global", "Rank channels across all layers (global) or remove the same "
                         "fraction from each layer (local).", choices=("global", "local"))
     # 8 by default: ONNX Runtime ran its blocked (NCHWc) convolutions only on multiples of 8;
-    # odd counts fell back to slower kernels (ResNet-18 at ratio 0.5, 1 thread: 2.86x faster
-    # unrounded, 3.69x with 8; benchmarks/results/prune_speed*.md).
+    # odd counts fell back to slower kernels (ResNet-18 at ratio 0.5, 1 thread: 3.00x faster
+    # unrounded, 3.61x with 8; benchmarks/results/prune_speed*.md).
     round_to: int | None = option(8, "Keep channel counts at multiples of this (faster "
                                   "kernels); layers at or below it are left whole. 1 or None "
                                   "turns rounding off.", low=1)

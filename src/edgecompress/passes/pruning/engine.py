@@ -4,8 +4,9 @@ Torch-Pruning (``DependencyGraph`` + ``BasePruner``) finds every layer coupled t
 residual additions, depthwise/grouped convolutions, concatenations, squeeze-excitation,
 flatten→linear — and removes the channel everywhere at once. Added here:
 
-* ``round_to`` that never empties a layer (Torch-Pruning rounds the kept count *down*, which
-  can reach zero for thin layers);
+* ``round_to`` that rounds the kept count to the *nearest* multiple and never empties a layer
+  (Torch-Pruning rounds it *down*: a 64-channel layer asked to lose 30 % kept 40, not 48, and
+  thin layers can reach zero);
 * model-specific adapters (:mod:`.adapters`) for layers whose shape lives in plain attributes
   (torchvision's ViT ``hidden_dim``, attention head sizes) that the graph does not see.
 """
@@ -38,18 +39,25 @@ class StepConfig:
     grad_batches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
+def channels_to_prune(n_pruned: int, current: int, round_to: int) -> int:
+    """How many of ``current`` channels to remove when ``n_pruned`` were asked for, keeping a
+    multiple of ``round_to`` (the nearest one; layers at or below ``round_to`` stay whole)."""
+    if current <= round_to:
+        return 0
+    kept = (2 * (current - n_pruned) + round_to) // (2 * round_to) * round_to  # nearest, ties up
+    kept = min(max(kept, round_to), current - current % round_to)
+    return current - kept
+
+
 def _pruner_class() -> type:
     import torch_pruning as tp
 
     class _Pruner(tp.pruner.BasePruner):
-        """BasePruner whose round_to keeps at least ``round_to`` channels in every layer."""
+        """BasePruner whose round_to keeps the nearest multiple (ties keep more), at least
+        ``round_to`` channels and at most the layer's own width rounded down."""
 
         def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-            if current_channels <= round_to:
-                return 0
-            kept = max(current_channels - n_pruned, round_to)
-            kept -= kept % round_to
-            return current_channels - kept
+            return channels_to_prune(n_pruned, current_channels, round_to)
 
     return _Pruner
 
