@@ -189,7 +189,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(check_one(args.one, args.size, args.ratio, args.seed)))
         return
-    args.commands = ["python benchmarks/prune_coverage.py " + " ".join(sys.argv[1:])]
+    args.commands = [" ".join(["python benchmarks/prune_coverage.py", *sys.argv[1:]])]
     names, skipped = model_list(args.models, args.max_params)
     print(f"load average {os.getloadavg()}; {len(names)} models, {len(skipped)} skipped by size")
     rows: list[dict] = []
