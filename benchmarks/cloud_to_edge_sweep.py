@@ -41,7 +41,7 @@ def row(path: Path, r: dict[str, Any]) -> str:
         cells += [f"{e['size_bytes']:,} B ({e['x_smaller_than_teacher_fp32_onnx']:.1f}×)",
                   f"{100 * e['accuracy']:.2f}% (−{lost:.2f})",
                   f"{100 * e['parity']['top1_agreement']:.1f}%"]
-    cells.append(f"{r['seconds'] / 60:.0f} min")
+    cells.append(f"{r['seconds'] / 60:.0f} min ({r.get('threads', 1)} thr)")
     return "| " + " | ".join(cells) + " |"
 
 
