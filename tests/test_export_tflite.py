@@ -91,7 +91,33 @@ def test_int8_activation_ranges_cover_every_calibration_sample(ptq_dm, tmp_path)
         expected = ptq_dm.model(calib).abs().max().item()
     got = np.abs(ec.load(art.path)(calib.numpy())).max()
     assert got >= 0.97 * expected, (got, expected)
-    assert art.notes["activation_ranges"] == "min/max over all calibration samples"
+    assert art.notes["activation_ranges"].endswith("min/max over all calibration samples "
+                                                   "for the rest")
+
+
+def test_int8_static_takes_the_recipes_activation_ranges(ptq_dm, tmp_path):
+    # ai-edge-quantizer would calibrate its own min/max; the recipe's percentile ranges (or
+    # QAT's learned ones) must reach every TFLite tensor that holds a recipe-covered activation
+    from edgecompress.export.tflite import convert_float
+    from edgecompress.export.tflite_ranges import recipe_tensor_ranges
+    from edgecompress.runtime.litert import LiteRTRunner
+
+    art = ptq_dm.export("tflite", tmp_path / "q.tflite", **FAST)
+    recipe = ptq_dm.quant_recipe
+    float_path = tmp_path / "float.tflite"
+    convert_float(ptq_dm.float_model.eval(), ptq_dm.example_input(1), float_path)
+    matched = recipe_tensor_ranges(ptq_dm.float_model, recipe.calib_samples[:1], float_path,
+                                   recipe.ranges)
+    assert art.notes["recipe_ranges_imported"] == len(matched) >= 9
+    scales = {d["name"]: d["quantization_parameters"]["scales"]
+              for d in LiteRTRunner(art.path).interpreter.get_tensor_details()}
+    exact = []
+    for name, (lo, hi) in matched.items():
+        if len(scales[name]) == 0 or "MaxPool" in name:
+            continue  # float input (int8_io=False); max-pool outputs keep their input's scale
+        assert scales[name] == pytest.approx([(max(hi, 0.0) - min(lo, 0.0)) / 255], rel=1e-5), name
+        exact.append(name)
+    assert len(exact) >= 6  # 8 with litert-torch 0.10
 
 
 def test_int8_io_runner_quantizes_and_dequantizes(ptq_dm, digits, tmp_path):

@@ -54,6 +54,10 @@ class TfliteOptions(ExportOptions):
                                   "LiteRT runner still takes and gives float unless raw=True.")
     calib_threads: int | None = option(None, "Threads for ai-edge-quantizer's calibration "
                                              "(None: all cores).", low=1)
+    recipe_ranges: bool = option(True, "INT8 static recipes only: give each TFLite tensor that "
+                                       "holds a recipe-covered activation the recipe's range "
+                                       "(calibrated or QAT-learned). False re-calibrates every "
+                                       "range as the min/max over the calibration samples.")
 
 
 @contextlib.contextmanager
@@ -169,6 +173,7 @@ class _Aeq:
         self.manager = recipe_manager.RecipeManager()
         self.notes: dict[str, Any] = {"quantizer": f"ai-edge-quantizer "
                                                    f"{_version('ai-edge-quantizer')}"}
+        self.imported: dict[str, tuple[float, float]] = {}
 
     def fp16(self) -> "_Aeq":
         from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -189,11 +194,6 @@ class _Aeq:
                                           "ranges calibrated on the recipe's samples")
             if not int8_io:
                 self._keep_float_io()
-            if recipe.method != "minmax" or recipe.source == "qat":
-                self.notes["calibration_note"] = (
-                    f"ai-edge-quantizer calibrates activation ranges by min/max on the float "
-                    f"model; the recipe's {recipe.source} / {recipe.method} ranges are not "
-                    f"imported (parity vs the simulated model is measured below)")
         else:
             ops = _dynamic_ops(recipe.layers)
             for op in ops:
@@ -207,6 +207,15 @@ class _Aeq:
             self._skip(skipped)
         self.notes["weight_granularity"] = "per-channel" if recipe.per_channel else "per-tensor"
         return self
+
+    def import_ranges(self, model: torch.nn.Module, sample: torch.Tensor,
+                      recipe: "QuantRecipe") -> None:
+        """Use the recipe's activation ranges (calibrated or QAT-learned) where the TFLite
+        graph has the same tensor; calibration fills in the rest."""
+        from .tflite_ranges import recipe_tensor_ranges
+
+        if recipe.ranges:
+            self.imported = recipe_tensor_ranges(model, sample, self.float_path, recipe.ranges)
 
     @property
     def _all(self) -> Any:
@@ -257,6 +266,8 @@ class _Aeq:
     def run(self, out: Path, calib: torch.Tensor | None, threads: int | None) -> dict[str, Any]:
         from ai_edge_quantizer import quantizer
 
+        from .tflite_ranges import apply_ranges
+
         qt = quantizer.Quantizer(str(self.float_path))
         qt.load_quantization_recipe(self.manager.get_quantization_recipe())
         result = None
@@ -272,7 +283,7 @@ class _Aeq:
                 with _quiet_tools():
                     result = self._calibrate(samples, threads or os.cpu_count() or 1)
                 self.notes["calib_count"] = len(samples)
-                self.notes["activation_ranges"] = "min/max over all calibration samples"
+                self.notes.update(_ranges_note(apply_ranges(result, self.imported)))
             with _quiet_tools():
                 quantized = qt.quantize(result, enable_progress_report=False)
         except ExportError:
@@ -283,6 +294,15 @@ class _Aeq:
                               f"recipe with their own quantizers") from exc
         out.write_bytes(bytes(quantized.quantized_model))
         return self.notes
+
+
+def _ranges_note(imported: int) -> dict[str, Any]:
+    if not imported:
+        return {"activation_ranges": "min/max over all calibration samples (the recipe has no "
+                                     "ranges that the TFLite graph's tensors match)"}
+    return {"activation_ranges": f"the recipe's for {imported} tensors, min/max over all "
+                                 f"calibration samples for the rest",
+            "recipe_ranges_imported": imported}
 
 
 def _widest_range(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -346,7 +366,11 @@ class TfliteExporter(Exporter):
                 else:
                     assert dm.quant_recipe is not None
                     aeq.recipe(dm.quant_recipe, opts.int8_io)
-                notes.update(aeq.run(tmp, self._calibration(dm), opts.calib_threads))
+                calib = self._calibration(dm)
+                if (opts.recipe_ranges and precision == "int8-static" and calib is not None
+                        and calib.shape[0]):
+                    aeq.import_ranges(model, calib[:1], dm.quant_recipe)
+                notes.update(aeq.run(tmp, calib, opts.calib_threads))
         notes.update(self._check_written(tmp, precision, example, dm))
         return notes
 
