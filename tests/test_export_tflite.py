@@ -119,6 +119,13 @@ def test_int8_static_takes_the_recipes_activation_ranges(ptq_dm, tmp_path):
         exact.append(name)
     assert len(exact) >= 6  # 8 with litert-torch 0.10
 
+    own = ptq_dm.export("tflite", tmp_path / "own.tflite", recipe_ranges=False, **FAST)
+    assert "recipe_ranges_imported" not in own.notes
+    assert own.notes["activation_ranges"].endswith("(recipe_ranges=False)")
+    own_scales = {d["name"]: d["quantization_parameters"]["scales"]
+                  for d in LiteRTRunner(own.path).interpreter.get_tensor_details()}
+    assert any(own_scales[n] != pytest.approx(scales[n], rel=1e-3) for n in exact)
+
 
 def test_int8_io_runner_quantizes_and_dequantizes(ptq_dm, digits, tmp_path):
     art = ptq_dm.export("tflite", tmp_path / "q8.tflite", int8_io=True, **FAST)

@@ -173,7 +173,7 @@ class _Aeq:
         self.manager = recipe_manager.RecipeManager()
         self.notes: dict[str, Any] = {"quantizer": f"ai-edge-quantizer "
                                                    f"{_version('ai-edge-quantizer')}"}
-        self.imported: dict[str, tuple[float, float]] = {}
+        self.imported: dict[str, tuple[float, float]] | None = None  # None: not asked for
 
     def fp16(self) -> "_Aeq":
         from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -191,7 +191,7 @@ class _Aeq:
                                            activation_num_bits=8, weight_num_bits=recipe.bits,
                                            weight_granularity=granularity)
             self.notes["quant_scheme"] = ("static: int8 weights and activations, activation "
-                                          "ranges calibrated on the recipe's samples")
+                                          "ranges from the recipe or calibrated on its samples")
             if not int8_io:
                 self._keep_float_io()
         else:
@@ -214,8 +214,8 @@ class _Aeq:
         graph has the same tensor; calibration fills in the rest."""
         from .tflite_ranges import recipe_tensor_ranges
 
-        if recipe.ranges:
-            self.imported = recipe_tensor_ranges(model, sample, self.float_path, recipe.ranges)
+        self.imported = (recipe_tensor_ranges(model, sample, self.float_path, recipe.ranges)
+                         if recipe.ranges else {})
 
     @property
     def _all(self) -> Any:
@@ -283,7 +283,8 @@ class _Aeq:
                 with _quiet_tools():
                     result = self._calibrate(samples, threads or os.cpu_count() or 1)
                 self.notes["calib_count"] = len(samples)
-                self.notes.update(_ranges_note(apply_ranges(result, self.imported)))
+                self.notes.update(_ranges_note(
+                    None if self.imported is None else apply_ranges(result, self.imported)))
             with _quiet_tools():
                 quantized = qt.quantize(result, enable_progress_report=False)
         except ExportError:
@@ -296,7 +297,9 @@ class _Aeq:
         return self.notes
 
 
-def _ranges_note(imported: int) -> dict[str, Any]:
+def _ranges_note(imported: int | None) -> dict[str, Any]:
+    if imported is None:
+        return {"activation_ranges": "min/max over all calibration samples (recipe_ranges=False)"}
     if not imported:
         return {"activation_ranges": "min/max over all calibration samples (the recipe has no "
                                      "ranges that the TFLite graph's tensors match)"}
