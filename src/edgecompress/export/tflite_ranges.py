@@ -30,8 +30,10 @@ def recipe_tensor_ranges(model: nn.Module, sample: torch.Tensor, float_path: Pat
                          ranges: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """TFLite tensor name → the recipe's ``(lo, hi)`` for the tensors found in both models.
 
-    As in the simulated model, a layer's ``:out`` range wins over the ``:in`` ranges of the
-    layers that read the same tensor; several ``:in`` ranges of one tensor are united."""
+    One TFLite tensor holds one quantization, where the simulated model may quantize a value
+    twice (a layer's output, then the next layer's input): the producer's ``:out`` range wins,
+    since the simulation applies it first, and several ``:in`` ranges of one tensor are united
+    (the TorchScript export's ``_recipe_range`` makes the same choice)."""
     refs = _torch_activations(model, sample, ranges)
     tensors = _tflite_activations(float_path, sample)
     outs: dict[str, list[Any]] = {}
