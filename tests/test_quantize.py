@@ -90,6 +90,32 @@ def test_compact_names_shrink_the_int8_file_without_changing_its_outputs(ptq, tm
     np.testing.assert_array_equal(out_a, out_b)
 
 
+def test_qoperator_format_is_smaller_and_runs_the_same_int8_kernels(ptq, tmp_path):
+    qdq = ptq.export("onnx", tmp_path / "qdq.onnx", benchmark_runs=0)
+    qop = ptq.export("onnx", tmp_path / "qop.onnx", benchmark_runs=0, quant_format="qoperator")
+    proto = onnx.load(str(qop.path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QLinearConv") == 5 and ops.count("DequantizeLinear") == 1, ops
+    types = {t.name: t.data_type for t in proto.graph.initializer}
+    weights = [n.input[3] for n in proto.graph.node if n.op_type == "QLinearConv"]
+    assert all(types[w] == TensorProto.INT8 for w in weights)
+    assert qop.notes["int8_check"]["int8_weight_tensors"] == 6  # 5 convs + the QGemm head
+    assert qop.notes["ort_kernels"] == qdq.notes["ort_kernels"]  # what ORT runs is the same
+    assert qop.size_bytes < qdq.size_bytes - 2000, (qdq.size_bytes, qop.size_bytes)
+    assert qop.parity.passed and qop.parity.top1_agreement >= 0.98, qop.parity
+    x = ptq.data.samples("val", 64).numpy()
+    same = (ec.load(qdq.path)(x).argmax(1) == ec.load(qop.path)(x).argmax(1)).mean()
+    assert same >= 0.95, same
+
+
+def test_int8_artifact_metadata_leaves_the_ranges_to_the_scales(ptq, tmp_path):
+    art = ptq.export("onnx", tmp_path / "m.onnx", benchmark_runs=0)
+    recipe = ec.load(art.path).metadata["quant_recipe"]
+    assert "ranges" not in recipe and recipe["ranges_count"] == len(ptq.quant_recipe.ranges) > 0
+    assert "layer_order" not in recipe["extra"]
+    assert ptq.quant_recipe.to_metadata()["ranges"]  # the .ecm manifest keeps them
+
+
 def test_skip_keeps_layer_float_in_onnx(trained_cnn, digits, tmp_path):
     dm = _run(trained_cnn, digits, ec.passes.QuantizePTQ(samples=64, method="minmax",
                                                         skip=["classifier"]))

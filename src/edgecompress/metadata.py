@@ -28,7 +28,9 @@ def sidecar_path(path: str | Path) -> Path:
 
 def base_metadata(dm: Any, fmt: str, precision: str) -> dict[str, Any]:
     """The fields every artifact carries, taken from a DeployableModel."""
-    recipe = dm.quant_recipe.to_metadata() if getattr(dm, "quant_recipe", None) else None
+    # the per-tensor ranges stay in the .ecm manifest; the artifact holds them as scales
+    recipe = (dm.quant_recipe.to_metadata(compact=True) if getattr(dm, "quant_recipe", None)
+              else None)
     return {
         "edgecompress_version": __version__,
         "format": fmt,

@@ -83,7 +83,8 @@ def onnx_dtype_name(elem_type: int) -> str:
 
 
 def compact_names(model: Any) -> int:
-    """Give the graph's internal tensors short names and drop onnxsim's bookkeeping metadata.
+    """Give the graph's internal tensors short names; drop onnxsim's bookkeeping metadata and
+    the intermediate shape annotations (``value_info``), which ONNX Runtime infers again.
 
     torch and ORT's quantizer name every tensor after its module path plus suffixes
     (``layer1.0.conv2.bias_quantized_zero_point``), and each name is stored at every use: on a
@@ -115,8 +116,8 @@ def compact_names(model: Any) -> int:
     for node in graph.node:
         node.input[:] = [rename(i) for i in node.input]
         node.output[:] = [rename(o) for o in node.output]
-    for info in graph.value_info:
-        info.name = rename(info.name)
+    # intermediate shape annotations: ONNX Runtime infers them again at load time
+    del graph.value_info[:]
     kept = [p for p in model.metadata_props if not p.key.startswith("onnxsim.")]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

@@ -41,6 +41,12 @@ class OnnxOptions(ExportOptions):
                                  "bookkeeping metadata (about 30 kB less on a quantized "
                                  "ResNet-20); graph input/output and node names are kept. False "
                                  "keeps torch's tensor names for debugging.")
+    quant_format: str = option("qdq", "How static INT8 is written: QDQ (Quantize/DequantizeLinear "
+                               "pairs around float ops; what TensorRT, QNN and other execution "
+                               "providers need) or QOperator (QLinearConv and ORT's contrib "
+                               "QLinear ops directly: the kernels ORT's CPU provider runs either "
+                               "way, in a smaller file; CPU ONNX Runtime only).",
+                               choices=("qdq", "qoperator"))
 
 
 def export_float_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 17,

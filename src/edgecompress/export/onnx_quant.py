@@ -1,6 +1,7 @@
 """Realise a QuantRecipe in ONNX with ONNX Runtime's own quantizer — the path ORT runs fastest.
 
-Static recipes: ``quantize_static`` on the float graph (QDQ, per-channel int8 weights, activation
+Static recipes: ``quantize_static`` on the float graph (QDQ by default, or QOperator for a
+smaller CPU-only file; per-channel int8 weights, activation
 ranges calibrated again on the recipe's samples with the recipe's method; layers the recipe keeps
 float become ``nodes_to_exclude``; QAT's learned ranges are written as ``TensorQuantOverrides``).
 Dynamic recipes: ``quantize_dynamic`` (Gemm rewritten as MatMul + Add first, which ORT's
@@ -64,7 +65,8 @@ def quantize_onnx(float_path: Path, out_path: Path, recipe: "QuantRecipe",
         if recipe.scheme == "dynamic":
             notes = _dynamic(proto, prepared, out_path, recipe)
         else:
-            notes = _static(proto, prepared, out_path, recipe)
+            notes = _static(proto, prepared, out_path, recipe,
+                            getattr(opts, "quant_format", "qdq"))
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
@@ -133,7 +135,8 @@ def _overrides(proto: Any, mapping: dict[str, Any],
     return {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in merged.items()}
 
 
-def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[str, Any]:
+def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
+            quant_format: str = "qdq") -> dict[str, Any]:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -149,14 +152,15 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[str
     act = QuantType.QUInt8 if recipe.backend == "x86" else QuantType.QInt8
     samples = recipe.calib_samples.float().numpy()
     reduce = bool(recipe.extra.get("reduce_range", False))
+    fmt = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
     with _quiet():
         quantize_static(str(src), str(out), _Samples(samples, proto.graph.input[0].name),
-                        quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+                        quant_format=fmt, per_channel=recipe.per_channel,
                         reduce_range=reduce, activation_type=act, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=method,
                         extra_options={"TensorQuantOverrides": overrides} if overrides else None)
     notes: dict[str, Any] = {
-        "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
+        "quantizer": f"onnxruntime.quantization.quantize_static ({fmt.name})",
         "calibration": f"{recipe.method} on {samples.shape[0]} samples",
         "activation_type": "uint8" if recipe.backend == "x86" else "int8",
         "weight_type": f"int8 {'per-channel' if recipe.per_channel else 'per-tensor'}"
@@ -250,6 +254,9 @@ def check_int8(proto: Any, scheme: str) -> dict[str, Any]:
                                       "DynamicQuantizeLSTM", "MatMulInteger", "ConvInteger")
                      and len(n.input) > 1}
     weight_inputs |= {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    # QOperator nodes take (x, x_scale, x_zero_point, w, ...): the weight is the fourth input
+    weight_inputs |= {n.input[3] for n in proto.graph.node
+                      if n.op_type in ("QLinearConv", "QLinearMatMul", "QGemm") and len(n.input) > 3}
     for t in proto.graph.initializer:
         kind = "int8" if t.data_type in int_types else "float"
         size = len(t.raw_data) if t.raw_data else int(np.prod(t.dims or [1])) * 4
