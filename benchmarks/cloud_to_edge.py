@@ -39,13 +39,28 @@ from edgecompress.plot import plot_report  # noqa: E402
 log = logging.getLogger("cloud_to_edge")
 
 
-def fp32_onnx_size(model: nn.Module, example: torch.Tensor) -> int:
+def fp32_onnx_size(model: nn.Module, example: torch.Tensor, compact: bool = False) -> int:
+    """Bytes of ``model``'s FP32 ONNX file; ``compact``: with the short tensor names the
+    student artifacts get by default (the goal's stricter reading)."""
+    import onnx
+
     from edgecompress.export.onnx import export_float_onnx
+    from edgecompress.onnx_utils import compact_names, load_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         export_float_onnx(model, example, path)
+        if compact:
+            proto = load_onnx(path)
+            compact_names(proto)
+            onnx.save(proto, str(path))
         return path.stat().st_size
+
+
+# (report key, format, file, export options): QOperator is the same int8 kernels in a smaller file
+EXPORTS = (("onnx", "onnx", "student_int8.onnx", {}),
+           ("onnx-qoperator", "onnx", "student_int8_qop.onnx", {"quant_format": "qoperator"}),
+           ("tflite", "tflite", "student_int8.tflite", {}))
 
 
 def main() -> None:
@@ -62,6 +77,12 @@ def main() -> None:
     ap.add_argument("--round-to", type=int, default=None)
     ap.add_argument("--scope", default="global", choices=["global", "local"])
     ap.add_argument("--importance", default="l2")
+    ap.add_argument("--ignore", default="", help="comma-separated layers pruning keeps whole "
+                    "(e.g. layer1: the 16-channel stage holds 5%% of the parameters)")
+    ap.add_argument("--recover-lr", type=float, default=2e-3)
+    ap.add_argument("--select-on-val", action="store_true",
+                    help="restore each recovery's best epoch on the held-out half (which is "
+                         "also where accuracy is measured; off by default: last epoch)")
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--limit", type=int, default=None, help="use a subset of the images (quick runs)")
     ap.add_argument("--threads", type=int, default=2)
@@ -82,42 +103,51 @@ def main() -> None:
         prunable(student)
         assert torch.allclose(student(x), before, atol=1e-5), "shortcut rewrite changed outputs"
 
+    ignore = tuple(name for name in args.ignore.split(",") if name)
     pipe = ec.Pipeline([
         ec.passes.Distill(teacher=teacher, student=student, epochs=args.distill_epochs, lr=1e-3,
                           temperature=4.0, alpha=0.3),
         # pruned and recovered with BatchNorm still in place; Fuse only after the training
         ec.passes.StructuredPrune(target_params=args.target_params, importance=args.importance,
-                                  scope=args.scope,
+                                  scope=args.scope, ignore=ignore,
                                   steps=args.prune_steps, round_to=args.round_to,
-                                  finetune=ec.Distill.recover(epochs=args.recover_epochs, lr=2e-3,
-                                                              alpha=0.3)),
+                                  finetune=ec.Distill.recover(epochs=args.recover_epochs,
+                                                              lr=args.recover_lr, alpha=0.3,
+                                                              best_on_val=args.select_on_val)),
         ec.passes.Fuse(),
         ec.passes.QuantizeQAT(epochs=args.qat_epochs, lr=1e-4,
                               finetune=ec.Distill.recover(epochs=args.qat_epochs, lr=1e-4,
-                                                          alpha=0.3)),
+                                                          alpha=0.3,
+                                                          best_on_val=args.select_on_val)),
     ], measure=ec.Measure(threads=args.threads, latency_runs=50), seed=args.seed)
     dm = pipe.run(teacher, data)
 
     teacher_onnx = fp32_onnx_size(teacher, data.example_input)
     exports = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt, name in (("onnx", "student_int8.onnx"), ("tflite", "student_int8.tflite")):
+        for key, fmt, name, options in EXPORTS:
             try:
-                art = dm.export(fmt, Path(tmp) / name, threads=args.threads, benchmark_runs=100)
-                exports[fmt] = {"size_bytes": art.size_bytes, "precision": art.precision,
+                art = dm.export(fmt, Path(tmp) / name, threads=args.threads, benchmark_runs=100,
+                                **options)
+                exports[key] = {"size_bytes": art.size_bytes, "precision": art.precision,
                                 "accuracy": art.accuracy, "p50_ms": art.latency.p50_ms,
                                 "parity": art.parity.to_dict(),
                                 "x_smaller_than_teacher_fp32_onnx": teacher_onnx / art.size_bytes}
             except ec.EdgeCompressError as exc:
-                exports[fmt] = {"error": str(exc)}
+                exports[key] = {"error": str(exc)}
     teacher_acc = dm.report.stages[0].accuracy
-    best = exports.get("onnx", {})
+    # the goal is judged on the smallest artifact that was written
+    smallest = min((k for k, e in exports.items() if "size_bytes" in e),
+                   key=lambda k: exports[k]["size_bytes"], default=None)
+    best = exports.get(smallest, {}) if smallest else {}
     result = {
         "command": " ".join(sys.argv), "seconds": time.time() - t0,
         "load_average_end": os.getloadavg()[0], "threads": args.threads,
         "teacher_fp32_onnx_bytes": teacher_onnx, "teacher_accuracy": teacher_acc,
+        "teacher_fp32_onnx_bytes_compact_names": fp32_onnx_size(teacher, data.example_input,
+                                                                compact=True),
         "exports": exports, "report": dm.report.to_dict(),
-        "goal": {"x_smaller": best.get("x_smaller_than_teacher_fp32_onnx"),
+        "goal": {"artifact": smallest, "x_smaller": best.get("x_smaller_than_teacher_fp32_onnx"),
                  "points_lost": None if best.get("accuracy") is None
                  else 100 * (teacher_acc - best["accuracy"])},
     }
@@ -129,12 +159,21 @@ def main() -> None:
     print(json.dumps(result["goal"], indent=2))
 
 
+def compact_note(r: dict[str, Any]) -> str:
+    compact = r.get("teacher_fp32_onnx_bytes_compact_names")
+    if not compact:
+        return ""
+    return (f" ({compact:,} bytes with the students' compact tensor names: by that stricter "
+            f"measure 40× smaller means ≤ {compact // 40:,} bytes)")
+
+
 def markdown(r: dict[str, Any], dm: ec.DeployableModel) -> str:
     lines = [f"Command: `{r['command']}`", "",
              f"Wall time {r['seconds'] / 60:.1f} min on {r['threads']} threads "
              f"(load average at the end {r['load_average_end']:.1f}). Accuracy on the 5,000 "
              f"held-out JPEG images; the teacher's FP32 ONNX file is "
-             f"{r['teacher_fp32_onnx_bytes']:,} bytes.", "", dm.report.to_markdown(), "",
+             f"{r['teacher_fp32_onnx_bytes']:,} bytes{compact_note(r)}.", "",
+             dm.report.to_markdown(), "",
              "| artifact | precision | bytes | × smaller than teacher FP32 | top-1 | points lost | p50 ms |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for fmt, e in r["exports"].items():

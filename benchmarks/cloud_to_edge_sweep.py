@@ -22,9 +22,14 @@ def flag(command: str, name: str, default: str) -> str:
 def label(r: dict[str, Any]) -> str:
     """The run's pruning settings, read from its recorded command."""
     cmd = r["command"]
+    ignore = flag(cmd, "--ignore", "")
     return (f"target_params {flag(cmd, '--target-params', '0.3')}, scope "
             f"{flag(cmd, '--scope', 'global')}, {flag(cmd, '--prune-steps', '1')} step(s) × "
-            f"{flag(cmd, '--recover-epochs', '10')} epochs")
+            f"{flag(cmd, '--recover-epochs', '10')} epochs"
+            + (f", {ignore} kept whole" if ignore else ""))
+
+
+FORMATS = ("onnx", "onnx-qoperator", "tflite")
 
 
 def row(path: Path, r: dict[str, Any]) -> str:
@@ -32,8 +37,11 @@ def row(path: Path, r: dict[str, Any]) -> str:
     pruned = stages.get("structured_prune", {})
     cells = [f"{label(r)} (`{path.stem}`)", f"{pruned.get('params', 0) / 1000:.1f}k",
              f"{100 * pruned.get('accuracy', float('nan')):.2f}%"]
-    for fmt in ("onnx", "tflite"):
-        e = r["exports"].get(fmt, {})
+    for fmt in FORMATS:
+        e = r["exports"].get(fmt)
+        if e is None:  # runs made before this artifact was exported
+            cells += ["—", "", ""]
+            continue
         if "size_bytes" not in e:
             cells += ["failed", "", ""]
             continue
@@ -60,10 +68,13 @@ def main() -> None:
              f"{teacher['teacher_fp32_onnx_bytes']:,} B (40× smaller: ≤ "
              f"{teacher['teacher_fp32_onnx_bytes'] // 40:,} B). Each run's command is in its "
              f"`.md` file; `agree` is INT8 top-1 agreement with the simulated INT8 model.", "",
+             "ONNX is QDQ; QOperator is the same int8 kernels written directly, in a smaller file "
+             "(— : the run predates that export).", "",
              "| pruning (run) | params after pruning | top-1 after pruning (float) | ONNX INT8 | ONNX top-1 "
-             "(points lost) | ONNX agree | TFLite INT8 | TFLite top-1 (points lost) | "
+             "(points lost) | ONNX agree | ONNX QOperator INT8 | QOperator top-1 (points lost) | "
+             "QOperator agree | TFLite INT8 | TFLite top-1 (points lost) | "
              "TFLite agree | wall time |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [row(p, r) for p, r in runs]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
