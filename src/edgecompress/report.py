@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .measure import describe_count, describe_size
@@ -61,8 +62,8 @@ class Report:
     info: dict[str, Any] = field(default_factory=dict)
 
     STAGE_COLUMNS = ("stage", "params", "size", "MACs", "sparsity", "top-1", "p50 ms", "time s")
-    ARTIFACT_COLUMNS = ("format", "precision", "size", "max|diff|", "top-1 agree", "top-1",
-                        "p50 ms")
+    ARTIFACT_COLUMNS = ("format", "file", "precision", "size", "max|diff|", "top-1 agree",
+                        "top-1", "p50 ms")
 
     def stage_rows(self) -> list[list[str]]:
         return [[s.stage + (" (FAILED)" if s.error else ""), describe_count(s.params),
@@ -71,7 +72,8 @@ class Report:
                  "" if s.seconds is None else f"{s.seconds:.1f}"] for s in self.stages]
 
     def artifact_rows(self) -> list[list[str]]:
-        return [[a.format, a.precision, describe_size(a.size_bytes),
+        # the file name tells apart two artifacts of one format (e.g. ONNX QDQ and QOperator)
+        return [[a.format, Path(a.path).name, a.precision, describe_size(a.size_bytes),
                  "n/a" if a.max_abs_diff is None else f"{a.max_abs_diff:.2e}",
                  _pct(a.top1_agreement) + ("" if a.parity_ok in (None, True) else " FAIL"),
                  _pct(a.accuracy), _ms(a.latency_ms)] for a in self.artifacts]
