@@ -1,5 +1,5 @@
 """The cloud → edge pipeline, measured: ResNet-56 teacher → distilled ResNet-20 student →
-structured pruning with distillation recovery → INT8 (QAT) → ONNX and TFLite.
+structured pruning with distillation recovery → INT8 (QAT) → ONNX (QDQ and QOperator) and TFLite.
 
 Data: the CIFAR-10 JPEG test set (10,000 images), split in two seeded halves: the student trains
 and calibrates on one half and every accuracy is measured on the other. Random-crop and flip
