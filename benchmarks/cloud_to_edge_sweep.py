@@ -23,10 +23,13 @@ def label(r: dict[str, Any]) -> str:
     """The run's pruning settings, read from its recorded command."""
     cmd = r["command"]
     ignore = flag(cmd, "--ignore", "")
+    # runs made before --select-on-val existed (they have no QOperator export) always selected
+    selected = "--select-on-val" in cmd.split() or "onnx-qoperator" not in r["exports"]
     return (f"target_params {flag(cmd, '--target-params', '0.3')}, scope "
             f"{flag(cmd, '--scope', 'global')}, {flag(cmd, '--prune-steps', '1')} step(s) × "
             f"{flag(cmd, '--recover-epochs', '10')} epochs"
-            + (f", {ignore} kept whole" if ignore else ""))
+            + (f", {ignore} kept whole" if ignore else "")
+            + (", best held-out epoch" if selected else ", last epoch"))
 
 
 FORMATS = ("onnx", "onnx-qoperator", "tflite")
@@ -67,7 +70,10 @@ def main() -> None:
     lines = [f"Teacher: ResNet-56, {teacher['teacher_accuracy'] * 100:.2f}% top-1, FP32 ONNX "
              f"{teacher['teacher_fp32_onnx_bytes']:,} B (40× smaller: ≤ "
              f"{teacher['teacher_fp32_onnx_bytes'] // 40:,} B). Each run's command is in its "
-             f"`.md` file; `agree` is INT8 top-1 agreement with the simulated INT8 model.", "",
+             f"`.md` file; `agree` is INT8 top-1 agreement with the simulated INT8 model. "
+             f"'best held-out epoch': each recovery kept its epoch with the best accuracy on the "
+             f"held-out half, where accuracy is also measured (slightly optimistic); 'last "
+             f"epoch': no selection.", "",
              "ONNX is QDQ; QOperator is the same int8 kernels written directly, in a smaller file "
              "(— : the run predates that export).", "",
              "| pruning (run) | params after pruning | top-1 after pruning (float) | ONNX INT8 | ONNX top-1 "
@@ -75,6 +81,13 @@ def main() -> None:
              "QOperator agree | TFLite INT8 | TFLite top-1 (points lost) | "
              "TFLite agree | wall time |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    compact = next((r["teacher_fp32_onnx_bytes_compact_names"] for _, r in runs
+                    if r.get("teacher_fp32_onnx_bytes_compact_names")), None)
+    if compact:
+        lines.insert(1, f"With the short tensor names the students get, the teacher's file is "
+                        f"{compact:,} B; by that stricter measure 40× smaller means ≤ "
+                        f"{compact // 40:,} B.")
+        lines.insert(1, "")
     lines += [row(p, r) for p, r in runs]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
