@@ -29,6 +29,7 @@ def label(r: dict[str, Any]) -> str:
             f"{flag(cmd, '--scope', 'global')}, {flag(cmd, '--prune-steps', '1')} step(s) × "
             f"{flag(cmd, '--recover-epochs', '10')} epochs"
             + (f", {ignore} kept whole" if ignore else "")
+            + (f", lr {flag(cmd, '--recover-lr', '')}" if "--recover-lr" in cmd.split() else "")
             + (", best held-out epoch" if selected else ", last epoch"))
 
 
@@ -61,8 +62,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="cloud_to_edge*.json files")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    by_command = {}  # a run copied under two names is listed once
-    for p in sorted(args.runs, key=lambda p: len(p.name)):
+    by_command = {}  # a run copied under two names is listed once, under its tagged name
+    for p in sorted(args.runs, key=lambda p: (p.stem == "cloud_to_edge", p.name)):
         r = json.loads(p.read_text())
         by_command.setdefault(r["command"], (p, r))
     runs = sorted(by_command.values(), key=lambda pr: -pr[1]["report"]["stages"][-1]["params"])
