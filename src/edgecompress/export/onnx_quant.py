@@ -65,8 +65,7 @@ def quantize_onnx(float_path: Path, out_path: Path, recipe: "QuantRecipe",
         if recipe.scheme == "dynamic":
             notes = _dynamic(proto, prepared, out_path, recipe)
         else:
-            notes = _static(proto, prepared, out_path, recipe,
-                            getattr(opts, "quant_format", "qdq"))
+            notes = _static(proto, prepared, out_path, recipe, opts.quant_format)
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
