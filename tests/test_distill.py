@@ -222,6 +222,18 @@ def test_recovery_needs_the_model_before_and_training_data(trained_cnn, digits):
         rec.check_data(no_train)
 
 
+def test_pipeline_checks_a_recovery_before_its_pass_runs(trained_cnn, digits):
+    """Perturb has no check_data of its own: without the pipeline's check of its finetune= the
+    weights would be damaged first and the missing data found only inside the recovery."""
+    ran = []
+    no_train = ec.DataBundle(val=digits.val, num_classes=10)
+    step = Perturb(finetune=ec.Distill.recover(epochs=1))
+    step.run = lambda model, ctx: ran.append(model)  # type: ignore[method-assign]
+    with pytest.raises(DataError, match="distillation recovery trains on DataBundle.train"):
+        ec.Pipeline([step], measure=False).run(trained_cnn, no_train)
+    assert not ran
+
+
 # -- recipes ----------------------------------------------------------------------------------
 
 def test_recipe_round_trip():

@@ -22,7 +22,7 @@ from .measure import compressed_sizes, count_macs, count_params, serialized_stat
 from .options import option, validate_options
 from .passes import Pass, PassContext, get_pass
 from .report import Report, StageMetrics
-from .training import accuracy, seed_everything
+from .training import Recovery, accuracy, seed_everything
 
 log = logging.getLogger("edgecompress")
 
@@ -161,6 +161,9 @@ class Pipeline:
         forms = Pipeline(passes).check(_start_form(model))
         for p in passes:
             p.check_data(data)
+            recovery = getattr(p, "finetune", None)
+            if isinstance(recovery, Recovery):  # also checked for passes that do not do it themselves
+                recovery.check_data(data)
         _warn_training_after_fold(passes)
         work = copy.deepcopy(model)
         if isinstance(work, nn.Module):

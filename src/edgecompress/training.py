@@ -255,6 +255,9 @@ class Recovery:
     def recover(self, model: nn.Module, ctx: "PassContext", desc: str = "recover") -> nn.Module:
         raise NotImplementedError
 
+    def check_data(self, data: Any) -> None:
+        """Raise DataError/ConfigError if ``data`` cannot serve this recovery (before any work)."""
+
     def to_recipe(self) -> dict[str, Any]:
         return {"kind": self.kind, **options_dict(self)}
 
