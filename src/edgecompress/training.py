@@ -120,12 +120,15 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
         opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
 
 
-def _steps_per_epoch(loader: Iterable[Any], cfg: TrainConfig) -> int:
+def steps_per_epoch(loader: Iterable[Any], cfg: Any) -> int:
+    """Batches one epoch trains on: the loader's length (1000 when it has none), capped by
+    ``cfg.max_batches`` when ``cfg`` has one."""
+    cap = getattr(cfg, "max_batches", None)
     try:
         n = len(loader)  # type: ignore[arg-type]
     except TypeError:
-        n = cfg.max_batches or 1000
-    return min(n, cfg.max_batches) if cfg.max_batches else n
+        n = cap or 1000
+    return min(n, cap) if cap else n
 
 
 def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, cfg: TrainConfig, *,
@@ -144,7 +147,7 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, cfg: T
     if not params:
         raise ConfigError(f"{desc}: the model has no trainable parameters")
     opt = _optimizer(params, cfg)
-    steps = _steps_per_epoch(train_loader, cfg)
+    steps = steps_per_epoch(train_loader, cfg)
     sched = _scheduler(opt, cfg, steps * cfg.epochs)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

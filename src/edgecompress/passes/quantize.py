@@ -26,7 +26,7 @@ from ..quant.mapping import execution_order
 from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni, output_modes,
                               quantizable_layers, ranges_of, resolve_skip, set_observing, unwrap, wrap)
 from ..quant_recipe import QuantRecipe
-from ..training import FineTune, Recovery
+from ..training import FineTune, Recovery, steps_per_epoch
 from .base import Pass, PassContext
 from .fuse import _sequential_pairs, _traced_pairs, fuse_pairs
 
@@ -244,7 +244,7 @@ class QuantizeQAT(Pass):
         sim = wrap(copy.deepcopy(float_model), self.per_channel, skipped, None, _weight_qmax(self))
         calibrate(sim, act_quantizers(sim), calib, self.method, desc="QAT initial ranges")
         recovery = self._recovery()
-        schedule = _QatSchedule(sim, _steps_per_epoch(ctx, recovery), self.freeze_bn_after,
+        schedule = _QatSchedule(sim, steps_per_epoch(ctx.data.train, recovery), self.freeze_bn_after,
                                 self.freeze_observers_after)
         set_observing(sim, True)
         try:
@@ -280,16 +280,6 @@ class QuantizeQAT(Pass):
         if missing:
             calibrate(final, missing, calib, "minmax", desc="QAT output ranges")
         return final, outputs, sorted(missing)
-
-
-def _steps_per_epoch(ctx: PassContext, recovery: Recovery) -> int:
-    loader = ctx.data.train
-    try:
-        n = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        n = 1000
-    cap = getattr(recovery, "max_batches", None)
-    return min(n, cap) if cap else n
 
 
 @dataclass
