@@ -165,6 +165,14 @@ def _same(model, state):
     return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
 
 
+def test_finetune_without_training_data_fails_before_work(trained_cnn, digits):
+    before = _state(trained_cnn)
+    no_train = ec.DataBundle(val=digits.val, num_classes=10)
+    with pytest.raises(ec.DataError, match="fine-tuning recovery trains on DataBundle.train"):
+        _run(trained_cnn, no_train, ratio=0.3, finetune=ec.FineTune(epochs=1))
+    assert _same(trained_cnn, before)
+
+
 def test_unknown_ignore_name_fails_before_work(trained_cnn, digits):
     state = _state(trained_cnn)
     with pytest.raises(ec.ConfigError, match="no layer called 'nope'"):

@@ -162,7 +162,7 @@ class Pipeline:
         for p in passes:
             p.check_data(data)
             recovery = getattr(p, "finetune", None)
-            if isinstance(recovery, Recovery):  # also checked for passes that do not do it themselves
+            if isinstance(recovery, Recovery):  # e.g. training data: checked once, here
                 recovery.check_data(data)
         _warn_training_after_fold(passes)
         work = copy.deepcopy(model)

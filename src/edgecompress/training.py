@@ -250,6 +250,7 @@ class Recovery:
     """
 
     kind: ClassVar[str] = "recovery"
+    label: ClassVar[str] = "recovery"  # how errors name it
     _kinds: ClassVar[dict[str, str]] = {
         "finetune": "edgecompress.training:FineTune",
         "distill": "edgecompress.passes.distill:DistillRecovery",
@@ -259,7 +260,12 @@ class Recovery:
         raise NotImplementedError
 
     def check_data(self, data: Any) -> None:
-        """Raise DataError/ConfigError if ``data`` cannot serve this recovery (before any work)."""
+        """Raise DataError/ConfigError if ``data`` cannot serve this recovery; the pipeline calls
+        it for every pass's ``finetune=`` before any work. Recoveries train on ``data.train``."""
+        if data.train is None:
+            raise DataError(f"{self.label} trains on DataBundle.train, which was not given "
+                            f"(data.train is None); pass labelled training batches or drop "
+                            f"finetune=")
 
     def to_recipe(self) -> dict[str, Any]:
         return {"kind": self.kind, **options_dict(self)}
@@ -283,6 +289,7 @@ class FineTune(TrainConfig, Recovery):
     """Plain supervised fine-tuning (cross-entropy on ``data.train``) used for recovery."""
 
     kind: ClassVar[str] = "finetune"
+    label: ClassVar[str] = "fine-tuning recovery"
 
     def recover(self, model: nn.Module, ctx: "PassContext", desc: str = "finetune") -> nn.Module:
         loader = ctx.data.require("train", desc)

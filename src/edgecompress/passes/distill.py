@@ -323,13 +323,9 @@ class DistillRecovery(KDConfig, Recovery):
     """
 
     kind: ClassVar[str] = "distill"
+    label: ClassVar[str] = "distillation recovery"
 
     epochs: int = option(2, "Passes over the training data.", low=0)
-
-    def check_data(self, data: DataBundle) -> None:
-        if data.train is None:
-            raise DataError("distillation recovery trains on DataBundle.train, which was not "
-                            "given")
 
     def recover(self, model: nn.Module, ctx: PassContext, desc: str = "distill_recover") -> nn.Module:
         teacher = ctx.model_before

@@ -90,11 +90,6 @@ class StructuredPrune(Pass):
             raise ConfigError(f"StructuredPrune: finetune must be a recovery such as "
                               f"ec.FineTune(epochs=2), got {type(self.finetune).__name__}")
 
-    def check_data(self, data) -> None:
-        if self.finetune is not None and data.train is None:
-            from ..errors import DataError
-            raise DataError("StructuredPrune(finetune=...) needs data.train to fine-tune on")
-
     # -- the pass -------------------------------------------------------------------------------
     def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         stage = self.name

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ..errors import ConfigError, DataError, PassError
+from ..errors import ConfigError, PassError
 from ..forms import Form
 from ..measure import compressed_sizes, serialized_state, sparsity
 from ..options import option
@@ -88,10 +88,6 @@ class UnstructuredPrune(Pass):
         if self.finetune is not None and not isinstance(self.finetune, Recovery):
             raise ConfigError(f"UnstructuredPrune: finetune must be a recovery such as "
                               f"ec.FineTune(epochs=1), got {type(self.finetune).__name__}")
-
-    def check_data(self, data) -> None:
-        if self.finetune is not None and data.train is None:
-            raise DataError("UnstructuredPrune(finetune=...) needs data.train to fine-tune on")
 
     def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         layers = prunable_weights(model, self.ignore)
