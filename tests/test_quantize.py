@@ -148,6 +148,12 @@ def test_qat_matches_or_beats_ptq_and_its_ranges_reach_onnx(trained_cnn, digits,
                 and n.input[0] == "input")
     scale, _ = act_qparams(*map(torch.tensor, recipe.ranges["features.0.0:in"]))
     assert np.isclose(float(inits[q_in.input[1]]), float(scale), rtol=1e-5)
+    # the classifier reads Flatten(GlobalAveragePool); ORT gives Flatten its input's scale, so
+    # the learned range must sit on the pool's output (written on Flatten's, ORT ignored it)
+    dq = {n.output[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    scale, _ = act_qparams(*map(torch.tensor, recipe.ranges["classifier:in"]))
+    assert np.isclose(float(inits[dq[gemm.input[0]].input[1]]), float(scale), rtol=1e-5)
     assert abs(art.accuracy - qat_acc) <= 0.02
 
 

@@ -33,6 +33,10 @@ log = logging.getLogger("edgecompress")
 _INT_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
                 "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QGemm", "QLinearAdd",
                 "MatMulIntegerToFloat", "QAttention", "DynamicQuantizeLinear", "QLinearGlobalAveragePool")
+# ops whose output ORT quantizes with its input's scale and zero point, in QDQ and QOperator
+# alike: a range written for their output is ignored (measured: a Flatten after a global pool
+# kept the pool's calibrated scale), so it goes on their input
+_SAME_AS_INPUT = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool"}
 _DYNAMIC_OPS = {"Linear": ["MatMul"], "LSTM": ["LSTM"], "GRU": []}  # ORT has no int8 GRU kernel
 
 
@@ -110,9 +114,11 @@ def _overrides(proto: Any, mapping: dict[str, Any],
     ``<layer>:in`` is the node's input; ``<layer>:out`` its output, or the output of the Relu
     consuming it when the recipe fused one (ORT removes that Relu and quantizes to its range).
     Two layers reading one tensor (a residual block's input) share one ONNX quantizer: it gets
-    the union of their ranges.
+    the union of their ranges. An input reached through Flatten, Reshape, … gets its range on
+    the tensor before them, whose scale ORT reuses for their output.
     """
     consumers: dict[str, list[Any]] = {}
+    producers = {out: node for node in proto.graph.node for out in node.output}
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
@@ -124,6 +130,8 @@ def _overrides(proto: Any, mapping: dict[str, Any],
         if node is None:
             continue
         tensor = node.input[0] if side == "in" else node.output[0]
+        if side == "in":
+            tensor = _scale_source(tensor, producers)
         if side == "out" and outputs.get(layer) == "relu":
             relu = [n for n in consumers.get(tensor, []) if n.op_type == "Relu"]
             if len(relu) != 1:
@@ -132,6 +140,15 @@ def _overrides(proto: Any, mapping: dict[str, Any],
         old = merged.get(tensor)
         merged[tensor] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
     return {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in merged.items()}
+
+
+def _scale_source(tensor: str, producers: dict[str, Any]) -> str:
+    """The tensor whose scale ``tensor`` shares in ORT's graph (through Flatten, Reshape, …)."""
+    node = producers.get(tensor)
+    while node is not None and node.op_type in _SAME_AS_INPUT and node.input:
+        tensor = node.input[0]
+        node = producers.get(tensor)
+    return tensor
 
 
 def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
