@@ -24,7 +24,8 @@ from ..quant.calibrate import calibrate
 from ..quant.dynamic import DYNAMIC_TYPES, dynamic_layers, quantize_dynamic_torch
 from ..quant.mapping import execution_order
 from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni, output_modes,
-                              quantizable_layers, ranges_of, resolve_skip, set_observing, unwrap, wrap)
+                              quantizable_layers, ranges_of, resolve_skip, set_observing,
+                              set_ranges, share_quantizers, unwrap, wrap)
 from ..quant_recipe import QuantRecipe
 from ..training import FineTune, Recovery, steps_per_epoch
 from .base import Pass, PassContext
@@ -137,11 +138,12 @@ class QuantizePTQ(Pass):
         calib = ctx.data.calibration_inputs(self.samples)[:self.samples]
         order = execution_order(float_model, calib, layers)
         outputs = output_modes(float_model, set(layers) - skipped)
-        sim = wrap(copy.deepcopy(float_model), self.per_channel, skipped, outputs,
-                   _weight_qmax(self))
+        sim, shared = share_quantizers(wrap(copy.deepcopy(float_model), self.per_channel,
+                                            skipped, outputs, _weight_qmax(self)))
         calibrate(sim, act_quantizers(sim), calib, self.method, desc="PTQ calibration")
         ctx.quant_recipe = _static_recipe(self, "ptq", self.method, calib, sim, skipped, order,
                                           "observed", outputs)
+        ctx.quant_recipe.extra["one_quantizer_per_tensor"] = shared
         ctx.float_model = float_model
         _note_static(ctx, layers, skipped, calib, folded)
         return sim.eval()
@@ -255,31 +257,30 @@ class QuantizeQAT(Pass):
         sim.eval()
         trained_float = unwrap(sim)
         folded += fold_batchnorm(trained_float)
-        final, outputs, calibrated = self._final_model(trained_float, sim, skipped, calib)
+        final, outputs, calibrated, shared = self._final_model(trained_float, sim, skipped, calib)
         order = execution_order(trained_float, calib, quantizable_layers(trained_float))
         recipe = _static_recipe(self, "qat", self.method, calib, final, skipped, order, "learned",
                                 outputs)
         recipe.extra["calibrated_after_training"] = calibrated
+        recipe.extra["one_quantizer_per_tensor"] = shared
         ctx.quant_recipe, ctx.float_model = recipe, trained_float
         _note_static(ctx, layers, skipped, calib, folded)
         ctx.note("qat_schedule", schedule.events)
         return final
 
     def _final_model(self, trained_float: nn.Module, trained: nn.Module, skipped: set[str],
-                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str]]:
+                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], bool]:
         """The BN-folded simulated model with the learned ranges. Outputs that had no quantizer
         while a BatchNorm still followed them are calibrated now (minmax), as ORT would."""
         outputs = output_modes(trained_float, set(quantizable_layers(trained_float)) - skipped)
-        final = wrap(copy.deepcopy(trained_float), self.per_channel, skipped, outputs,
-                     _weight_qmax(self)).eval()
-        learned = ranges_of(trained)
-        for name, q in act_quantizers(final).items():
-            if name in learned:
-                q.set_range(*learned[name])
+        final, shared = share_quantizers(wrap(copy.deepcopy(trained_float).eval(),
+                                              self.per_channel, skipped, outputs,
+                                              _weight_qmax(self)))
+        set_ranges(final, ranges_of(trained))
         missing = {n: q for n, q in act_quantizers(final).items() if not q.ready}
         if missing:
             calibrate(final, missing, calib, "minmax", desc="QAT output ranges")
-        return final, outputs, sorted(missing)
+        return final.eval(), outputs, sorted(missing), shared
 
 
 @dataclass

@@ -68,12 +68,15 @@ def calibrate(model: nn.Module, quantizers: dict[str, ActQuant], samples: torch.
     Returns name → [lo, hi]. All ranges come from float activations, as ORT calibrates the
     float graph; quantization is switched on only afterwards.
     """
-    for q in quantizers.values():
+    # a quantizer shared by several names (one tensor, see share_quantizers) is observed once
+    owner: dict[int, str] = {}
+    for name, q in quantizers.items():
+        owner.setdefault(id(q), name)
         q.ready = False
     collector = _RangeCollector(method)
-    owner = {id(q): name for name, q in quantizers.items()}
+    unique = {id(q): q for q in quantizers.values()}.values()
     hooks = [q.register_forward_pre_hook(lambda m, args: collector.add(owner[id(m)], args[0]))
-             for q in quantizers.values()]
+             for q in unique]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
@@ -85,10 +88,10 @@ def calibrate(model: nn.Module, quantizers: dict[str, ActQuant], samples: torch.
         for h in hooks:
             h.remove()
         model.train(was_training)
-    ranges = collector.result()
+    found = collector.result()
+    ranges = {name: found[owner[id(q)]] for name, q in quantizers.items()}
     for name, q in quantizers.items():
-        lo, hi = ranges[name]
-        q.set_range(lo, hi)
+        q.set_range(*ranges[name])
     log.info("calibrated %d activation ranges on %d samples (%s)", len(ranges),
              samples.shape[0], method)
     return ranges

@@ -13,13 +13,17 @@ so it is rebuilt from the float model and its state dict (:func:`rebuild`).
 from __future__ import annotations
 
 import copy
+import logging
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+
+log = logging.getLogger("edgecompress")
 
 if TYPE_CHECKING:
     from ..quant_recipe import QuantRecipe
@@ -42,18 +46,34 @@ def act_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch
     return scale.float(), zero_point
 
 
-def fake_quant_weight(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) -> torch.Tensor:
-    """Symmetric fake quantization of a weight to [-qmax, qmax] (gradients pass straight
-    through), scale = max|w| / qmax as ORT computes it."""
+def weight_scale(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) -> torch.Tensor:
+    """Scale of symmetric int8 weights, max|w| / qmax as ORT computes it: one per output
+    channel, or a single-element tensor."""
     if per_channel:
         absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
-        scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax)).float()
-        zp = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        absmax = w.detach().abs().max().reshape(1)
+    return torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax)).float()
+
+
+def fake_quant_weight(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) -> torch.Tensor:
+    """Symmetric fake quantization of a weight to [-qmax, qmax] (gradients pass straight
+    through)."""
+    scale = weight_scale(w, per_channel, qmax)
+    zp = torch.zeros_like(scale, dtype=torch.int32)
+    if per_channel:
         return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -qmax, qmax)
-    absmax = w.detach().abs().max()
-    scale = (absmax / qmax if absmax > 0 else torch.ones_like(absmax)).float().reshape(1)
-    return torch.fake_quantize_per_tensor_affine(w, scale, torch.zeros(1, dtype=torch.int32),
-                                                 -qmax, qmax)
+    return torch.fake_quantize_per_tensor_affine(w, scale, zp, -qmax, qmax)
+
+
+def fake_quant_bias(b: torch.Tensor, input_scale: torch.Tensor,
+                    w_scale: torch.Tensor) -> torch.Tensor:
+    """The bias as the integer kernels add it: int32 at scale input scale × weight scale (ORT
+    and TFLite both store it so), rounded half to even; gradients pass straight through.
+    The rounding is tiny, but in a deep network a value a hair from a rounding boundary of
+    the next quantizer lands on the other side, and such flips grow layer by layer."""
+    scale = input_scale * w_scale
+    return b + (torch.round(b / scale) * scale - b).detach()
 
 
 def fake_quant_plain(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
@@ -136,14 +156,21 @@ class QuantLayer(nn.Module):
         self.output = output
         self.per_channel = per_channel
         self.weight_qmax = weight_qmax
+        # set by share_quantizers: act_in is the producer's quantizer, already applied upstream
+        self.input_quantized = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act_in(x)
+        if not self.input_quantized:
+            x = self.act_in(x)
+        w_scale = weight_scale(self.layer.weight, self.per_channel, self.weight_qmax)
         w = fake_quant_weight(self.layer.weight, self.per_channel, self.weight_qmax)
+        b = self.layer.bias
+        if b is not None and self.act_in.ready:
+            b = fake_quant_bias(b, act_qparams(self.act_in.lo, self.act_in.hi)[0], w_scale)
         if isinstance(self.layer, nn.Linear):
-            y = F.linear(x, w, self.layer.bias)
+            y = F.linear(x, w, b)
         else:
-            y = self.layer._conv_forward(x, w, self.layer.bias)
+            y = self.layer._conv_forward(x, w, b)
         if self.act_out is None:
             return y
         return self.act_out(F.relu(y) if self.output == "relu" else y)
@@ -167,7 +194,6 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
     Found with ``torch.fx``; a model fx cannot trace gets no output quantization (inputs
     only), which simulates ORT less closely — the export's parity check measures how much.
     """
-    import torch.fx
 
     wanted = set(layers)
     try:
@@ -195,6 +221,86 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
         else:
             modes[node.target] = "plain"
     return modes
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Traces the wrapped model, keeping QuantLayer and ActQuant calls whole."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, (QuantLayer, ActQuant)) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _quant_layer(node: Any, modules: dict[str, nn.Module]) -> QuantLayer | None:
+    module = modules.get(node.target) if node.op == "call_module" else None
+    return module if isinstance(module, QuantLayer) else None
+
+
+def _pass_through(node: Any, modules: dict[str, nn.Module]) -> Any:
+    while node.op == "call_module" and isinstance(modules.get(node.target), _PASS_THROUGH):
+        node = node.args[0]
+    return node
+
+
+def _source(node: Any, modules: dict[str, nn.Module]) -> Any:
+    """The node whose output tensor a layer reads: looks through no-op modules (a folded
+    BatchNorm is an Identity) and through a ReLU the producing QuantLayer already applied."""
+    node = _pass_through(node, modules)
+    if _is_relu(node, modules) and node.args:
+        producer = _pass_through(node.args[0], modules)
+        layer = _quant_layer(producer, modules)
+        if layer is not None and layer.output == "relu":
+            return producer
+    return node
+
+
+def share_quantizers(model: nn.Module) -> tuple[nn.Module, bool]:
+    """Quantize each tensor once, where it is produced, as ORT's and TFLite's graphs do.
+
+    Wrapping alone quantizes a layer's input inside the layer, so (a) a layer reading another
+    layer's quantized output re-quantizes it on a second grid, and (b) a tensor that other ops
+    read too (a residual block's input, read by the identity shortcut) reaches those ops in
+    float. Here (a) the reader's input quantizer becomes the producer's output quantizer and
+    (b) the readers' shared input quantizer is called right after the tensor is produced, so
+    every op reads the quantized value — the model becomes a ``torch.fx.GraphModule``.
+
+    Returns the model and whether sharing was applied (False when fx cannot trace it: the
+    layers then quantize their own inputs, which the export's parity check measures).
+    """
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors
+        log.info("simulated INT8: torch.fx cannot trace %s (%s); each layer quantizes its own "
+                 "input", type(model).__name__, str(exc)[:200])
+        return model, False
+    modules = dict(model.named_modules())
+    readers: dict[Any, list[Any]] = {}
+    for node in graph.nodes:
+        if _quant_layer(node, modules) is not None and node.args:
+            readers.setdefault(_source(node.args[0], modules), []).append(node)
+    inserted = False
+    for source, consumers in readers.items():
+        layers = [_quant_layer(c, modules) for c in consumers]
+        producer = _quant_layer(source, modules)
+        if producer is not None and producer.act_out is not None:
+            shared = producer.act_out
+        else:
+            if len(consumers) == 1 and set(source.users) == set(consumers):
+                continue  # its only reader: the layer's own input quantizer is the tensor's
+            shared = layers[0].act_in
+            _quantize_after(graph, source, f"{consumers[0].target}.act_in")
+            inserted = True
+        for layer in layers:
+            layer.act_in, layer.input_quantized = shared, True
+    if inserted:
+        model = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
+    return model, True
+
+
+def _quantize_after(graph: Any, source: Any, quantizer: str) -> None:
+    """Insert a call of ``quantizer`` on ``source``'s output; every reader then reads that."""
+    with graph.inserting_after(source):
+        quantized = graph.call_module(quantizer, (source,))
+    source.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
 
 
 def cpu_has_vnni() -> bool:
@@ -286,6 +392,20 @@ def ranges_of(model: nn.Module) -> dict[str, list[float]]:
     return {n: list(q.range()) for n, q in act_quantizers(model).items() if q.ready}
 
 
+def set_ranges(model: nn.Module, ranges: dict[str, list[float] | tuple[float, float]]) -> None:
+    """Set the quantizers named in ``ranges``; one shared by several names (see
+    :func:`share_quantizers`) gets the union of their ranges, as ORT merges them."""
+    merged: dict[int, tuple[float, float]] = {}
+    for name, q in act_quantizers(model).items():
+        if name not in ranges:
+            continue
+        lo, hi = ranges[name]
+        if id(q) in merged:
+            lo, hi = min(lo, merged[id(q)][0]), max(hi, merged[id(q)][1])
+        merged[id(q)] = (lo, hi)
+        q.set_range(lo, hi)
+
+
 def set_observing(model: nn.Module, on: bool) -> None:
     for q in act_quantizers(model).values():
         q.observing = on
@@ -296,9 +416,9 @@ def build_simulated(float_model: nn.Module, recipe: "QuantRecipe") -> nn.Module:
     model = wrap(copy.deepcopy(float_model).eval(), recipe.per_channel,
                  set(recipe.extra.get("skipped_layers", ())), recipe.extra.get("outputs"),
                  int(recipe.extra.get("weight_qmax", W_QMAX)))
-    for name, q in act_quantizers(model).items():
-        if name in recipe.ranges:
-            q.set_range(*recipe.ranges[name])
+    if recipe.extra.get("one_quantizer_per_tensor"):  # recipes before it: each layer's own
+        model, _ = share_quantizers(model)
+    set_ranges(model, recipe.ranges)
     return model.eval()
 
 
