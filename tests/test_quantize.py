@@ -284,6 +284,12 @@ def test_simulated_int8_computes_what_the_qdq_graph_computes(trained_resnet, dig
     # input, with float residuals and biases: 29 %, up to 2 steps)
     assert off.max() <= 1.001 and (off > 0.5).mean() < 0.15, (off.max(), (off > 0.5).mean())
     assert (sim.argmax(1) == graph.argmax(1)).mean() >= 0.99
+    # QOperator keeps a dropped ReLU's input quantization: the learned ranges must reach it
+    # too (they did not: ORT's calibrated ranges ran there, 2 steps off)
+    qop = dm.export("onnx", tmp_path / "qop.onnx", benchmark_runs=0, quant_format="qoperator")
+    session = ort.InferenceSession(str(qop.path), providers=["CPUExecutionProvider"])
+    off = np.abs(sim - session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]) / lsb
+    assert off.max() <= 1.001 and (off > 0.5).mean() < 0.15, (off.max(), (off > 0.5).mean())
     # the shared quantizers and the inserted residual ones come back from a saved file
     path = dm.save(tmp_path / "r.ecm", portable=False)
     loaded = DeployableModel.load(path, builder=lambda: small_resnet(width=8))

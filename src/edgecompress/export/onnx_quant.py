@@ -139,6 +139,13 @@ def _overrides(proto: Any, mapping: dict[str, Any],
             tensor = relu[0].output[0]
         old = merged.get(tensor)
         merged[tensor] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+    # QOperator drops a Relu and keeps the quantization of its input (calibrated to the Relu's
+    # range), so the range must be on that input too; QDQ renames the input to the Relu's
+    # output. Measured: without it QOperator ran every ReLU output on ORT's calibrated range.
+    for tensor, value in list(merged.items()):
+        relu = producers.get(tensor)
+        if relu is not None and relu.op_type == "Relu" and len(consumers[relu.input[0]]) == 1:
+            merged.setdefault(relu.input[0], value)
     return {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in merged.items()}
 
 
