@@ -3,9 +3,11 @@
 Each quantized layer (Conv1d/2d/3d, Linear) is wrapped in :class:`QuantLayer`: its input and
 output go through :class:`ActQuant` (per-tensor asymmetric 8-bit, scale and zero point computed
 as ORT's ``compute_scale_zp`` does; a ReLU consuming the output is fused as ORT fuses it) and
-its weight is fake-quantized symmetric int8 in [-127, 127], per output channel or per tensor.
-Those are the tensors ORT's QDQ graph quantizes around its integer kernels; residual additions
-read quantized layer outputs and feed quantized layer inputs, so they need no quantizer here.
+its weight is fake-quantized symmetric int8 in [-127, 127], per output channel or per tensor;
+its bias is rounded to int32 at input scale × weight scale. Those are the tensors ORT's QDQ
+graph quantizes around its integer kernels. :func:`share_quantizers` then makes each tensor
+quantized once, where it is produced, as in ORT's graph (a residual sum, read by the next
+layer and by the identity shortcut, included).
 The wrapped model keeps plain tensors only (weights plus range buffers),
 so it is rebuilt from the float model and its state dict (:func:`rebuild`).
 """
