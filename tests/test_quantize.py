@@ -295,3 +295,28 @@ def test_simulated_int8_computes_what_the_qdq_graph_computes(trained_resnet, dig
     loaded = DeployableModel.load(path, builder=lambda: small_resnet(width=8))
     with torch.no_grad():
         assert torch.equal(loaded.model(x), dm.model(x))
+
+
+class _TwiceApplied(torch.nn.Module):
+    """One convolution called on two different tensors (shared weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.head(self.conv(y + x).flatten(1))
+
+
+def test_a_layer_called_twice_keeps_its_own_input_quantizer(tmp_path):
+    data = ec.data.digits(image_size=8, batch_size=64, seed=0)
+    dm = _run(_TwiceApplied().eval(), data, ec.passes.QuantizePTQ(samples=64, method="minmax"))
+    conv = dm.model.get_submodule("conv")
+    # one quantizer cannot stand for both tensors the layer reads
+    assert isinstance(conv, QuantLayer) and not conv.input_quantized
+    # the head reads the twice-used layer's output: it is not taken as that output's quantizer
+    assert dm.model.get_submodule("head").act_in is not conv.act_out
+    art = dm.export("onnx", tmp_path / "twice.onnx", benchmark_runs=0)
+    assert art.parity.top1_agreement >= 0.95

@@ -275,12 +275,8 @@ def share_quantizers(model: nn.Module) -> tuple[nn.Module, bool]:
                  "input", type(model).__name__, str(exc)[:200])
         return model, False
     modules = dict(model.named_modules())
-    readers: dict[Any, list[Any]] = {}
-    for node in graph.nodes:
-        if _quant_layer(node, modules) is not None and node.args:
-            readers.setdefault(_source(node.args[0], modules), []).append(node)
     inserted = False
-    for source, consumers in readers.items():
+    for source, consumers in _readers(graph, modules).items():
         layers = [_quant_layer(c, modules) for c in consumers]
         producer = _quant_layer(source, modules)
         if producer is not None and producer.act_out is not None:
@@ -298,9 +294,31 @@ def share_quantizers(model: nn.Module) -> tuple[nn.Module, bool]:
     return model, True
 
 
+def _readers(graph: Any, modules: dict[str, nn.Module]) -> dict[Any, list[Any]]:
+    """Source node → the QuantLayer calls reading its tensor. A layer called more than once
+    (shared weights) keeps quantizing its own inputs: one quantizer cannot serve two tensors."""
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if _quant_layer(node, modules) is not None:
+            calls[node.target] = calls.get(node.target, 0) + 1
+    readers: dict[Any, list[Any]] = {}
+    for node in graph.nodes:
+        if _quant_layer(node, modules) is None or calls[node.target] > 1 or not node.args \
+                or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        source = _source(node.args[0], modules)
+        if _quant_layer(source, modules) is not None and calls[source.target] > 1:
+            source = node.args[0]
+        readers.setdefault(source, []).append(node)
+    return readers
+
+
 def _quantize_after(graph: Any, source: Any, quantizer: str) -> None:
     """Insert a call of ``quantizer`` on ``source``'s output; every reader then reads that."""
-    with graph.inserting_after(source):
+    anchor = source
+    if source.op == "placeholder":  # placeholders stay first: insert after the last one
+        anchor = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    with graph.inserting_after(anchor):
         quantized = graph.call_module(quantizer, (source,))
     source.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
 
