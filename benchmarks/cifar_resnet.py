@@ -111,10 +111,11 @@ def load_resnet(weights: str | Path) -> CifarResNet:
 
 
 def cifar_bundle(data: str | Path, batch_size: int = 64, calib_size: int = 512, seed: int = 0,
-                 limit: int | None = None):
-    """The CIFAR-10 JPEG test set split in two halves: train/calib on one, val on the other."""
+                 limit: int | None = None, val_fraction: float = 0.5):
+    """The CIFAR-10 JPEG test set split in two (halves by default): train/calib on one part,
+    val on the other."""
     import edgecompress as ec
 
-    return ec.data.image_folder(data, batch_size=batch_size, seed=seed, val_fraction=0.5,
+    return ec.data.image_folder(data, batch_size=batch_size, seed=seed, val_fraction=val_fraction,
                                 mean=CIFAR_MEAN, std=CIFAR_STD, calib_size=calib_size,
                                 limit=limit)
