@@ -196,7 +196,6 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
     Found with ``torch.fx``; a model fx cannot trace gets no output quantization (inputs
     only), which simulates ORT less closely — the export's parity check measures how much.
     """
-
     wanted = set(layers)
     try:
         graph = torch.fx.symbolic_trace(model).graph
