@@ -30,6 +30,8 @@ def label(r: dict[str, Any]) -> str:
             f"{flag(cmd, '--recover-epochs', '10')} epochs"
             + (f", {ignore} kept whole" if ignore else "")
             + (f", lr {flag(cmd, '--recover-lr', '')}" if "--recover-lr" in cmd.split() else "")
+            + (f", {r['train_images']:,} train / {r['val_images']:,} held out"
+               if "--val-fraction" in cmd.split() else "")
             + (", best held-out epoch" if selected else ", last epoch"))
 
 
@@ -74,7 +76,8 @@ def main() -> None:
              f"`.md` file; `agree` is INT8 top-1 agreement with the simulated INT8 model. "
              f"'best held-out epoch': each recovery kept its epoch with the best accuracy on the "
              f"held-out half, where accuracy is also measured (slightly optimistic); 'last "
-             f"epoch': no selection.", "",
+             f"epoch': no selection. Points lost are against the teacher's accuracy on the same "
+             f"run's held-out images, which depends on the split (`--seed`, `--val-fraction`).", "",
              "ONNX is QDQ; QOperator is the same int8 kernels written directly, in a smaller file "
              "(— : the run predates that export).", "",
              "| pruning (run) | params after pruning | top-1 after pruning (float) | ONNX INT8 | ONNX top-1 "
