@@ -266,7 +266,7 @@ def test_simulated_int8_computes_what_the_qdq_graph_computes(trained_resnet, dig
     dm = _run(trained_resnet, digits, ec.passes.QuantizeQAT(epochs=1, samples=128, max_batches=10))
     assert dm.quant_recipe.extra["one_quantizer_per_tensor"]
     quantizers = act_quantizers(dm.model)
-    # the second block's conv2 reads conv1's ReLU output: one quantizer, not two grids
+    # the first block's conv2 reads its conv1's ReLU output: one quantizer, not two grids
     assert quantizers["layers.0.conv2:in"] is quantizers["layers.0.conv1:out"]
     # both readers of the downsampling block's input share one quantizer
     assert quantizers["layers.1.conv1:in"] is quantizers["layers.1.shortcut.0:in"]
@@ -280,12 +280,12 @@ def test_simulated_int8_computes_what_the_qdq_graph_computes(trained_resnet, dig
         sim = dm.model(x).numpy()
     lsb = float(act_qparams(*map(torch.tensor, dm.quant_recipe.ranges["fc:out"]))[0])
     off = np.abs(sim - graph) / lsb
-    # measured: 8 % of the logits one step off, none more (each layer re-quantizing its own
-    # input, with float residuals and biases: 29 %, up to 2 steps)
+    # measured: 10 % of the logits one step off, none more (each layer re-quantizing its own
+    # input, with float residuals and biases: 38 %, up to 2 steps)
     assert off.max() <= 1.001 and (off > 0.5).mean() < 0.15, (off.max(), (off > 0.5).mean())
     assert (sim.argmax(1) == graph.argmax(1)).mean() >= 0.99
     # QOperator keeps a dropped ReLU's input quantization: the learned ranges must reach it
-    # too (they did not: ORT's calibrated ranges ran there, 2 steps off)
+    # too (they did not: ORT's calibrated ranges ran there, up to 2 steps off)
     qop = dm.export("onnx", tmp_path / "qop.onnx", benchmark_runs=0, quant_format="qoperator")
     session = ort.InferenceSession(str(qop.path), providers=["CPUExecutionProvider"])
     off = np.abs(sim - session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]) / lsb
