@@ -58,10 +58,12 @@ def weight_scale(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) -> torc
     return torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax)).float()
 
 
-def fake_quant_weight(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) -> torch.Tensor:
+def fake_quant_weight(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX,
+                      scale: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric fake quantization of a weight to [-qmax, qmax] (gradients pass straight
-    through)."""
-    scale = weight_scale(w, per_channel, qmax)
+    through); ``scale`` is :func:`weight_scale`'s, computed here when not given."""
+    if scale is None:
+        scale = weight_scale(w, per_channel, qmax)
     zp = torch.zeros_like(scale, dtype=torch.int32)
     if per_channel:
         return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -qmax, qmax)
@@ -165,7 +167,7 @@ class QuantLayer(nn.Module):
         if not self.input_quantized:
             x = self.act_in(x)
         w_scale = weight_scale(self.layer.weight, self.per_channel, self.weight_qmax)
-        w = fake_quant_weight(self.layer.weight, self.per_channel, self.weight_qmax)
+        w = fake_quant_weight(self.layer.weight, self.per_channel, self.weight_qmax, w_scale)
         b = self.layer.bias
         if b is not None and self.act_in.ready:
             b = fake_quant_bias(b, act_qparams(self.act_in.lo, self.act_in.hi)[0], w_scale)
