@@ -4,7 +4,7 @@ structured pruning with distillation recovery → INT8 (QAT) → ONNX (QDQ and Q
 Data: the CIFAR-10 JPEG test set (10,000 images), split in two seeded halves (``--val-fraction``
 changes the share held out): the student trains and calibrates on one part and every accuracy is
 measured on the other. Random-crop and flip
-augmentation on the training half. The student starts from the pretrained ResNet-20 (its option-A
+augmentation on the training part. The student starts from the pretrained ResNet-20 (its option-A
 shortcuts are first rewritten as equivalent fixed 1×1 convolutions so the dependency graph can
 prune through them; outputs are unchanged, checked below).
 
@@ -174,7 +174,7 @@ def markdown(r: dict[str, Any], dm: ec.DeployableModel) -> str:
     lines = [f"Command: `{r['command']}`", "",
              f"Wall time {r['seconds'] / 60:.1f} min on {r['threads']} threads "
              f"(load average at the end {r['load_average_end']:.1f}). Accuracy on the "
-             f"{r.get('val_images', 5000):,} held-out JPEG images; the teacher's FP32 ONNX file is "
+             f"{r['val_images']:,} held-out JPEG images; the teacher's FP32 ONNX file is "
              f"{r['teacher_fp32_onnx_bytes']:,} bytes{compact_note(r)}.", "",
              dm.report.to_markdown(), "",
              "| artifact | precision | bytes | × smaller than teacher FP32 | top-1 | points lost | p50 ms |",
