@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -13,7 +15,7 @@ from edgecompress.deployable import DeployableModel, ExportedProgramModule
 from edgecompress.errors import ConfigError, DataError
 from edgecompress.models import small_cnn, small_resnet
 from edgecompress.pipeline import Measure
-from edgecompress.quant.simulate import QuantLayer, act_qparams, fake_quant_plain
+from edgecompress.quant.simulate import QuantLayer, act_qparams, build_simulated, fake_quant_plain
 from edgecompress.quant_recipe import QuantRecipe
 from edgecompress.training import TrainConfig, cross_entropy_loss, train
 
@@ -253,6 +255,59 @@ def test_bad_inputs_fail_before_work(trained_cnn, digits):
         ec.Pipeline([ec.passes.QuantizePTQ()]).run(trained_cnn, empty)
 
 
+def _steps_from_qdq_graph(dm, path, x):
+    """How many output quantization steps the simulated model is from the exported QDQ graph
+    run by ORT without optimisation (DequantizeLinear → float op → QuantizeLinear: the
+    numerics the simulated model stands for), logit by logit."""
+    import onnxruntime as ort
+
+    art = dm.export("onnx", path, benchmark_runs=0)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(art.path), options, providers=["CPUExecutionProvider"])
+    graph = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        sim = dm.model(x).numpy()
+    lsb = float(act_qparams(*map(torch.tensor, dm.quant_recipe.ranges["fc:out"]))[0])
+    return np.abs(sim - graph) / lsb, sim, lsb
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_ptq_ranges_are_the_ones_ort_calibrates(trained_resnet, digits, tmp_path, method):
+    """ORT calibrates the float graph on all samples at once, so PTQ calibrates the float model
+    (float weights, no quantizer on) with percentile histograms spanning all samples; and the
+    last residual sum, read only by the pooling, is quantized as ORT's graph quantizes it."""
+    from edgecompress.quant.simulate import act_quantizers
+
+    dm = _run(trained_resnet, digits, ec.passes.QuantizePTQ(samples=128, method=method))
+    assert "layers_2_relu_1_q:out" in act_quantizers(dm.model)
+    off, _, _ = _steps_from_qdq_graph(dm, tmp_path / "r.onnx", torch.cat([x for x, _ in digits.val]))
+    # measured: 0.1 % (minmax) and 0.5 % (percentile) of the logits one step off, none more;
+    # with int8 weights in calibration, batch-wise histograms and a float last sum: 42 %, 3 steps
+    assert off.max() <= 1.001 and (off > 0.5).mean() < 0.02, (off.max(), (off > 0.5).mean())
+
+
+def test_percentile_histogram_spans_all_samples_as_orts_does():
+    """Batch by batch, ORT's collector takes its bin width from the first batch; ORT's own
+    calibration gives it every batch at once. Two passes reproduce the latter exactly."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from edgecompress.quant.calibrate import HISTOGRAM_SETTINGS, _RangeCollector
+
+    batches = [torch.randn(32, 8) * (1 + i) for i in range(4)]  # the range grows batch by batch
+    for method in ("percentile", "entropy"):
+        ours = _RangeCollector(method)
+        for _ in range(ours.passes):
+            for b in batches:
+                ours.add("t", b)
+            ours.next_pass()
+        ort_collector = HistogramCollector(method=method, scenario="same",
+                                           **HISTOGRAM_SETTINGS[method])
+        ort_collector.collect({"t": [b.numpy() for b in batches]})
+        expected = [float(v) for v in ort_collector.compute_collection_result()["t"][:2]]
+        assert ours.result()["t"] == pytest.approx(expected, rel=0, abs=0), method
+
+
 def test_simulated_int8_computes_what_the_qdq_graph_computes(trained_resnet, digits, tmp_path):
     """QAT on a residual net, then the exported QDQ graph run by ORT without optimisation
     (its DequantizeLinear → float op → QuantizeLinear steps, the numerics the simulated model
@@ -270,31 +325,29 @@ def test_simulated_int8_computes_what_the_qdq_graph_computes(trained_resnet, dig
     assert quantizers["layers.0.conv2:in"] is quantizers["layers.0.conv1:out"]
     # both readers of the downsampling block's input share one quantizer
     assert quantizers["layers.1.conv1:in"] is quantizers["layers.1.shortcut.0:in"]
-    art = dm.export("onnx", tmp_path / "r.onnx", benchmark_runs=0)
     x = torch.cat([x for x, _ in digits.val])
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(art.path), options, providers=["CPUExecutionProvider"])
-    graph = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        sim = dm.model(x).numpy()
-    lsb = float(act_qparams(*map(torch.tensor, dm.quant_recipe.ranges["fc:out"]))[0])
-    off = np.abs(sim - graph) / lsb
-    # measured: 10 % of the logits one step off, none more (each layer re-quantizing its own
-    # input, with float residuals and biases: 38 %, up to 2 steps)
-    assert off.max() <= 1.001 and (off > 0.5).mean() < 0.15, (off.max(), (off > 0.5).mean())
-    assert (sim.argmax(1) == graph.argmax(1)).mean() >= 0.99
+    off, sim, lsb = _steps_from_qdq_graph(dm, tmp_path / "r.onnx", x)
+    # measured: 0.14 % of the logits one step off, none more (each layer re-quantizing its own
+    # input, with float residuals and biases: 38 %, up to 2 steps; then with the residual
+    # sum before the pooling in float and output ranges calibrated on int8 weights: 10 %)
+    assert off.max() <= 1.001 and (off > 0.5).mean() < 0.02, (off.max(), (off > 0.5).mean())
     # QOperator keeps a dropped ReLU's input quantization: the learned ranges must reach it
     # too (they did not: ORT's calibrated ranges ran there, up to 2 steps off)
     qop = dm.export("onnx", tmp_path / "qop.onnx", benchmark_runs=0, quant_format="qoperator")
     session = ort.InferenceSession(str(qop.path), providers=["CPUExecutionProvider"])
     off = np.abs(sim - session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]) / lsb
-    assert off.max() <= 1.001 and (off > 0.5).mean() < 0.15, (off.max(), (off > 0.5).mean())
+    assert off.max() <= 1.001 and (off > 0.5).mean() < 0.02, (off.max(), (off > 0.5).mean())
     # the shared quantizers and the inserted residual ones come back from a saved file
     path = dm.save(tmp_path / "r.ecm", portable=False)
     loaded = DeployableModel.load(path, builder=lambda: small_resnet(width=8))
     with torch.no_grad():
         assert torch.equal(loaded.model(x), dm.model(x))
+    # recipes saved before the op quantizers (version 1) rebuild as they were made
+    old = dataclasses.replace(dm.quant_recipe,
+                              extra={**dm.quant_recipe.extra, "one_quantizer_per_tensor": True})
+    rebuilt = act_quantizers(build_simulated(dm.float_model, old))
+    assert rebuilt["layers.1.conv1:in"] is rebuilt["layers.1.shortcut.0:in"]
+    assert not [k for k in rebuilt if k.endswith("_q:out")] and "layers_2_relu_1_q:out" in quantizers
 
 
 class _TwiceApplied(torch.nn.Module):

@@ -269,9 +269,10 @@ class QuantizeQAT(Pass):
         return final
 
     def _final_model(self, trained_float: nn.Module, trained: nn.Module, skipped: set[str],
-                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], bool]:
-        """The BN-folded simulated model with the learned ranges. Outputs that had no quantizer
-        while a BatchNorm still followed them are calibrated now (minmax), as ORT would."""
+                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], int]:
+        """The BN-folded simulated model with the learned ranges. Tensors that had no quantizer
+        in training (a layer's output while a BatchNorm still followed it, a residual sum read
+        only by pooling) are calibrated now on the float model, as ORT calibrates them."""
         outputs = output_modes(trained_float, set(quantizable_layers(trained_float)) - skipped)
         final, shared = share_quantizers(wrap(copy.deepcopy(trained_float).eval(),
                                               self.per_channel, skipped, outputs,
@@ -279,7 +280,7 @@ class QuantizeQAT(Pass):
         set_ranges(final, ranges_of(trained))
         missing = {n: q for n, q in act_quantizers(final).items() if not q.ready}
         if missing:
-            calibrate(final, missing, calib, "minmax", desc="QAT output ranges")
+            calibrate(final, missing, calib, self.method, desc="QAT output ranges")
         return final.eval(), outputs, sorted(missing), shared
 
 

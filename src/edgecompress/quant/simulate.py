@@ -14,9 +14,11 @@ so it is rebuilt from the float model and its state dict (:func:`rebuild`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from typing import TYPE_CHECKING, Any, Iterable
+import operator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 import torch.fx
@@ -162,22 +164,48 @@ class QuantLayer(nn.Module):
         self.weight_qmax = weight_qmax
         # set by share_quantizers: act_in is the producer's quantizer, already applied upstream
         self.input_quantized = False
+        self.float_weights = False  # set by float_numerics (calibration)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_quantized:
             x = self.act_in(x)
+        y = self.layer(x) if self.float_weights else self._int8_layer(x)
+        if self.act_out is None:
+            return y
+        return self.act_out(F.relu(y) if self.output == "relu" else y)
+
+    def _int8_layer(self, x: torch.Tensor) -> torch.Tensor:
         w_scale = weight_scale(self.layer.weight, self.per_channel, self.weight_qmax)
         w = fake_quant_weight(self.layer.weight, self.per_channel, self.weight_qmax, w_scale)
         b = self.layer.bias
         if b is not None and self.act_in.ready:
             b = fake_quant_bias(b, act_qparams(self.act_in.lo, self.act_in.hi)[0], w_scale)
         if isinstance(self.layer, nn.Linear):
-            y = F.linear(x, w, b)
-        else:
-            y = self.layer._conv_forward(x, w, b)
-        if self.act_out is None:
-            return y
-        return self.act_out(F.relu(y) if self.output == "relu" else y)
+            return F.linear(x, w, b)
+        return self.layer._conv_forward(x, w, b)
+
+
+@contextlib.contextmanager
+def float_numerics(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as the float model it simulates: float weights, no activation quantizer.
+
+    ORT calibrates every tensor on the float graph. Calibrating with int8 weights (or with
+    upstream activations already quantized) moves each range a little, and a range a little
+    off puts values on a different rounding grid from ORT's."""
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuant)]
+    ready = [q.ready for q in quantizers]
+    for layer in layers:
+        layer.float_weights = True
+    for q in quantizers:
+        q.ready = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.float_weights = False
+        for q, was in zip(quantizers, ready):
+            q.ready = was
 
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
@@ -244,19 +272,87 @@ def _pass_through(node: Any, modules: dict[str, nn.Module]) -> Any:
     return node
 
 
-def _source(node: Any, modules: dict[str, nn.Module]) -> Any:
+# ops whose output ORT quantizes with its input's scale (the ONNX exporter's _SAME_AS_INPUT):
+# quantizing after them is quantizing before them
+_SAME_SCALE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "permute",
+                       "transpose", "contiguous"}
+_SAME_SCALE_FUNCTIONS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
+                         torch.permute, torch.transpose, F.max_pool1d, F.max_pool2d, F.max_pool3d)
+_SAME_SCALE_MODULES = (nn.Flatten, nn.Unflatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
+def _same_scale(node: Any, modules: dict[str, nn.Module]) -> bool:
+    if not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _SAME_SCALE_MODULES)
+    if node.op == "call_method":
+        return node.target in _SAME_SCALE_METHODS
+    return node.op == "call_function" and node.target in _SAME_SCALE_FUNCTIONS
+
+
+def _source(node: Any, modules: dict[str, nn.Module], through_reshapes: bool = False) -> Any:
     """The node whose output tensor a layer reads: looks through no-op modules (a folded
-    BatchNorm is an Identity) and through a ReLU the producing QuantLayer already applied."""
-    node = _pass_through(node, modules)
-    if _is_relu(node, modules) and node.args:
-        producer = _pass_through(node.args[0], modules)
-        layer = _quant_layer(producer, modules)
-        if layer is not None and layer.output == "relu":
-            return producer
-    return node
+    BatchNorm is an Identity), through a ReLU the producing QuantLayer already applied and,
+    with ``through_reshapes``, through ops that keep their input's scale (Flatten, MaxPool…)."""
+    while True:
+        node = _pass_through(node, modules)
+        if _is_relu(node, modules) and node.args:
+            producer = _pass_through(node.args[0], modules)
+            layer = _quant_layer(producer, modules)
+            if layer is not None and layer.output == "relu":
+                return producer
+        if not (through_reshapes and _same_scale(node, modules)):
+            return node
+        node = node.args[0]
 
 
-def share_quantizers(model: nn.Module) -> tuple[nn.Module, bool]:
+# torch ops whose output (and tensor inputs) ORT's quantizer quantizes as well: Add, Mul,
+# Concat, Sigmoid, Softmax, LeakyRelu, GlobalAveragePool in its op registry
+_QUANTIZED_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.imul, torch.add,
+                        torch.mul, torch.cat, torch.sigmoid, F.sigmoid, F.softmax,
+                        torch.softmax, F.leaky_relu, F.adaptive_avg_pool1d,
+                        F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
+_QUANTIZED_METHODS = {"add", "add_", "mul", "mul_", "sigmoid", "softmax"}
+_QUANTIZED_MODULES = (nn.Sigmoid, nn.Softmax, nn.LeakyReLU, nn.AdaptiveAvgPool1d,
+                      nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+
+
+def _tensor_args(node: Any) -> list[Any]:
+    args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+    for a in node.args:  # torch.cat's list of tensors
+        if isinstance(a, (list, tuple)):
+            args += [b for b in a if isinstance(b, torch.fx.Node)]
+    return args
+
+
+def _ort_quantized_op(node: Any, modules: dict[str, nn.Module]) -> bool:
+    """An op ORT quantizes around (inputs and output), not a Conv/Linear layer. Adds and
+    muls with a number (``x * 0.5``) are left out: ORT would quantize the constant too."""
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+            size = module.output_size
+            return all(v == 1 for v in (size if isinstance(size, tuple) else (size,)))
+        return isinstance(module, _QUANTIZED_MODULES)
+    if node.op == "call_method":
+        known = node.target in _QUANTIZED_METHODS
+    elif node.op == "call_function":
+        known = node.target in _QUANTIZED_FUNCTIONS
+    else:
+        return False
+    if node.target in ("add", "add_", "mul", "mul_", operator.add, operator.iadd,
+                       operator.mul, operator.imul, torch.add, torch.mul):
+        return known and len(_tensor_args(node)) == 2
+    if node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d):
+        return known and node.args[1:2] in ((1,), ((1, 1),), ((1, 1, 1),))
+    return known
+
+
+SHARING_VERSION = 2  # recipes record it: 1 = layers' tensors only (files saved before 2)
+
+
+def share_quantizers(model: nn.Module, version: int = SHARING_VERSION) -> tuple[nn.Module, int]:
     """Quantize each tensor once, where it is produced, as ORT's and TFLite's graphs do.
 
     Wrapping alone quantizes a layer's input inside the layer, so (a) a layer reading another
@@ -265,21 +361,27 @@ def share_quantizers(model: nn.Module) -> tuple[nn.Module, bool]:
     float. Here (a) the reader's input quantizer becomes the producer's output quantizer and
     (b) the readers' shared input quantizer is called right after the tensor is produced, so
     every op reads the quantized value — the model becomes a ``torch.fx.GraphModule``.
+    From ``version`` 2 a reader looks through Flatten, MaxPool and other ops that keep their
+    input's scale, and the tensors ORT quantizes around Add, Mul, Concat, Sigmoid, Softmax and
+    global average pooling get quantizers of their own (``"<node>_q:out"``, calibrated like
+    ORT's on the float model) — e.g. the last residual sum, read only by the pooling.
 
-    Returns the model and whether sharing was applied (False when fx cannot trace it: the
-    layers then quantize their own inputs, which the export's parity check measures).
+    Returns the model and the sharing version applied (0 when fx cannot trace it: the layers
+    then quantize their own inputs, which the export's parity check measures).
     """
     try:
         graph = _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors
         log.info("simulated INT8: torch.fx cannot trace %s (%s); each layer quantizes its own "
                  "input", type(model).__name__, str(exc)[:200])
-        return model, False
+        return model, 0
     modules = dict(model.named_modules())
-    inserted = False
-    for source, consumers in _readers(graph, modules).items():
+    through = version >= 2
+    quantized: set[Any] = set()  # source nodes whose output is quantized once, where produced
+    for source, consumers in _readers(graph, modules, through).items():
         layers = [_quant_layer(c, modules) for c in consumers]
         producer = _quant_layer(source, modules)
+        quantized.add(source)
         if producer is not None and producer.act_out is not None:
             shared = producer.act_out
         else:
@@ -287,15 +389,45 @@ def share_quantizers(model: nn.Module) -> tuple[nn.Module, bool]:
                 continue  # its only reader: the layer's own input quantizer is the tensor's
             shared = layers[0].act_in
             _quantize_after(graph, source, f"{consumers[0].target}.act_in")
-            inserted = True
         for layer in layers:
             layer.act_in, layer.input_quantized = shared, True
-    if inserted:
+    if through:
+        _quantize_op_tensors(model, graph, modules, quantized)
+    if any(n.op == "call_module" and isinstance(modules.get(n.target), ActQuant)
+           for n in graph.nodes):
         model = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
-    return model, True
+    return model, version
 
 
-def _readers(graph: Any, modules: dict[str, nn.Module]) -> dict[Any, list[Any]]:
+def _is_quantized(node: Any, modules: dict[str, nn.Module]) -> bool:
+    """A quantizer's output, or a layer's that quantizes its output itself."""
+    module = modules.get(node.target) if node.op == "call_module" else None
+    return isinstance(module, ActQuant) or (isinstance(module, QuantLayer)
+                                            and module.act_out is not None)
+
+
+def _quantize_op_tensors(model: nn.Module, graph: Any, modules: dict[str, nn.Module],
+                         quantized: set[Any]) -> None:
+    """Give each tensor ORT quantizes around a non-layer op (see :func:`_ort_quantized_op`)
+    and no quantizer holds yet a new :class:`ActQuant`, registered on ``model``."""
+    for node in list(graph.nodes):
+        if not _ort_quantized_op(node, modules):
+            continue
+        out = node
+        if len(node.users) == 1 and _is_relu(next(iter(node.users)), modules):
+            out = next(iter(node.users))  # ORT drops the ReLU and quantizes to its range
+        for tensor in [_source(a, modules, True) for a in _tensor_args(node)] + [out]:
+            if tensor in quantized or _is_quantized(tensor, modules):
+                continue
+            quantized.add(tensor)
+            name = f"{tensor.name}_q"
+            model.add_module(name, ActQuant())
+            modules[name] = getattr(model, name)
+            _quantize_after(graph, tensor, name)
+
+
+def _readers(graph: Any, modules: dict[str, nn.Module],
+             through_reshapes: bool = False) -> dict[Any, list[Any]]:
     """Source node → the QuantLayer calls reading its tensor. A layer called more than once
     (shared weights) keeps quantizing its own inputs: one quantizer cannot serve two tensors."""
     calls: dict[str, int] = {}
@@ -307,7 +439,7 @@ def _readers(graph: Any, modules: dict[str, nn.Module]) -> dict[Any, list[Any]]:
         if _quant_layer(node, modules) is None or calls[node.target] > 1 or not node.args \
                 or not isinstance(node.args[0], torch.fx.Node):
             continue
-        source = _source(node.args[0], modules)
+        source = _source(node.args[0], modules, through_reshapes)
         if _quant_layer(source, modules) is not None and calls[source.target] > 1:
             source = node.args[0]
         readers.setdefault(source, []).append(node)
@@ -398,13 +530,18 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def act_quantizers(model: nn.Module) -> dict[str, ActQuant]:
-    """``"<layer>:in"`` / ``"<layer>:out"`` → the quantizer of that layer's input / output."""
+    """``"<layer>:in"`` / ``"<layer>:out"`` → the quantizer of that layer's input / output;
+    ``"<node>_q:out"`` → a quantizer :func:`share_quantizers` put after a non-layer op."""
     found: dict[str, ActQuant] = {}
     for n, m in model.named_modules():
         if isinstance(m, QuantLayer):
             found[f"{n}:in"] = m.act_in
             if m.act_out is not None:
                 found[f"{n}:out"] = m.act_out
+    held = {id(q) for q in found.values()}
+    for n, m in model.named_modules():
+        if isinstance(m, ActQuant) and id(m) not in held:
+            found[f"{n}:out"] = m
     return found
 
 
@@ -437,8 +574,9 @@ def build_simulated(float_model: nn.Module, recipe: "QuantRecipe") -> nn.Module:
     model = wrap(copy.deepcopy(float_model).eval(), recipe.per_channel,
                  set(recipe.extra.get("skipped_layers", ())), recipe.extra.get("outputs"),
                  int(recipe.extra.get("weight_qmax", W_QMAX)))
-    if recipe.extra.get("one_quantizer_per_tensor"):  # recipes before it: each layer's own
-        model, _ = share_quantizers(model)
+    version = int(recipe.extra.get("one_quantizer_per_tensor") or 0)  # True in recipes of v1
+    if version:  # recipes before it: each layer quantizes its own input
+        model, _ = share_quantizers(model, version)
     set_ranges(model, recipe.ranges)
     return model.eval()
 
