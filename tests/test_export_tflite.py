@@ -83,6 +83,18 @@ def test_int8_static_has_int8_weights_and_kernels(ptq_dm, fp32, tmp_path):
     assert art.accuracy > 0.9
 
 
+def test_compact_names_shrink_the_file_and_keep_its_outputs_and_signature(ptq_dm, digits,
+                                                                          tmp_path):
+    short = ptq_dm.export("tflite", tmp_path / "short.tflite", **FAST)
+    long = ptq_dm.export("tflite", tmp_path / "long.tflite", compact_names=False, **FAST)
+    # litert-torch names each tensor after its module path; measured: 49,232 → 44,080 bytes
+    assert short.notes["tensors_renamed"] > 10 and "tensors_renamed" not in long.notes
+    assert short.size_bytes < long.size_bytes - 2000, (short.size_bytes, long.size_bytes)
+    x, _ = next(iter(digits.val))
+    assert np.array_equal(ec.load(short.path)(x.numpy()), ec.load(long.path)(x.numpy()))
+    assert inspect_tflite(short.path)["signature_inputs"] == inspect_tflite(long.path)["signature_inputs"]
+
+
 def test_int8_activation_ranges_cover_every_calibration_sample(ptq_dm, tmp_path):
     # ai-edge-quantizer's default moving average of per-image ranges clipped large logits
     art = ptq_dm.export("tflite", tmp_path / "r.tflite", **FAST)

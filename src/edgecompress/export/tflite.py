@@ -58,6 +58,11 @@ class TfliteOptions(ExportOptions):
                                        "holds a recipe-covered activation the recipe's range "
                                        "(calibrated or QAT-learned). False re-calibrates every "
                                        "range as the min/max over the calibration samples.")
+    compact_names: bool = option(True, "Give internal tensors short names (litert-torch "
+                                       "names each after its module path: about 15 kB of a "
+                                       "pruned INT8 ResNet-20's 105 kB); input/output tensors "
+                                       "and signatures are kept. False keeps the long names "
+                                       "for debugging.")
 
 
 @contextlib.contextmanager
@@ -95,6 +100,23 @@ def convert_float(model: torch.nn.Module, example: torch.Tensor, path: Path) -> 
                           f"torch.export.export(model, (x,)); ONNX (dm.export('onnx', ...)) "
                           f"may still work") from exc
     return {"converter": f"litert-torch {litert_torch.__version__}"}
+
+
+def compact_tensor_names(path: Path) -> int:
+    """Rename every tensor but the subgraphs' inputs and outputs to ``t<index>`` (in place);
+    returns how many. The kernels, buffers and signatures are untouched, so outputs are
+    identical (the export's parity check runs the renamed file)."""
+    fu = require("ai_edge_litert.tools.flatbuffer_utils", "tflite", "Rewriting .tflite files")
+    model = fu.read_model_from_bytearray(bytearray(path.read_bytes()))
+    renamed = 0
+    for subgraph in model.subgraphs or []:
+        io = set(subgraph.inputs or []) | set(subgraph.outputs or [])
+        for index, tensor in enumerate(subgraph.tensors or []):
+            if index not in io:
+                tensor.name = f"t{index}".encode()
+                renamed += 1
+    path.write_bytes(bytes(fu.convert_object_to_bytearray(model)))
+    return renamed
 
 
 def inspect_tflite(path: Path) -> dict[str, Any]:
@@ -374,6 +396,8 @@ class TfliteExporter(Exporter):
                         and calib.shape[0]):
                     aeq.import_ranges(model, calib[:1], dm.quant_recipe)
                 notes.update(aeq.run(tmp, calib, opts.calib_threads))
+        if opts.compact_names:
+            notes["tensors_renamed"] = compact_tensor_names(tmp)
         notes.update(self._check_written(tmp, precision, example, dm))
         return notes
 
