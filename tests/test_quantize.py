@@ -373,3 +373,26 @@ def test_a_layer_called_twice_keeps_its_own_input_quantizer(tmp_path):
     assert dm.model.get_submodule("head").act_in is not conv.act_out
     art = dm.export("onnx", tmp_path / "twice.onnx", benchmark_runs=0)
     assert art.parity.top1_agreement >= 0.95
+
+
+class _SizeArithmetic(torch.nn.Module):
+    """Flattens with sizes multiplied in the graph: fx records those products as `mul` nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 64, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.fc(y.view(y.size(0), y.size(1) * y.size(2) * y.size(3)))
+
+
+def test_shape_arithmetic_is_not_taken_for_a_tensor(tmp_path):
+    # a product of sizes is a number: a quantizer after it failed ("'int' has no 'detach'")
+    data = ec.data.digits(image_size=8, batch_size=64, seed=0)
+    dm = _run(_SizeArithmetic().eval(), data, ec.passes.QuantizePTQ(samples=64))
+    from edgecompress.quant.simulate import act_quantizers
+
+    assert sorted(act_quantizers(dm.model)) == ["conv:in", "conv:out", "fc:in", "fc:out"]
+    assert dm.export("onnx", tmp_path / "s.onnx", benchmark_runs=0).parity.top1_agreement == 1.0

@@ -326,9 +326,27 @@ def _tensor_args(node: Any) -> list[Any]:
     return args
 
 
+_SHAPE_METHODS = {"size", "dim", "numel"}
+
+
+def _shape_value(node: Any) -> bool:
+    """A number computed from tensor shapes (``x.size(0) * x.size(1)``), not a tensor."""
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("shape", "ndim")
+    if node.op == "call_function" and node.target in (operator.getitem, operator.add,
+                                                        operator.mul, operator.floordiv, len):
+        return any(_shape_value(a) for a in node.args if isinstance(a, torch.fx.Node))
+    return False
+
+
 def _ort_quantized_op(node: Any, modules: dict[str, nn.Module]) -> bool:
     """An op ORT quantizes around (inputs and output), not a Conv/Linear layer. Adds and
-    muls with a number (``x * 0.5``) are left out: ORT would quantize the constant too."""
+    muls with a number (``x * 0.5``) are left out: ORT would quantize the constant too; so is
+    arithmetic on shapes, which is not a tensor."""
+    if node.op != "call_module" and _shape_value(node):
+        return False
     if node.op == "call_module":
         module = modules.get(node.target)
         if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
