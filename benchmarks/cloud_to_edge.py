@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--ignore", default="", help="comma-separated layers pruning keeps whole "
                     "(e.g. layer1: the 16-channel stage holds 5%% of the parameters)")
     ap.add_argument("--recover-lr", type=float, default=2e-3)
+    ap.add_argument("--recover-optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
+    ap.add_argument("--recover-wd", type=float, default=1e-4, help="recovery weight decay")
     ap.add_argument("--select-on-val", action="store_true",
                     help="restore each recovery's best epoch on the held-out half (which is "
                          "also where accuracy is measured; off by default: last epoch)")
@@ -116,6 +118,8 @@ def main() -> None:
                                   steps=args.prune_steps, round_to=args.round_to,
                                   finetune=ec.Distill.recover(epochs=args.recover_epochs,
                                                               lr=args.recover_lr, alpha=0.3,
+                                                              optimizer=args.recover_optimizer,
+                                                              weight_decay=args.recover_wd,
                                                               best_on_val=args.select_on_val)),
         ec.passes.Fuse(),
         ec.passes.QuantizeQAT(epochs=args.qat_epochs, lr=1e-4,

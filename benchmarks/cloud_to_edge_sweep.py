@@ -29,7 +29,12 @@ def label(r: dict[str, Any]) -> str:
             f"{flag(cmd, '--scope', 'global')}, {flag(cmd, '--prune-steps', '1')} step(s) × "
             f"{flag(cmd, '--recover-epochs', '10')} epochs"
             + (f", {ignore} kept whole" if ignore else "")
+            + (f", {flag(cmd, '--importance', 'l2')} importance" if "--importance" in cmd.split()
+               else "")
             + (f", lr {flag(cmd, '--recover-lr', '')}" if "--recover-lr" in cmd.split() else "")
+            + (f", {flag(cmd, '--recover-optimizer', 'adamw')} (weight decay "
+               f"{flag(cmd, '--recover-wd', '1e-4')})" if "--recover-optimizer" in cmd.split()
+               else "")
             + (f", {r['train_images']:,} train / {r['val_images']:,} held out"
                if "--val-fraction" in cmd.split() else "")
             + (", best held-out epoch" if selected else ", last epoch"))
