@@ -1,9 +1,10 @@
 """Activation ranges from calibration data, computed with ONNX Runtime's own algorithms.
 
-MinMax is a running min/max. Percentile and entropy feed the activations to ORT's
-``HistogramCollector`` with the settings ``quantize_static`` uses by default, so the simulated
-torch model and the ONNX artifact (which ORT calibrates again on the same samples) choose the
-same ranges for the same tensors.
+MinMax is a running min/max. Percentile and entropy build the histograms ORT's
+``HistogramCollector`` builds from all samples at once (two passes over the samples) and take
+its thresholds, with the settings ``quantize_static`` uses by default, so the simulated torch
+model and the ONNX artifact (which ORT calibrates again on the same samples) choose the same
+ranges for the same tensors. Observing runs the float model, as ORT calibrates the float graph.
 """
 
 from __future__ import annotations
