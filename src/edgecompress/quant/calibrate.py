@@ -59,7 +59,8 @@ class _RangeCollector:
         if self.stage == 0:
             _widen(self.minmax, name, a.min(), a.max())
             if self.method == "percentile":
-                _widen(self.abs_minmax, name, np.abs(a).min(), np.abs(a).max())
+                magnitude = np.abs(a)
+                _widen(self.abs_minmax, name, magnitude.min(), magnitude.max())
             return
         if self.method == "percentile":  # np.histogram(|x|, bins) spans |x|'s own range
             lo, hi = self.abs_minmax[name]
@@ -118,7 +119,7 @@ def calibrate(model: nn.Module, quantizers: dict[str, ActQuant], samples: torch.
         with float_numerics(model):
             starts = range(0, samples.shape[0], batch_size)
             for stage in range(collector.passes):
-                label = desc if collector.passes == 1 else f"{desc} ({stage + 1}/2)"
+                label = desc if collector.passes == 1 else f"{desc} ({stage + 1}/{collector.passes})"
                 for start in progress(starts, desc=label, total=len(starts)):
                     model(samples[start:start + batch_size].to(device))
                 collector.next_pass()
