@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edgecompress as ec  # noqa: E402
 from cifar_resnet import cifar_bundle, load_resnet, prunable  # noqa: E402
 from edgecompress.models import SmallResNet  # noqa: E402
-from edgecompress.passes.distill import same_batches  # noqa: E402
+from edgecompress.data.bundle import same_batches  # noqa: E402
 from edgecompress.training import Recovery, TrainConfig, cross_entropy_loss, train  # noqa: E402
 
 

@@ -17,7 +17,8 @@ from edgecompress.errors import ConfigError, DataError, PassError
 from edgecompress.losses import DistillLoss, kd_loss
 from edgecompress.models import small_cnn
 from edgecompress.options import option
-from edgecompress.passes.distill import DistillRecovery, same_batches
+from edgecompress.data.bundle import same_batches
+from edgecompress.passes.distill import DistillRecovery
 from edgecompress.training import (
     FineTune,
     Recovery,

@@ -86,6 +86,16 @@ def test_input_model_is_left_untouched(trained_cnn, digits):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_same_pipeline_twice_on_one_bundle_gives_the_same_model(trained_cnn, digits):
+    # the shuffling loader's generator advances with every epoch; a run must not see the
+    # batches its predecessor left behind
+    pipe = ec.Pipeline([ec.passes.UnstructuredPrune(sparsity=0.5, finetune=ec.FineTune(epochs=1))],
+                       measure=False, seed=0)
+    first, second = (pipe.run(trained_cnn, digits).model for _ in range(2))
+    for a, b in zip(first.parameters(), second.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_failed_pass_keeps_earlier_stages(trained_cnn, digits):
     pipe = ec.Pipeline([ec.passes.Fuse(), Boom()], measure=False)
     with pytest.raises(ec.PassError, match="pass 2 'boom' failed: RuntimeError: kaput") as err:

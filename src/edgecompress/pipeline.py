@@ -174,33 +174,35 @@ class Pipeline:
                               "from_target": target_notes})
         report.stages.append(measure_stage(work, forms[0], data, self.measure, "input"))
         history: list[dict[str, Any]] = []
-        for i, p in enumerate(passes):
-            stage = _stage_name(p, passes[:i])
-            ctx.model_before, ctx.notes, ctx.stage_index = copy.deepcopy(work), {}, i + 1
-            seed_everything(self.seed + i)
-            log.info("stage %d/%d: %s", i + 1, len(passes), p.describe())
-            t0 = time.perf_counter()
-            try:
-                out = p.run(work, ctx)
-            except Exception as exc:  # noqa: BLE001 - recorded, then raised or stopped on
-                work = ctx.model_before  # the pass may have changed the model part-way
-                report.stages.append(StageMetrics(stage=stage, form=forms[i].value,
-                                                  seconds=time.perf_counter() - t0,
-                                                  error=f"{type(exc).__name__}: {exc}"))
-                partial = self._deployable(work, forms[i], data, report, history, ctx, builder)
-                if on_error == "stop":
-                    log.error("stage '%s' failed, stopping: %s", stage, exc)
-                    return partial
-                err = _with_partial(exc, stage, i, partial)
-                if err is exc:
-                    raise
-                raise err from exc
-            work = out
-            seconds = time.perf_counter() - t0
-            metrics = measure_stage(work, forms[i + 1], data, self.measure, stage)
-            metrics.seconds, metrics.notes = seconds, dict(ctx.notes)
-            report.stages.append(metrics)
-            history.append({"pass": p.name, "options": p.to_recipe(), "notes": dict(ctx.notes)})
+        # every run starts from the bundle's batches as given: same seed, same numbers
+        with data.rewound():
+            for i, p in enumerate(passes):
+                stage = _stage_name(p, passes[:i])
+                ctx.model_before, ctx.notes, ctx.stage_index = copy.deepcopy(work), {}, i + 1
+                seed_everything(self.seed + i)
+                log.info("stage %d/%d: %s", i + 1, len(passes), p.describe())
+                t0 = time.perf_counter()
+                try:
+                    out = p.run(work, ctx)
+                except Exception as exc:  # noqa: BLE001 - recorded, then raised or stopped on
+                    work = ctx.model_before  # the pass may have changed the model part-way
+                    report.stages.append(StageMetrics(stage=stage, form=forms[i].value,
+                                                      seconds=time.perf_counter() - t0,
+                                                      error=f"{type(exc).__name__}: {exc}"))
+                    partial = self._deployable(work, forms[i], data, report, history, ctx, builder)
+                    if on_error == "stop":
+                        log.error("stage '%s' failed, stopping: %s", stage, exc)
+                        return partial
+                    err = _with_partial(exc, stage, i, partial)
+                    if err is exc:
+                        raise
+                    raise err from exc
+                work = out
+                seconds = time.perf_counter() - t0
+                metrics = measure_stage(work, forms[i + 1], data, self.measure, stage)
+                metrics.seconds, metrics.notes = seconds, dict(ctx.notes)
+                report.stages.append(metrics)
+                history.append({"pass": p.name, "options": p.to_recipe(), "notes": dict(ctx.notes)})
         ctx.model_before = None
         return self._deployable(work, forms[-1], data, report, history, ctx, builder)
 

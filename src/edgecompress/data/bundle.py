@@ -8,6 +8,7 @@ that yields ``(inputs, labels)`` batches (a ``torch.utils.data.DataLoader`` typi
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -194,12 +195,51 @@ class DataBundle:
         loader = getattr(self, role)
         return None if loader is None else _length(loader)
 
+    @contextlib.contextmanager
+    def rewound(self) -> Iterator[None]:
+        """Rewind every loader's shuffling and augmentation generators afterwards.
+
+        A DataLoader's generator advances with each epoch, so without this a second
+        ``Pipeline.run`` on the same bundle (or a later run of a benchmark) would train on other
+        batches than the first and give other numbers for the same seed."""
+        with contextlib.ExitStack() as stack:
+            for loader in (self.train, self.val, self.calib):
+                if loader is not None:
+                    stack.enter_context(same_batches(loader))
+            yield
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "input_shape": list(self.input_shape),
                 "num_classes": self.num_classes,
                 "class_names": list(self.class_names) if self.class_names else None,
                 "preprocess": self.preprocess.to_dict() if self.preprocess else None,
                 "batches": {r: self.num_batches(r) for r in ("train", "val", "calib")}}
+
+
+@contextlib.contextmanager
+def same_batches(loader: Iterable[Any]) -> Iterator[None]:
+    """Rewind a shuffling DataLoader's generator afterwards, so the next run sees the same batches.
+
+    Wrappers that keep the wrapped loader as ``.loader`` (e.g. ``ec.data.RandomShiftFlip``) are
+    followed, and their own generators rewound too: the same augmentations in the same order."""
+    states = [(gen, gen.get_state()) for gen in _generators(loader)]
+    try:
+        yield
+    finally:
+        for gen, state in states:
+            gen.set_state(state)
+
+
+def _generators(loader: Any) -> list[torch.Generator]:
+    found = []
+    for _ in range(8):  # a chain of wrappers, not a cycle
+        gen = getattr(loader, "generator", None)
+        if isinstance(gen, torch.Generator):
+            found.append(gen)
+        loader = getattr(loader, "loader", None)
+        if loader is None:
+            break
+    return found
 
 
 def _tensor_dataset_inputs(loader: Any) -> torch.Tensor | None:

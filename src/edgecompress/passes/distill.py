@@ -13,13 +13,14 @@ import contextlib
 import copy
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..data.bundle import same_batches
 from ..errors import ConfigError, DataError
 from ..forms import Form
 from ..losses import DistillLoss, FeatureTap, StudentWithAdapters, make_adapter
@@ -164,32 +165,6 @@ def distill_into(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg: 
             return train(module, loader, loss, plain, val_loader=data.val, desc=desc, seed=seed)
     finally:
         loss.close()
-
-
-@contextlib.contextmanager
-def same_batches(loader: Iterable[Any]) -> Iterator[None]:
-    """Rewind a shuffling DataLoader's generator afterwards, so the next run sees the same batches.
-
-    Wrappers that keep the wrapped loader as ``.loader`` (e.g. ``ec.data.RandomShiftFlip``) are
-    followed, and their own generators rewound too: the same augmentations in the same order."""
-    states = [(gen, gen.get_state()) for gen in _generators(loader)]
-    try:
-        yield
-    finally:
-        for gen, state in states:
-            gen.set_state(state)
-
-
-def _generators(loader: Any) -> list[torch.Generator]:
-    found = []
-    for _ in range(8):  # a chain of wrappers, not a cycle
-        gen = getattr(loader, "generator", None)
-        if isinstance(gen, torch.Generator):
-            found.append(gen)
-        loader = getattr(loader, "loader", None)
-        if loader is None:
-            break
-    return found
 
 
 def model_facts(model: nn.Module, data: DataBundle, name: str) -> dict[str, Any]:
