@@ -82,6 +82,13 @@ def main() -> None:
     ap.add_argument("--recover-lr", type=float, default=2e-3)
     ap.add_argument("--recover-optimizer", default="adamw", choices=["adamw", "adam", "sgd"])
     ap.add_argument("--recover-wd", type=float, default=1e-4, help="recovery weight decay")
+    ap.add_argument("--recover-alpha", type=float, default=0.3,
+                    help="recovery: weight of the hard labels (1 - alpha: the unpruned model's "
+                         "soft targets)")
+    ap.add_argument("--recover-hints", default="",
+                    help="recovery feature distillation: comma-separated layers whose outputs "
+                         "match the unpruned model's same layers, e.g. layer1,layer2,layer3")
+    ap.add_argument("--hint-weight", type=float, default=1.0, help="weight of the hint loss")
     ap.add_argument("--select-on-val", action="store_true",
                     help="restore each recovery's best epoch on the held-out half (which is "
                          "also where accuracy is measured; off by default: last epoch)")
@@ -109,6 +116,7 @@ def main() -> None:
         assert torch.allclose(student(x), before, atol=1e-5), "shortcut rewrite changed outputs"
 
     ignore = tuple(name for name in args.ignore.split(",") if name)
+    hints = {name: name for name in args.recover_hints.split(",") if name} or None
     pipe = ec.Pipeline([
         ec.passes.Distill(teacher=teacher, student=student, epochs=args.distill_epochs, lr=1e-3,
                           temperature=4.0, alpha=0.3),
@@ -117,7 +125,10 @@ def main() -> None:
                                   scope=args.scope, ignore=ignore,
                                   steps=args.prune_steps, round_to=args.round_to,
                                   finetune=ec.Distill.recover(epochs=args.recover_epochs,
-                                                              lr=args.recover_lr, alpha=0.3,
+                                                              lr=args.recover_lr,
+                                                              alpha=args.recover_alpha,
+                                                              hints=hints,
+                                                              feature_weight=args.hint_weight,
                                                               optimizer=args.recover_optimizer,
                                                               weight_decay=args.recover_wd,
                                                               best_on_val=args.select_on_val)),

@@ -35,6 +35,13 @@ def label(r: dict[str, Any]) -> str:
             + (f", {flag(cmd, '--recover-optimizer', 'adamw')} (weight decay "
                f"{flag(cmd, '--recover-wd', '1e-4')})" if "--recover-optimizer" in cmd.split()
                else "")
+            + (f", distilled {flag(cmd, '--distill-epochs', '4')} epochs"
+               if "--distill-epochs" in cmd.split() and flag(cmd, "--distill-epochs", "4") != "4"
+               else "")
+            + (f", recovery alpha {flag(cmd, '--recover-alpha', '0.3')}"
+               if "--recover-alpha" in cmd.split() else "")
+            + (f", hints {flag(cmd, '--recover-hints', '')} (weight "
+               f"{flag(cmd, '--hint-weight', '1.0')})" if "--recover-hints" in cmd.split() else "")
             + (f", {r['train_images']:,} train / {r['val_images']:,} held out"
                if "--val-fraction" in cmd.split() else "")
             + (", best held-out epoch" if selected else ", last epoch"))
