@@ -93,6 +93,7 @@ def main() -> None:
                     help="restore each recovery's best epoch on the held-out half (which is "
                          "also where accuracy is measured; off by default: last epoch)")
     ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--qat-lr", type=float, default=1e-4)
     ap.add_argument("--limit", type=int, default=None, help="use a subset of the images (quick runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -133,8 +134,8 @@ def main() -> None:
                                                               weight_decay=args.recover_wd,
                                                               best_on_val=args.select_on_val)),
         ec.passes.Fuse(),
-        ec.passes.QuantizeQAT(epochs=args.qat_epochs, lr=1e-4,
-                              finetune=ec.Distill.recover(epochs=args.qat_epochs, lr=1e-4,
+        ec.passes.QuantizeQAT(epochs=args.qat_epochs, lr=args.qat_lr,
+                              finetune=ec.Distill.recover(epochs=args.qat_epochs, lr=args.qat_lr,
                                                           alpha=0.3,
                                                           best_on_val=args.select_on_val)),
     ], measure=ec.Measure(threads=args.threads, latency_runs=50), seed=args.seed)

@@ -42,6 +42,8 @@ def label(r: dict[str, Any]) -> str:
                if "--recover-alpha" in cmd.split() else "")
             + (f", hints {flag(cmd, '--recover-hints', '')} (weight "
                f"{flag(cmd, '--hint-weight', '1.0')})" if "--recover-hints" in cmd.split() else "")
+            + (f", QAT {flag(cmd, '--qat-epochs', '1')} epochs at lr {flag(cmd, '--qat-lr', '1e-4')}"
+               if flag(cmd, "--qat-epochs", "1") != "1" or "--qat-lr" in cmd.split() else "")
             + (f", {r['train_images']:,} train / {r['val_images']:,} held out"
                if "--val-fraction" in cmd.split() else "")
             + (", best held-out epoch" if selected else ", last epoch"))
