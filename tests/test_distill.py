@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import edgecompress as ec
+from edgecompress.data.bundle import same_batches
 from edgecompress.errors import ConfigError, DataError, PassError
 from edgecompress.losses import DistillLoss, kd_loss
 from edgecompress.models import small_cnn
 from edgecompress.options import option
-from edgecompress.data.bundle import same_batches
 from edgecompress.passes.distill import DistillRecovery
 from edgecompress.training import (
     FineTune,
