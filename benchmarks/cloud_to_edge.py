@@ -6,7 +6,10 @@ changes the share held out): the student trains and calibrates on one part and e
 measured on the other. Random-crop and flip
 augmentation on the training part. The student starts from the pretrained ResNet-20 (its option-A
 shortcuts are first rewritten as equivalent fixed 1×1 convolutions so the dependency graph can
-prune through them; outputs are unchanged, checked below).
+prune through them; outputs are unchanged, checked below). ``--student`` may instead be MLPerf
+Tiny's Keras ResNet-8 (``../shared/data/mlperf-tiny-resnet8/pretrainedResnet.h5``, read with
+h5py): a student of ~78k parameters that needs no pruning (``--prune-steps 0``); its conversion
+is checked against the float ``pretrainedResnet.tflite`` beside it when that file is there.
 
     python benchmarks/cloud_to_edge.py \
         --teacher ../shared/data/resnet-cifar10-pretrained/resnet56-4bfd9763.th \
@@ -34,7 +37,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edgecompress as ec  # noqa: E402
-from cifar_resnet import cifar_bundle, load_resnet, prunable  # noqa: E402
+from cifar_resnet import (  # noqa: E402
+    cifar_bundle,
+    load_keras_resnet8,
+    load_resnet,
+    prunable,
+    raw_pixels,
+    take_normalized_input,
+)
 from edgecompress.plot import plot_report  # noqa: E402
 
 log = logging.getLogger("cloud_to_edge")
@@ -57,6 +67,47 @@ def fp32_onnx_sizes(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
         return path.stat().st_size, compact.stat().st_size
 
 
+def keras_conversion_diff(model: nn.Module, h5: Path, x: torch.Tensor) -> float | None:
+    """Max abs difference of ``model``'s softmax against the float TFLite file MLPerf Tiny
+    published beside the Keras one (None when that file is not there)."""
+    tflite = h5.with_suffix(".tflite")
+    if not tflite.exists():
+        return None
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(str(tflite))
+    interp.allocate_tensors()
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+    raw, outs = raw_pixels(x), []
+    for image in raw.permute(0, 2, 3, 1).numpy():  # NHWC, one at a time: the file's batch is 1
+        interp.set_tensor(inp["index"], image[None])
+        interp.invoke()
+        outs.append(interp.get_tensor(out["index"]))
+    with torch.no_grad():
+        ours = torch.softmax(model(raw), 1).numpy()
+    return float(np.abs(np.concatenate(outs) - ours).max())
+
+
+def load_student(path: Path, x: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
+    """The pretrained student, ready to prune and taking the teacher's input, and what was
+    checked on the way."""
+    if path.suffix == ".h5":
+        student = load_keras_resnet8(path)
+        diff = keras_conversion_diff(student, path, x[:16])
+        if diff is not None and diff > 1e-4:
+            raise SystemExit(f"ResNet-8 read from {path} differs from its TFLite file by {diff}")
+        return take_normalized_input(student), {"family": "resnet8 (MLPerf Tiny, Keras)",
+                                                "max_abs_diff_vs_keras_tflite": diff}
+    student = load_resnet(path)
+    with torch.no_grad():
+        before = student(x)
+        prunable(student)
+        diff = float((student(x) - before).abs().max())
+    assert diff < 1e-5, "shortcut rewrite changed outputs"
+    return student, {"family": "resnet20", "max_abs_diff_after_shortcut_rewrite": diff}
+
+
 # (report key, format, file, export options): QOperator is the same int8 kernels in a smaller file
 EXPORTS = (("onnx", "onnx", "student_int8.onnx", {}),
            ("onnx-qoperator", "onnx", "student_int8_qop.onnx", {"quant_format": "qoperator"}),
@@ -66,14 +117,16 @@ EXPORTS = (("onnx", "onnx", "student_int8.onnx", {}),
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, type=Path)
-    ap.add_argument("--student", required=True, type=Path, help="pretrained ResNet-20 state dict")
+    ap.add_argument("--student", required=True, type=Path, help="pretrained ResNet-20 state dict, or MLPerf Tiny's "
+                    "ResNet-8 Keras file (.h5)")
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--distill-epochs", type=int, default=4)
+    ap.add_argument("--distill-lr", type=float, default=1e-3)
     ap.add_argument("--target-params", type=float, default=0.3,
                     help="fraction of the student's parameters kept by structured pruning")
     ap.add_argument("--recover-epochs", type=int, default=10, help="per pruning step")
-    ap.add_argument("--prune-steps", type=int, default=1)
+    ap.add_argument("--prune-steps", type=int, default=1, help="0: no pruning")
     ap.add_argument("--round-to", type=int, default=None)
     ap.add_argument("--scope", default="global", choices=["global", "local"])
     ap.add_argument("--importance", default="l2")
@@ -90,8 +143,9 @@ def main() -> None:
                          "match the unpruned model's same layers, e.g. layer1,layer2,layer3")
     ap.add_argument("--hint-weight", type=float, default=1.0, help="weight of the hint loss")
     ap.add_argument("--select-on-val", action="store_true",
-                    help="restore each recovery's best epoch on the held-out half (which is "
-                         "also where accuracy is measured; off by default: last epoch)")
+                    help="restore the distillation's and each recovery's best epoch on the "
+                         "held-out half (which is also where accuracy is measured; off by "
+                         "default: last epoch)")
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-lr", type=float, default=1e-4)
     ap.add_argument("--limit", type=int, default=None, help="use a subset of the images (quick runs)")
@@ -109,18 +163,11 @@ def main() -> None:
                         val_fraction=args.val_fraction)
     data.train = ec.data.RandomShiftFlip(data.train, pad=4, flip=True, seed=args.seed)
     teacher = load_resnet(args.teacher)
-    student = load_resnet(args.student)
-    x = data.samples("val", 64)
-    with torch.no_grad():
-        before = student(x)
-        prunable(student)
-        assert torch.allclose(student(x), before, atol=1e-5), "shortcut rewrite changed outputs"
+    student, student_checks = load_student(args.student, data.samples("val", 64))
 
     ignore = tuple(name for name in args.ignore.split(",") if name)
     hints = {name: name for name in args.recover_hints.split(",") if name} or None
-    pipe = ec.Pipeline([
-        ec.passes.Distill(teacher=teacher, student=student, epochs=args.distill_epochs, lr=1e-3,
-                          temperature=4.0, alpha=0.3),
+    prune = [] if args.prune_steps == 0 else [
         # pruned and recovered with BatchNorm still in place; Fuse only after the training
         ec.passes.StructuredPrune(target_params=args.target_params, importance=args.importance,
                                   scope=args.scope, ignore=ignore,
@@ -132,7 +179,12 @@ def main() -> None:
                                                               feature_weight=args.hint_weight,
                                                               optimizer=args.recover_optimizer,
                                                               weight_decay=args.recover_wd,
-                                                              best_on_val=args.select_on_val)),
+                                                              best_on_val=args.select_on_val))]
+    pipe = ec.Pipeline([
+        ec.passes.Distill(teacher=teacher, student=student, epochs=args.distill_epochs,
+                          lr=args.distill_lr, temperature=4.0, alpha=0.3,
+                          best_on_val=args.select_on_val),
+        *prune,
         ec.passes.Fuse(),
         ec.passes.QuantizeQAT(epochs=args.qat_epochs, lr=args.qat_lr,
                               finetune=ec.Distill.recover(epochs=args.qat_epochs, lr=args.qat_lr,
@@ -162,7 +214,7 @@ def main() -> None:
     result = {
         "command": " ".join(sys.argv), "seconds": time.time() - t0,
         "load_average_end": os.getloadavg()[0], "threads": args.threads,
-        "val_images": len(data.val.dataset), "train_images": len(data.train.loader.dataset),
+        "student": student_checks, "val_images": len(data.val.dataset), "train_images": len(data.train.loader.dataset),
         "teacher_fp32_onnx_bytes": teacher_onnx, "teacher_accuracy": teacher_acc,
         "teacher_fp32_onnx_bytes_compact_names": teacher_onnx_compact,
         "exports": exports, "report": dm.report.to_dict(),

@@ -19,13 +19,28 @@ def flag(command: str, name: str, default: str) -> str:
     return words[words.index(name) + 1] if name in words[:-1] else default
 
 
-def label(r: dict[str, Any]) -> str:
-    """The run's pruning settings, read from its recorded command."""
+def student_label(r: dict[str, Any]) -> str:
+    """The student and how it was distilled, for runs whose student is not the ResNet-20."""
     cmd = r["command"]
+    family = r.get("student", {}).get("family", "resnet20")
+    if family == "resnet20":
+        return ""
+    return (f"student {family}, distilled {flag(cmd, '--distill-epochs', '4')} epochs at lr "
+            f"{flag(cmd, '--distill-lr', '1e-3')}")
+
+
+def label(r: dict[str, Any]) -> str:
+    """The run's student and pruning settings, read from its recorded command."""
+    cmd = r["command"]
+    if flag(cmd, "--prune-steps", "1") == "0":
+        qat = (f", QAT {flag(cmd, '--qat-epochs', '1')} epochs at lr "
+               f"{flag(cmd, '--qat-lr', '1e-4')}")
+        return f"{student_label(r)}, no pruning{qat}"
     ignore = flag(cmd, "--ignore", "")
     # runs made before --select-on-val existed (they have no QOperator export) always selected
     selected = "--select-on-val" in cmd.split() or "onnx-qoperator" not in r["exports"]
-    return (f"target_params {flag(cmd, '--target-params', '0.3')}, scope "
+    return ((f"{student_label(r)}, " if student_label(r) else "")
+            + f"target_params {flag(cmd, '--target-params', '0.3')}, scope "
             f"{flag(cmd, '--scope', 'global')}, {flag(cmd, '--prune-steps', '1')} step(s) × "
             f"{flag(cmd, '--recover-epochs', '10')} epochs"
             + (f", {ignore} kept whole" if ignore else "")
@@ -54,7 +69,8 @@ FORMATS = ("onnx", "onnx-qoperator", "tflite")
 
 def row(path: Path, r: dict[str, Any]) -> str:
     stages = {s["stage"]: s for s in r["report"]["stages"]}
-    pruned = stages.get("structured_prune", {})
+    # the float model that went into quantization: pruned, or the distilled student
+    pruned = stages.get("structured_prune") or stages.get("distill", {})
     cells = [f"{label(r)} (`{path.stem}`)", f"{pruned.get('params', 0) / 1000:.1f}k",
              f"{100 * pruned.get('accuracy', float('nan')):.2f}%"]
     for fmt in FORMATS:
@@ -94,7 +110,7 @@ def main() -> None:
              f"run's held-out images, which depends on the split (`--seed`, `--val-fraction`).", "",
              "ONNX is QDQ; QOperator is the same int8 kernels written directly, in a smaller file "
              "(— : the run predates that export).", "",
-             "| pruning (run) | params after pruning | top-1 after pruning (float) | ONNX INT8 | ONNX top-1 "
+             "| student and pruning (run) | params before INT8 | float top-1 before INT8 | ONNX INT8 | ONNX top-1 "
              "(points lost) | ONNX agree | ONNX QOperator INT8 | QOperator top-1 (points lost) | "
              "QOperator agree | TFLite INT8 | TFLite top-1 (points lost) | "
              "TFLite agree | wall time |",
