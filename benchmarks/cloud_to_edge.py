@@ -123,6 +123,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--distill-epochs", type=int, default=4)
     ap.add_argument("--distill-lr", type=float, default=1e-3)
+    ap.add_argument("--assistant", type=Path, default=None,
+                    help="teaching assistant: a pretrained ResNet-20 state dict distilled from the "
+                         "teacher first (4 epochs, lr 1e-3), which then teaches the student")
     ap.add_argument("--target-params", type=float, default=0.3,
                     help="fraction of the student's parameters kept by structured pruning")
     ap.add_argument("--recover-epochs", type=int, default=10, help="per pruning step")
@@ -180,8 +183,17 @@ def main() -> None:
                                                               optimizer=args.recover_optimizer,
                                                               weight_decay=args.recover_wd,
                                                               best_on_val=args.select_on_val))]
+    assistant = []
+    if args.assistant:
+        # the ResNet-20 settings of the runs without an assistant; the distilled assistant is
+        # then the model in hand, which teaches the student
+        ta, student_checks["assistant"] = load_student(args.assistant, data.samples("val", 64))
+        assistant = [ec.passes.Distill(teacher=teacher, student=ta, epochs=4, lr=1e-3,
+                                       temperature=4.0, alpha=0.3, best_on_val=args.select_on_val)]
     pipe = ec.Pipeline([
-        ec.passes.Distill(teacher=teacher, student=student, epochs=args.distill_epochs,
+        *assistant,
+        ec.passes.Distill(teacher=None if assistant else teacher, student=student,
+                          epochs=args.distill_epochs,
                           lr=args.distill_lr, temperature=4.0, alpha=0.3,
                           best_on_val=args.select_on_val),
         *prune,

@@ -25,7 +25,8 @@ def student_label(r: dict[str, Any]) -> str:
     family = r.get("student", {}).get("family", "resnet20")
     if family == "resnet20":
         return ""
-    return (f"student {family}, distilled {flag(cmd, '--distill-epochs', '4')} epochs at lr "
+    assistant = " through a ResNet-20 assistant" if "--assistant" in cmd.split() else ""
+    return (f"student {family}{assistant}, distilled {flag(cmd, '--distill-epochs', '4')} epochs at lr "
             f"{flag(cmd, '--distill-lr', '1e-3')}")
 
 
@@ -51,8 +52,7 @@ def label(r: dict[str, Any]) -> str:
                f"{flag(cmd, '--recover-wd', '1e-4')})" if "--recover-optimizer" in cmd.split()
                else "")
             + (f", distilled {flag(cmd, '--distill-epochs', '4')} epochs"
-               if "--distill-epochs" in cmd.split() and flag(cmd, "--distill-epochs", "4") != "4"
-               else "")
+               if flag(cmd, "--distill-epochs", "4") != "4" and not student_label(r) else "")
             + (f", recovery alpha {flag(cmd, '--recover-alpha', '0.3')}"
                if "--recover-alpha" in cmd.split() else "")
             + (f", hints {flag(cmd, '--recover-hints', '')} (weight "
@@ -69,8 +69,9 @@ FORMATS = ("onnx", "onnx-qoperator", "tflite")
 
 def row(path: Path, r: dict[str, Any]) -> str:
     stages = {s["stage"]: s for s in r["report"]["stages"]}
-    # the float model that went into quantization: pruned, or the distilled student
-    pruned = stages.get("structured_prune") or stages.get("distill", {})
+    # the float model that went into quantization: the stage before Fuse (pruned, or distilled)
+    names = [s["stage"] for s in r["report"]["stages"]]
+    pruned = stages[names[names.index("fuse") - 1]] if "fuse" in names else {}
     cells = [f"{label(r)} (`{path.stem}`)", f"{pruned.get('params', 0) / 1000:.1f}k",
              f"{100 * pruned.get('accuracy', float('nan')):.2f}%"]
     for fmt in FORMATS:
