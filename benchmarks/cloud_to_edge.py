@@ -125,7 +125,8 @@ def main() -> None:
     ap.add_argument("--distill-lr", type=float, default=1e-3)
     ap.add_argument("--assistant", type=Path, default=None,
                     help="teaching assistant: a pretrained ResNet-20 state dict distilled from the "
-                         "teacher first (4 epochs, lr 1e-3), which then teaches the student")
+                         "teacher first (lr 1e-3), which then teaches the student")
+    ap.add_argument("--assistant-epochs", type=int, default=4)
     ap.add_argument("--target-params", type=float, default=0.3,
                     help="fraction of the student's parameters kept by structured pruning")
     ap.add_argument("--recover-epochs", type=int, default=10, help="per pruning step")
@@ -188,7 +189,7 @@ def main() -> None:
         # the ResNet-20 settings of the runs without an assistant; the distilled assistant is
         # then the model in hand, which teaches the student
         ta, student_checks["assistant"] = load_student(args.assistant, data.samples("val", 64))
-        assistant = [ec.passes.Distill(teacher=teacher, student=ta, epochs=4, lr=1e-3,
+        assistant = [ec.passes.Distill(teacher=teacher, student=ta, epochs=args.assistant_epochs, lr=1e-3,
                                        temperature=4.0, alpha=0.3, best_on_val=args.select_on_val)]
     pipe = ec.Pipeline([
         *assistant,

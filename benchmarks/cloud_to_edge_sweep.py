@@ -25,7 +25,8 @@ def student_label(r: dict[str, Any]) -> str:
     family = r.get("student", {}).get("family", "resnet20")
     if family == "resnet20":
         return ""
-    assistant = " through a ResNet-20 assistant" if "--assistant" in cmd.split() else ""
+    assistant = (f" through a ResNet-20 assistant ({flag(cmd, '--assistant-epochs', '4')} epochs)"
+                 if "--assistant" in cmd.split() else "")
     return (f"student {family}{assistant}, distilled {flag(cmd, '--distill-epochs', '4')} epochs at lr "
             f"{flag(cmd, '--distill-lr', '1e-3')}")
 
