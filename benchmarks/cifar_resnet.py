@@ -51,7 +51,25 @@ class BasicBlock(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class ThreeStageNet(nn.Module):
+    """Stem, three stages, average pool, linear: the forward both CIFAR ResNet families share."""
+
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    relu: nn.ReLU
+    layer1: nn.Module
+    layer2: nn.Module
+    layer3: nn.Module
+    pool: nn.AdaptiveAvgPool2d
+    linear: nn.Linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(self.pool(out).flatten(1))
+
+
+class CifarResNet(ThreeStageNet):
     def __init__(self, blocks: int = 3, num_classes: int = 10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
@@ -66,11 +84,6 @@ class CifarResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.linear(self.pool(out).flatten(1))
 
 
 def shortcut_as_conv(short: ShortcutA, cin: int) -> nn.Conv2d:
@@ -132,7 +145,7 @@ class KerasBlock(nn.Module):
         return self.relu2(self.shortcut(x) + self.bn2(self.conv2(out)))
 
 
-class ResNet8(nn.Module):
+class ResNet8(ThreeStageNet):
     """MLPerf Tiny's image-classification model ("resnet_v1_eembc", ~78k parameters)."""
 
     def __init__(self, num_classes: int = 10):
@@ -145,11 +158,6 @@ class ResNet8(nn.Module):
         self.layer3 = KerasBlock(32, 64, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.linear(self.pool(out).flatten(1))
 
 
 # our module name -> the Keras layer holding its weights (the order of the Keras functional graph)
