@@ -187,22 +187,20 @@ def load_keras_resnet8(path: str | Path) -> ResNet8:
     with h5py.File(path, "r") as f, torch.no_grad():
         weights = f["model_weights"]
         for ours, keras in _KERAS_RESNET8.items():
-            group, mod = weights[keras][keras], modules[ours]
-
-            def get(name: str) -> torch.Tensor:
-                return torch.from_numpy(np.asarray(group[f"{name}:0"]))  # noqa: B023
-
+            mod = modules[ours]
+            w = {name.removesuffix(":0"): torch.from_numpy(np.asarray(array))
+                 for name, array in weights[keras][keras].items()}
             if isinstance(mod, nn.Conv2d):
-                mod.weight.copy_(get("kernel").permute(3, 2, 0, 1))  # HWIO -> OIHW
-                mod.bias.copy_(get("bias"))
+                mod.weight.copy_(w["kernel"].permute(3, 2, 0, 1))  # HWIO -> OIHW
+                mod.bias.copy_(w["bias"])
             elif isinstance(mod, nn.Linear):
-                mod.weight.copy_(get("kernel").T)
-                mod.bias.copy_(get("bias"))
+                mod.weight.copy_(w["kernel"].T)
+                mod.bias.copy_(w["bias"])
             else:
-                mod.weight.copy_(get("gamma"))
-                mod.bias.copy_(get("beta"))
-                mod.running_mean.copy_(get("moving_mean"))
-                mod.running_var.copy_(get("moving_variance"))
+                mod.weight.copy_(w["gamma"])
+                mod.bias.copy_(w["beta"])
+                mod.running_mean.copy_(w["moving_mean"])
+                mod.running_var.copy_(w["moving_variance"])
     return model.eval()
 
 
@@ -211,19 +209,23 @@ def take_normalized_input(model: ResNet8) -> ResNet8:
     takes the same normalised input as the ResNet teacher. Exact inside the image; at the
     zero-padded border the raw model saw black where this one sees the mean colour (measured:
     76.2 → 73.1 % on the held-out half before any training, which distillation then recovers)."""
-    mean = 255 * torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = 255 * torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    scale, shift = _to_raw()
     with torch.no_grad():
-        model.conv1.bias += (model.conv1.weight * mean).sum((1, 2, 3))
-        model.conv1.weight *= std
+        model.conv1.bias += (model.conv1.weight * shift).sum((1, 2, 3))
+        model.conv1.weight *= scale
     return model
+
+
+def _to_raw() -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel with ``raw = x · scale + shift``."""
+    return (255 * torch.tensor(CIFAR_STD).view(1, 3, 1, 1),
+            255 * torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1))
 
 
 def raw_pixels(x: torch.Tensor) -> torch.Tensor:
     """This module's normalised input back to 0..255 pixels (what the Keras model takes)."""
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    return 255 * (x * std + mean)
+    scale, shift = _to_raw()
+    return x * scale + shift
 
 
 def cifar_bundle(data: str | Path, batch_size: int = 64, calib_size: int = 512, seed: int = 0,

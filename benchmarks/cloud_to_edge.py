@@ -171,7 +171,8 @@ def main() -> None:
                         val_fraction=args.val_fraction)
     data.train = ec.data.RandomShiftFlip(data.train, pad=4, flip=True, seed=args.seed)
     teacher = load_resnet(args.teacher)
-    student, student_checks = load_student(args.student, data.samples("val", 64))
+    check_images = data.samples("val", 64)
+    student, student_checks = load_student(args.student, check_images)
 
     ignore = tuple(name for name in args.ignore.split(",") if name)
     hints = {name: name for name in args.recover_hints.split(",") if name} or None
@@ -192,7 +193,7 @@ def main() -> None:
     if args.assistant:
         # the ResNet-20 settings of the runs without an assistant; the distilled assistant is
         # then the model in hand, which teaches the student
-        ta, student_checks["assistant"] = load_student(args.assistant, data.samples("val", 64))
+        ta, student_checks["assistant"] = load_student(args.assistant, check_images)
         assistant = [ec.passes.Distill(teacher=teacher, student=ta, epochs=args.assistant_epochs, lr=1e-3,
                                        temperature=4.0, alpha=0.3, best_on_val=args.select_on_val)]
     pipe = ec.Pipeline([
