@@ -82,7 +82,7 @@ def _png(array: np.ndarray) -> bytes:
 
 def _digit_png(digits, index: int = 0) -> tuple[bytes, int]:
     """A real validation digit written back as an 8-bit PNG, and its label."""
-    x, y = digits.val.dataset.tensors if hasattr(digits.val.dataset, "tensors") else (None, None)
+    x, y = digits.val.dataset.tensors
     pre = digits.preprocess
     pixels = (x[index, 0].numpy() * pre.std[0] + pre.mean[0]) / pre.scale
     return _png(np.clip(np.round(pixels), 0, 255).astype(np.uint8)), int(y[index])
@@ -398,3 +398,21 @@ def test_event_log_retention_and_the_cli(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "swap 4" in out.stdout and '"version": 4' in out.stdout and "ancient" not in out.stdout
+
+
+def test_rpi_camera_loop_classifies_through_the_server(served, int8_onnx, digits, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "rpi_camera_loop.py"
+    spec = importlib.util.spec_from_file_location("rpi_camera_loop", example)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    png, label = _digit_png(digits, 5)
+    (frames / "a.png").write_bytes(png)
+    summary = mod.main([str(int8_onnx), "--source", str(frames), "--max-frames", "3",
+                        "--budget-ms", "5000", "--threads", "1", "--server", str(served.base_url)])
+    assert summary["frames"] == 3 and summary["last"] == str(label)
+    assert served.get("/metrics").text.count('endpoint="/predict",status="200"} 3.0') == 1
