@@ -6,6 +6,7 @@ wrong; an unexpected failure inside a request is a 500 for that request, never a
 from __future__ import annotations
 
 import hmac
+import shutil
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -87,6 +88,16 @@ def _run_timed(model: Any, x: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def _check_declared_size(request: Request, limit_bytes: int) -> None:
+    """Model uploads must say their size up front; the multipart parser then spools to disk."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        raise RequestError(411, "POST /model needs a Content-Length header")
+    if int(declared) > limit_bytes:
+        raise RequestError(413, f"upload of {int(declared):,} bytes exceeds the limit of "
+                                f"{limit_bytes:,} bytes", limit_bytes=limit_bytes)
+
+
 def _authorised(request: Request, token: str) -> bool:
     given = request.headers.get("authorization", "")
     given = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-token", "")
@@ -102,11 +113,14 @@ async def _save_upload(form: Any, folder: Path) -> Path:
     if not name or name.startswith("."):
         raise RequestError(400, f"bad artifact file name {upload.filename!r}")
     target = folder / name
-    target.write_bytes(await upload.read())
+    parts = [(upload, target)]
     for field, suffix in (("sidecar", ".json"), ("check", ".check.npz")):
         part = form.get(field)
         if part is not None and not isinstance(part, str):
-            (folder / (name + suffix)).write_bytes(await part.read())
+            parts.append((part, folder / (name + suffix)))
+    for part, path in parts:  # the parser spooled them to disk; copy without reading them whole
+        with open(path, "wb") as fh:
+            await run_in_threadpool(shutil.copyfileobj, part.file, fh, 1 << 20)
     return target
 
 
@@ -179,7 +193,7 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
                                     "--token-file FILE or EDGECOMPRESS_SERVE_TOKEN set")
         if not _authorised(request, s.config.token):
             raise RequestError(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'")
-        await read_body(request, int(s.config.max_model_mb * 1024 * 1024))
+        _check_declared_size(request, int(s.config.max_model_mb * 1024 * 1024))
         if media_type(request.headers.get("content-type")) != "multipart/form-data":
             raise RequestError(415, "POST /model takes multipart/form-data with the file in "
                                     "field 'artifact'")

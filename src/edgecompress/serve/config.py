@@ -65,10 +65,14 @@ def read_token(token_file: str | Path | None = None, env: str = TOKEN_ENV) -> st
         if os.name == "posix" and path.stat().st_mode & 0o077:
             raise ConfigError(f"token file {path} is readable by other users; "
                               f"run: chmod 600 {path}")
-        token = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
-        if len(token) < 16:
-            raise ConfigError(f"the token in {path} is shorter than 16 characters; use e.g. "
-                              f"python -c 'import secrets; print(secrets.token_urlsafe(32))'")
-        return token
+        text = path.read_text().strip()
+        return _strong(text.splitlines()[0].strip() if text else "", f"the token in {path}")
     value = os.environ.get(env, "").strip()
-    return value or None
+    return _strong(value, f"${env}") if value else None
+
+
+def _strong(token: str, where: str) -> str:
+    if len(token) < 16:
+        raise ConfigError(f"{where} is shorter than 16 characters; make one with "
+                          f"python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
