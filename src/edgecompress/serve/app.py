@@ -124,6 +124,35 @@ async def _save_upload(form: Any, folder: Path) -> Path:
     return target
 
 
+ENDPOINTS = frozenset({"/health", "/model", "/predict", "/metrics", "/events"})
+
+
+class CountRequests:
+    """Pure ASGI middleware counting responses by endpoint and status (Starlette's
+    ``BaseHTTPMiddleware`` costs more per request than a small model's inference). Unknown paths
+    share one label, so a scan of random URLs cannot grow the metrics without bound."""
+
+    def __init__(self, app: Any, metrics: Any):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            self.metrics.requests.labels(path, str(status[0])).inc()
+
+
 def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI:
     """The FastAPI application serving ``config.artifact`` (the model is loaded and verified
     here, before the server accepts a connection)."""
@@ -140,15 +169,13 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
     app = FastAPI(title="edgecompress serve", lifespan=lifespan)
     app.state.server = s
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Response:
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # noqa: BLE001 - one request's failure is that request's 500
-            log.exception("request %s %s failed", request.method, request.url.path)
-            response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
-        s.metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=s.metrics)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # one request's failure is that request's 500; the server carries on
+        log.error("request %s %s failed: %r", request.method, request.url.path, exc)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -172,7 +199,7 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
         return {**s.slot.current.describe(), **s.slot.describe()}
 
     @app.post("/predict")
-    async def predict(request: Request, top: int | None = None) -> dict[str, Any]:
+    async def predict(request: Request, top: int | None = None) -> JSONResponse:
         t0 = time.perf_counter()
         body = await read_body(request, int(s.config.max_body_mb * 1024 * 1024))
         with s.slot.acquire() as model:  # in flight on this model, even across a swap
@@ -181,10 +208,17 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
                 out, seconds = await s.admission.submit(_run_timed, model, x)
             except InputError as exc:
                 raise RequestError(400, str(exc)) from exc
+            except (Rejected, RequestError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a runtime failure on one input is a 500
+                log.error("the model failed on a request: %r", exc)
+                raise RequestError(500, f"the model failed on this input: "
+                                        f"{type(exc).__name__}: {exc}") from exc
         s.metrics.latency.observe(seconds)
         s.metrics.request_latency.observe(time.perf_counter() - t0)
         s.stats.add(seconds)
-        return _predict_payload(model, out, top or s.config.top_k, seconds, as_image)
+        # a JSONResponse directly: FastAPI's jsonable_encoder walk costs more than the model
+        return JSONResponse(_predict_payload(model, out, top or s.config.top_k, seconds, as_image))
 
     @app.post("/model")
     async def post_model(request: Request) -> JSONResponse:
