@@ -55,6 +55,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (load-independent cost)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(artifact: Path, port: int, workers: int, queue: int, threads: int,
                  state: Path, token_file: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edgecompress", "serve", str(artifact), "--port", str(port),
@@ -81,6 +87,7 @@ async def load(url: str, body: bytes, headers: dict, total: int, concurrency: in
     lat: list[float] = []
     codes: dict[int, int] = {}
     transport_errors = 0
+    failures: dict[str, int] = {}
     sent = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
@@ -91,8 +98,9 @@ async def load(url: str, body: bytes, headers: dict, total: int, concurrency: in
                 t0 = time.perf_counter()
                 try:
                     r = await client.post("/predict", content=body, headers=headers)
-                except httpx.TransportError:
+                except httpx.TransportError as exc:
                     transport_errors += 1
+                    failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
                     continue
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
                 if r.status_code == 200:
@@ -105,14 +113,15 @@ async def load(url: str, body: bytes, headers: dict, total: int, concurrency: in
     return {"concurrency": concurrency, "requests": total, "ok": codes.get(200, 0),
             "rejected_503": codes.get(503, 0),
             "errors": sum(n for c, n in codes.items() if c not in (200, 503)) + transport_errors,
-            "codes": {str(k): v for k, v in sorted(codes.items())},
+            "codes": {str(k): v for k, v in sorted(codes.items())}, "transport_errors": failures,
             "p50_ms": round(float(np.percentile(ms, 50)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3),
             "throughput_rps": round(codes.get(200, 0) / wall, 1), "wall_s": round(wall, 2)}
 
 
-def bare_throughput(artifact: Path, x: np.ndarray, total: int, callers: int, threads: int) -> float:
-    """Requests/s of `callers` threads calling one runner directly (no HTTP)."""
+def bare_throughput(artifact: Path, x: np.ndarray, total: int, callers: int,
+                    threads: int) -> tuple[float, float]:
+    """Requests/s of `callers` threads calling one runner directly (no HTTP), and CPU ms/call."""
     runner = ec.load(artifact, threads=threads)
     for _ in range(20):
         runner(x)
@@ -122,10 +131,11 @@ def bare_throughput(artifact: Path, x: np.ndarray, total: int, callers: int, thr
         for _ in range(per):
             runner(x)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(callers) as pool:
         list(pool.map(calls, range(callers)))
-    return per * callers / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return per * callers / wall, 1000 * cpu / (per * callers)
 
 
 def swap_under_load(url: str, artifact: Path, token: str, body: bytes, headers: dict,
@@ -155,20 +165,25 @@ def markdown(res: dict) -> str:
              f"after {res['load_after']} (other helpers' jobs were running). Server: "
              f"{res['workers']} workers, queue {res['queue']}, {res['threads']} runtime thread(s) "
              f"per call; bound = workers + queue = {res['workers'] + res['queue']}.", "",
-             "| concurrency | ok | 503 | errors | p50 ms | p99 ms | req/s |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| concurrency | ok | 503 | errors | p50 ms | p99 ms | req/s | server CPU ms/req |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["levels"]:
         lines.append(f"| {r['concurrency']} | {r['ok']} | {r['rejected_503']} | {r['errors']} | "
-                     f"{r['p50_ms']} | {r['p99_ms']} | {r['throughput_rps']} |")
+                     f"{r['p50_ms']} | {r['p99_ms']} | {r['throughput_rps']} | "
+                     f"{r['server_cpu_ms_per_request']} |")
     s = res["swap"]
     lines += ["", f"Bare runner at concurrency {res['cpu_count']}: {res['bare_rps']} req/s "
               f"(before/after: {res['bare_rps_runs']}); server: {res['server_rps_at_cores']} req/s "
-              f"= **{res['ratio_vs_bare']:.1%}** of bare.",
+              f"= **{res['ratio_vs_bare']:.1%}** of bare. CPU per request: server "
+              f"{res['levels'][0]['server_cpu_ms_per_request']} ms (HTTP parsing, FastAPI, "
+              f"thread hand-off, JSON; the load client's own CPU comes on top) vs "
+              f"{res['bare_cpu_ms_per_call']} ms per bare runner call.",
               f"Server RSS: {res['rss_before_mb']:.1f} MB before, {res['rss_after_mb']:.1f} MB after "
               f"(**{res['rss_growth']:+.1%}**).",
               f"Swap under load (concurrency {s['concurrency']}, {s['requests']} requests): swap "
               f"{s.get('swap_status')}, **{s['errors']} failed**, {s['rejected_503']} 503, "
-              f"p99 {s['p99_ms']} ms.", "", "Goals:"]
+              f"p99 {s['p99_ms']} ms; transport errors {s['transport_errors'] or 'none'}.", "",
+              "Goals:"]
     lines += [f"- {k}: {'PASS' if v else 'FAIL'}" for k, v in res["goals"].items()]
     return "\n".join(lines) + "\n"
 
@@ -226,7 +241,10 @@ def main() -> None:
             for c in levels:
                 if c == cores:
                     bare.append(bare_throughput(args.artifact, x, args.requests, cores, args.threads))
+                cpu0 = cpu_seconds(proc.pid)
                 results.append(asyncio.run(load(url, body, headers, args.requests, c)))
+                results[-1]["server_cpu_ms_per_request"] = round(
+                    1000 * (cpu_seconds(proc.pid) - cpu0) / max(1, args.requests), 3)
                 if c == cores:
                     bare.append(bare_throughput(args.artifact, x, args.requests, cores, args.threads))
                 print(results[-1], flush=True)
@@ -240,13 +258,15 @@ def main() -> None:
             proc.wait(timeout=30)
     bound = args.workers + args.queue
     at_cores = next((r for r in results if r["concurrency"] == cores), None)
-    bare_rps = float(np.mean(bare)) if bare else float("nan")
+    bare_rps = float(np.mean([b[0] for b in bare])) if bare else float("nan")
+    bare_cpu = float(np.mean([b[1] for b in bare])) if bare else float("nan")
     server_rps = at_cores["throughput_rps"] if at_cores else float("nan")
     res = {"artifact": str(args.artifact), "command": " ".join(["python", *sys.argv]),
            "cpu_count": cores, "workers": args.workers, "queue": args.queue,
            "threads": args.threads, "load_before": load_before,
            "load_after": [round(v, 2) for v in os.getloadavg()], "levels": results,
-           "bare_rps": round(bare_rps, 1), "bare_rps_runs": [round(b, 1) for b in bare],
+           "bare_rps": round(bare_rps, 1), "bare_rps_runs": [round(b[0], 1) for b in bare],
+           "bare_cpu_ms_per_call": round(bare_cpu, 3),
            "server_rps_at_cores": server_rps, "ratio_vs_bare": server_rps / bare_rps,
            "rss_before_mb": rss_before, "rss_after_mb": rss_after,
            "rss_growth": rss_after / rss_before - 1, "swap": swap, "server_alive": alive}

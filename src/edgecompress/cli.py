@@ -96,7 +96,10 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     add_events_arguments(sub.add_parser("events", help="print the event log of a server"))
 
 
-def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
+def _add_compress_parser(sub: argparse._SubParsersAction, command: str | None) -> None:
+    if command != "compress":  # its arguments import torch: only for the compress command itself
+        sub.add_parser("compress", help="run a recipe on a model and export")
+        return
     try:
         from .compress import add_compress_arguments
     except ImportError as exc:  # a device install without torch: serve, bench and info still work
@@ -108,7 +111,8 @@ def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
     add_compress_arguments(sub.add_parser("compress", help="run a recipe on a model and export"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = "compress") -> argparse.ArgumentParser:
+    """The parser; ``command`` (the one about to run) lets the others skip importing torch."""
     parser = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     formats = sub.add_parser("formats", help="the export formats and whether they run here")
     formats.add_argument("--json", action="store_true")
 
-    _add_compress_parser(sub)
+    _add_compress_parser(sub, command)
     _add_serve_parsers(sub)
     return parser
 
@@ -148,7 +152,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    args = build_parser(words[0] if words else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "unavailable", None):

@@ -20,7 +20,9 @@ def run(config: ServeConfig) -> None:
     log.info("serving %s on http://%s:%d (%d workers, queue %d, swap %s)", config.artifact,
              config.host, config.port, config.workers, config.queue,
              "enabled" if config.token else "disabled")
-    # uvicorn's own limit keeps idle connections from piling up on a small device
+    # uvicorn's own limit keeps idle connections from piling up on a small device; a short
+    # keep-alive timeout races busy clients (the server closes a connection as a request
+    # arrives on it, and that request fails), so it is longer than any stall under load
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
                 limit_concurrency=max(64, 4 * (config.workers + config.queue)),
-                timeout_keep_alive=5)
+                timeout_keep_alive=30)
