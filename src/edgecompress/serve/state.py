@@ -29,9 +29,6 @@ class ServerState:
     watcher: FolderWatcher | None
     started_at: float
 
-    def temperature(self) -> float | None:
-        return self.watchdog.last_c if self.watchdog else None
-
     def start(self) -> None:
         for monitor in (self.watchdog, self.watcher):
             if monitor is not None:

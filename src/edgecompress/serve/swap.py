@@ -97,7 +97,7 @@ class VersionStore:
 
 
 class ModelSlot:
-    """The model being served, a optional lighter fallback, and the swap between versions."""
+    """The model being served, an optional lighter fallback, and the swap between versions."""
 
     def __init__(self, primary: LoadedModel, events: EventLog, store: VersionStore,
                  fallback: LoadedModel | None = None, threads: int | None = None,
