@@ -17,9 +17,9 @@ a swap under load.
 
 The demo model runs in well under a millisecond, so HTTP costs more than inference; to see the
 ratio where inference dominates, ``--make-model DIR`` first writes a heavier artifact (a
-random-init MobileNetV3-Small at 96x96, INT8 ONNX through the library) and serves that:
+random-init SmallResNet of width 64 at 64x64, INT8 ONNX through the library) and serves that:
 
-    python benchmarks/serve_load.py --make-model /tmp/mnv3 --requests 1000 --name serve_load_mnv3
+    python benchmarks/serve_load.py --make-model /tmp/heavy --requests 1000 --name serve_load_heavy
 """
 
 from __future__ import annotations
@@ -189,15 +189,17 @@ def markdown(res: dict) -> str:
 
 
 def make_model(folder: Path) -> Path:
-    """A heavier INT8 ONNX: MobileNetV3-Small (random init, no download) on digits at 96x96."""
+    """A heavier INT8 ONNX: a random-init SmallResNet (width 64) on digits at 64x64."""
     import torch
-    from torchvision.models import mobilenet_v3_small
+
+    from edgecompress.models import small_resnet
 
     torch.manual_seed(0)
-    data = ec.data.digits(image_size=96, channels=3, batch_size=32, seed=0)
-    model = mobilenet_v3_small(weights=None, num_classes=10).eval()
-    dm = ec.Pipeline([ec.passes.QuantizePTQ(samples=64)], measure=False).run(model, data)
-    return dm.export("onnx", folder / "mnv3_int8.onnx", benchmark_runs=0,
+    data = ec.data.digits(image_size=64, batch_size=32, seed=0)
+    model = small_resnet(in_channels=1, num_classes=10, width=64).eval()
+    dm = ec.Pipeline([ec.passes.Fuse(), ec.passes.QuantizePTQ(samples=64)],
+                     measure=False).run(model, data)
+    return dm.export("onnx", folder / "resnet64_int8.onnx", benchmark_runs=0,
                      accuracy_samples=32).path
 
 
