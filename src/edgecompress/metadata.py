@@ -14,7 +14,7 @@ from typing import Any
 
 from ._io import atomic_write_bytes, sha256_file
 from ._version import __version__
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 
 METADATA_KEY = "edgecompress"
 SIDECAR_SUFFIX = ".json"
@@ -78,3 +78,75 @@ def verify_sidecar(path: str | Path, metadata: dict[str, Any]) -> None:
             raise ArtifactError(f"{f} does not match its recorded sha256 (expected {expected[:16]}…, "
                                 f"found {actual[:16]}…): the file was modified or corrupted "
                                 f"after export. Re-export it")
+
+
+def artifact_format(path: Path) -> str | None:
+    """The edgecompress format of the artifact at ``path``, or None when it is not one of ours."""
+    side = sidecar_path(path)
+    if side.is_file() and not side.is_symlink():
+        try:
+            fmt = json.loads(side.read_text()).get("format")
+            if isinstance(fmt, str):
+                return fmt
+        except (OSError, ValueError, AttributeError):
+            return None
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return _onnx_format(path)
+    if path.is_file() and path.suffix.lower() == ".ecm":
+        return _ecm_format(path)
+    return None
+
+
+def _onnx_format(path: Path) -> str | None:
+    try:
+        import onnx
+
+        from .onnx_utils import read_metadata
+
+        model = onnx.load(str(path), load_external_data=False)
+        fmt = read_metadata(model).get("format")
+        return fmt if isinstance(fmt, str) else None
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not one of ours
+        return None
+
+
+def _ecm_format(path: Path) -> str | None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("manifest.json")
+            if info.file_size > 32 << 20:
+                return None
+            manifest = json.loads(zf.read(info))
+        return "torch" if manifest.get("format") == "edgecompress-model" else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def check_destination(path: Path, fmt: str, overwrite: bool) -> None:
+    """Refuse to write ``fmt`` at ``path`` when something is there that must survive.
+
+    Nothing there: fine. An edgecompress ``fmt`` artifact: replaced only with ``overwrite``.
+    Anything else (a user's file or folder, another format's artifact, a symbolic link): never.
+    """
+    from ._io import refuse_symlink
+
+    refuse_symlink(path)
+    side = sidecar_path(path) if not path.is_dir() else None
+    if not path.exists():
+        if side is not None and side.exists() and not overwrite:
+            raise ConfigError(f"{side} already exists (the metadata file an export to {path} "
+                              f"writes); pass overwrite=True to replace it, or choose another path")
+        return
+    found = artifact_format(path)
+    what = "folder" if path.is_dir() else "file"
+    if found != fmt:
+        kind = f"an edgecompress {found} artifact" if found else f"a {what} edgecompress did not write"
+        raise ConfigError(f"{path} already exists and is {kind}, not an edgecompress {fmt} "
+                          f"artifact; refusing to replace it (nothing was changed). Choose "
+                          f"another path, or move it away yourself")
+    if not overwrite:
+        raise ConfigError(f"{path} already holds an edgecompress {fmt} artifact; pass "
+                          f"overwrite=True to replace it (the new one is written beside it and "
+                          f"swapped in only after it is complete and verified)")
