@@ -14,6 +14,26 @@ from .errors import EdgeCompressError
 log = logging.getLogger("edgecompress")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, runs, threads)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (warmup runs, epochs)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -84,17 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train a small CNN on bundled digits, compress, export, "
                                        "benchmark and print the measured report")
     demo.add_argument("--out", default="edgecompress-demo", help="output folder")
-    demo.add_argument("--epochs", type=int, default=4)
-    demo.add_argument("--image-size", type=int, default=32)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--epochs", type=non_negative_int, default=4)
+    demo.add_argument("--image-size", type=positive_int, default=32)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
+    demo.add_argument("--threads", type=positive_int, default=None)
 
     bench = sub.add_parser("bench", help="measure an artifact's latency through its Runner")
     bench.add_argument("artifact")
-    bench.add_argument("--runs", type=int, default=100)
-    bench.add_argument("--warmup", type=int, default=10)
-    bench.add_argument("--threads", type=int, default=None)
-    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--runs", type=positive_int, default=100)
+    bench.add_argument("--warmup", type=non_negative_int, default=10)
+    bench.add_argument("--threads", type=positive_int, default=None)
+    bench.add_argument("--batch-size", type=positive_int, default=1)
     bench.add_argument("--json", action="store_true")
 
     info = sub.add_parser("info", help="inputs, outputs, size and metadata of an artifact")

@@ -156,7 +156,7 @@ class DeployableModel:
         """
         from .metadata import check_destination
 
-        check_destination(Path(path), "torch", overwrite)
+        replace = check_destination(Path(path), "torch", overwrite)
         builder = builder or self.builder
         manifest = {
             "format": ECM_FORMAT, "version": ECM_VERSION, "edgecompress_version": __version__,
@@ -179,7 +179,7 @@ class DeployableModel:
                 manifest["portable"] = True
                 manifest["program_static_batch"] = static_batch
         manifest["sha256"] = member_hashes(files)
-        with atomic_path(path, overwrite) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        with atomic_path(path, replace) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=str))
             for name, data in files.items():
                 zf.writestr(name, data)

@@ -124,11 +124,14 @@ def _ecm_format(path: Path) -> str | None:
         return None
 
 
-def check_destination(path: Path, fmt: str, overwrite: bool) -> None:
-    """Refuse to write ``fmt`` at ``path`` when something is there that must survive.
+def check_destination(path: Path, fmt: str, overwrite: bool) -> bool:
+    """Refuse to write ``fmt`` at ``path`` when something is there that must survive; return
+    whether the write will replace what is there.
 
-    Nothing there: fine. An edgecompress ``fmt`` artifact: replaced only with ``overwrite``.
-    Anything else (a user's file or folder, another format's artifact, a symbolic link): never.
+    Nothing there (or an empty folder): fine. An edgecompress ``fmt`` artifact: replaced only
+    with ``overwrite``, and a folder artifact only if it holds nothing but what the export
+    wrote. Anything else (a user's file or folder, another format's artifact, a symbolic
+    link): never.
     """
     from ._io import refuse_symlink
 
@@ -138,7 +141,9 @@ def check_destination(path: Path, fmt: str, overwrite: bool) -> None:
         if side is not None and side.exists() and not overwrite:
             raise ConfigError(f"{side} already exists (the metadata file an export to {path} "
                               f"writes); pass overwrite=True to replace it, or choose another path")
-        return
+        return False
+    if path.is_dir() and not any(path.iterdir()):
+        return True
     found = artifact_format(path)
     what = "folder" if path.is_dir() else "file"
     if found != fmt:
@@ -150,3 +155,18 @@ def check_destination(path: Path, fmt: str, overwrite: bool) -> None:
         raise ConfigError(f"{path} already holds an edgecompress {fmt} artifact; pass "
                           f"overwrite=True to replace it (the new one is written beside it and "
                           f"swapped in only after it is complete and verified)")
+    if path.is_dir():
+        _refuse_foreign_files(path)
+    return True
+
+
+def _refuse_foreign_files(folder: Path) -> None:
+    """An artifact folder holding files the export did not write is not ours to delete."""
+    recorded = set((read_sidecar(folder).get("weights_sha256") or {}))
+    ours = recorded | {"edgecompress.json", "pnnx", "build_engine.sh", "build_engine.py"}
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours)
+    if foreign:
+        raise ConfigError(f"{folder} is an edgecompress artifact folder but also holds "
+                          f"{', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}, which "
+                          f"the export did not write; refusing to replace it (nothing was "
+                          f"changed). Move those files out, or choose another path")

@@ -119,13 +119,13 @@ class Exporter:
         opts = from_options(self.Options, options, where=f"export to {self.spec.name}")
         precision, fallback = self.decide_precision(dm, opts)
         self.check_path(path)
-        check_destination(path, self.spec.name, opts.overwrite)
+        replace = check_destination(path, self.spec.name, opts.overwrite)
         metadata = base_metadata(dm, self.spec.name, precision)
         if fallback:
             metadata["float_fallback"] = fallback
         # written, described and verified beside the destination; moved there only when all
         # of it succeeded, so a failure (parity with on_parity_fail="raise" too) changes nothing
-        with atomic_path(path, overwrite=opts.overwrite) as tmp:
+        with atomic_path(path, overwrite=replace) as tmp:
             notes = self.write(dm, tmp, opts, precision, metadata) or {}
             metadata.update(notes)
             self.store_metadata(tmp, metadata)
