@@ -61,6 +61,24 @@ def ensure_free_space(path: str | os.PathLike[str], needed: int, what: str) -> N
                          f"somewhere else. Nothing was written to {path}", errno.ENOSPC)
 
 
+@contextlib.contextmanager
+def disk_full_is_clear(path: str | os.PathLike[str], low_water: int = 1 << 20) -> Iterator[None]:
+    """Turn any failure of a writer (native converters raise RuntimeError or worse, not OSError)
+    into a WriteError naming the path when the disk is (nearly) full afterwards."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as exc:
+        free = free_bytes(path)
+        if free >= low_water:
+            raise
+        raise WriteError(f"writing {path} failed with only {free:,} bytes left on its device "
+                         f"(disk full?): free some space or write somewhere else. Nothing was "
+                         f"written to {path}. The writer said: {str(exc)[:300]}",
+                         errno.ENOSPC) from exc
+
+
 def refuse_symlink(path: Path) -> None:
     if path.is_symlink():
         raise ConfigError(f"{path} is a symbolic link; edgecompress does not write through or "

@@ -137,6 +137,14 @@ class DeployableModel:
         self.report.add_artifact(artifact.metrics())
         return artifact
 
+    def needed_bytes(self) -> int:
+        """Free space writing this model needs: its weights a few times over (the temporary,
+        converters' intermediates, the float model, metadata) plus a margin."""
+        models = [m for m in (self.model, self.float_model) if m is not None]
+        weights = sum(t.numel() * t.element_size() for m in models
+                      for t in m.state_dict().values() if isinstance(t, torch.Tensor))
+        return 3 * weights + (256 << 10)
+
     def manifest_metadata(self) -> dict[str, Any]:
         return {"edgecompress_version": __version__, "input": self.input_spec.to_dict(),
                 "history": [h.get("pass") for h in self.history], **self.info}
@@ -156,7 +164,10 @@ class DeployableModel:
         """
         from .metadata import check_destination
 
+        from ._io import ensure_free_space
+
         replace = check_destination(Path(path), "torch", overwrite)
+        ensure_free_space(Path(path).parent, self.needed_bytes(), "saving the model")
         builder = builder or self.builder
         manifest = {
             "format": ECM_FORMAT, "version": ECM_VERSION, "edgecompress_version": __version__,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-from .._io import atomic_path, path_size
+from .._io import atomic_path, disk_full_is_clear, ensure_free_space, path_size
 from ..errors import ConfigError, ExportError, ParityError
 from ..formats import FORMATS, FormatSpec
 from ..measure import compressed_sizes
@@ -125,8 +125,11 @@ class Exporter:
             metadata["float_fallback"] = fallback
         # written, described and verified beside the destination; moved there only when all
         # of it succeeded, so a failure (parity with on_parity_fail="raise" too) changes nothing
+        # native converters may abort the process on a full disk: refuse before they start
+        ensure_free_space(path.parent, dm.needed_bytes(), f"exporting {self.spec.name}")
         with atomic_path(path, overwrite=replace) as tmp:
-            notes = self.write(dm, tmp, opts, precision, metadata) or {}
+            with disk_full_is_clear(path):
+                notes = self.write(dm, tmp, opts, precision, metadata) or {}
             metadata.update(notes)
             self.store_metadata(tmp, metadata)
             artifact = Artifact(tmp, self.spec.name, precision, path_size(tmp), metadata,
