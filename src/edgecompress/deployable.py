@@ -64,13 +64,9 @@ class InputSpec:
     def checked(cls, d: Any, path: Path) -> "InputSpec":
         """From a manifest's ``input_spec``, refusing shapes no real model takes (a crafted
         ``[1, 1e12]`` would otherwise allocate the example input)."""
-        shape = d.get("shape") if isinstance(d, dict) else None
-        if (not isinstance(shape, list) or not shape or len(shape) > 8
-                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v for v in shape)
-                or math.prod(shape[1:]) > MAX_INPUT_ELEMENTS):
-            raise ArtifactError(f"{path}: input_spec shape {shape!r} is not a usable input shape "
-                                f"(1 to 8 positive integers, at most {MAX_INPUT_ELEMENTS:,} values "
-                                f"per sample); the file is corrupt or crafted")
+        from .metadata import check_input_shape
+
+        check_input_shape(d if isinstance(d, dict) else {"shape": None}, path)
         if str(d.get("dtype", "float32")) not in ("float32", "float16", "float64", "uint8", "int64"):
             raise ArtifactError(f"{path}: input_spec dtype {d.get('dtype')!r} is not supported")
         return cls.from_dict(d)
@@ -399,6 +395,7 @@ def _rebuild_with_builder(builder: Builder | str | None, structure: dict[str, An
     fn = _resolve_builder(builder)
     if fn is None:
         return None
+    _check_structure(structure, weights, path)
     model = fn()
     apply_snapshot(model, structure)
     try:
@@ -407,6 +404,27 @@ def _rebuild_with_builder(builder: Builder | str | None, structure: dict[str, An
         raise ArtifactError(f"{path}: the weights do not fit the model the builder made: "
                             f"{str(exc)[:500]}") from exc
     return model
+
+
+def _check_structure(structure: Any, weights: dict[str, Any], path: Path) -> None:
+    """Every tensor shape the structure record would allocate must be the shape of the saved
+    tensor of that name (or small): a crafted record cannot make the rebuild allocate terabytes."""
+    if not isinstance(structure, dict):
+        raise ArtifactError(f"{path}: the structure record is not a mapping")
+    for name, rec in structure.items():
+        for kind in ("params", "buffers"):
+            for key, shape in ((rec or {}).get(kind) or {}).items():
+                if shape is None:
+                    continue
+                full = f"{name}.{key}" if name else key
+                saved = weights.get(full)
+                ok = (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+                      and (list(saved.shape) == shape if isinstance(saved, torch.Tensor)
+                           else math.prod(shape) <= MAX_INPUT_ELEMENTS))
+                if not ok:
+                    raise ArtifactError(f"{path}: the structure record gives {full} the shape "
+                                        f"{shape!r}, which is not the saved tensor's; the file is "
+                                        f"corrupt or crafted")
 
 
 def _rebuild(manifest: dict[str, Any], weights: dict[str, Any], blobs: dict[str, bytes],

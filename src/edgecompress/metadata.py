@@ -60,9 +60,36 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     if not side.exists():
         return {}
     try:
-        return json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        if side.stat().st_size > MAX_SIDECAR_BYTES:
+            raise ArtifactError(f"metadata file {side} is {side.stat().st_size:,} bytes; at most "
+                                f"{MAX_SIDECAR_BYTES:,} are read")
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"metadata file {side} is unreadable: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"metadata file {side} must hold a JSON object")
+    check_input_shape(meta.get("input"), side)
+    return meta
+
+
+MAX_SIDECAR_BYTES = 16 << 20
+MAX_SAMPLE_VALUES = 1 << 28  # runners allocate one sample of the recorded input shape
+
+
+def check_input_shape(spec: Any, where: Any) -> None:
+    """Refuse a recorded input shape no real model takes (a crafted one would make a runner
+    allocate terabytes for its probe input)."""
+    if spec is None:
+        return
+    shape = spec.get("shape") if isinstance(spec, dict) else None
+    import math
+
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 8
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+            or math.prod(shape[1:]) > MAX_SAMPLE_VALUES):
+        raise ArtifactError(f"{where}: input shape {shape!r} is not a usable input shape (1 to "
+                            f"8 positive integers, at most {MAX_SAMPLE_VALUES:,} values per "
+                            f"sample); the file is corrupt or crafted")
 
 
 def verify_sidecar(path: str | Path, metadata: dict[str, Any]) -> None:

@@ -26,3 +26,20 @@ def saved_ecm(tmp_path_factory, tiny_dm) -> Path:
     path = tmp_path_factory.mktemp("ecm") / "m.ecm"
     tiny_dm.save(path)
     return path
+
+
+FORMATS = {"onnx": "m.onnx", "tflite": "m.tflite", "torchscript": "m.ptl", "ncnn": "m_ncnn",
+           "torch": "m.ecm"}
+
+
+@pytest.fixture(scope="session")
+def artifacts(tiny_dm, tmp_path_factory) -> dict[str, Path]:
+    """``tiny_dm`` exported once to every installed format (read-only for the tests)."""
+    import edgecompress as ec
+
+    out = tmp_path_factory.mktemp("artifacts")
+    paths = {}
+    for fmt, name in FORMATS.items():
+        if ec.formats.get_format(fmt).available():
+            paths[fmt] = tiny_dm.export(fmt, out / name, benchmark_runs=0, parity_samples=16).path
+    return paths

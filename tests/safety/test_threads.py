@@ -10,19 +10,7 @@ import pytest
 import edgecompress as ec
 
 THREADS, CALLS = 8, 200
-FORMATS = {"onnx": "m.onnx", "tflite": "m.tflite", "torchscript": "m.ptl", "ncnn": "m_ncnn",
-           "torch": "m.ecm"}
-
-
-@pytest.fixture(scope="module")
-def artifacts(tiny_dm, tmp_path_factory):
-    out = tmp_path_factory.mktemp("threads")
-    paths = {}
-    for fmt, name in FORMATS.items():
-        if not ec.formats.get_format(fmt).available():
-            continue
-        paths[fmt] = tiny_dm.export(fmt, out / name, benchmark_runs=0, parity_samples=16).path
-    return paths
+from .conftest import FORMATS
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
