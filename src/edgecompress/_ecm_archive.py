@@ -10,19 +10,27 @@ repacked from exactly the bytes that were checked, so torch never reads anything
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ._io import sha256_bytes
 from .errors import ArtifactError
 
 log = logging.getLogger("edgecompress")
+
+# a builder or rebuild hook *named in a file* is imported only from these modules of ours; any
+# other code runs only when the caller passes it to DeployableModel.load(builder=...)
+TRUSTED_BUILDER_MODULES = ("edgecompress.models",)
+TRUSTED_REBUILD_HOOKS = ("edgecompress.quant.simulate:rebuild",)
+MAX_TENSOR_ELEMENTS = 1 << 28  # a tensor the structure record may allocate without a saved one
 
 MEMBERS = ("manifest.json", "weights.pt", "float_weights.pt", "calib_samples.pt", "program.pt2")
 REQUIRED = ("manifest.json", "weights.pt")
@@ -212,3 +220,46 @@ def _repack(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+def version_ok(version: Any, ecm_version: int = 1) -> bool:
+    return isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= ecm_version
+
+
+def trusted_builder(name: Any, path: Path) -> Callable[[], Any] | None:
+    """The builder a file names, if it is a public callable defined in one of
+    :data:`TRUSTED_BUILDER_MODULES`; else None (the model comes from the checked program)."""
+    if not name:
+        return None
+    module, _, attr = str(name).partition(":")
+    if module in TRUSTED_BUILDER_MODULES and re.fullmatch(r"[A-Za-z]\w*", attr):
+        obj = getattr(importlib.import_module(module), attr, None)
+        if callable(obj) and getattr(obj, "__module__", None) == module:
+            return obj
+    log.warning("%s names the builder %r, which is not one of edgecompress's own (%s), so it "
+                "is not imported: a file never chooses what code runs. The model is loaded "
+                "from its saved program; pass builder=%r to DeployableModel.load if you trust "
+                "that code", path, str(name)[:200], ", ".join(TRUSTED_BUILDER_MODULES),
+                str(name)[:200])
+    return None
+
+
+def check_structure(structure: Any, weights: dict[str, Any], path: Path) -> None:
+    """Every tensor shape the structure record would allocate must be the shape of the saved
+    tensor of that name (or small): a crafted record cannot make the rebuild allocate terabytes."""
+    if not isinstance(structure, dict):
+        raise ArtifactError(f"{path}: the structure record is not a mapping")
+    for name, rec in structure.items():
+        for kind in ("params", "buffers"):
+            for key, shape in ((rec or {}).get(kind) or {}).items():
+                if shape is None:
+                    continue
+                full = f"{name}.{key}" if name else key
+                saved = weights.get(full)
+                ok = (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+                      and (list(saved.shape) == shape if hasattr(saved, "shape")
+                           else math.prod(shape) <= MAX_TENSOR_ELEMENTS))
+                if not ok:
+                    raise ArtifactError(f"{path}: the structure record gives {full} the shape "
+                                        f"{shape!r}, which is not the saved tensor's; the file is "
+                                        f"corrupt or crafted")

@@ -34,6 +34,10 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def _verify(args: argparse.Namespace) -> bool | None:
+    return False if getattr(args, "no_verify", False) else None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -45,7 +49,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .runtime import load
 
-    runner = load(args.artifact, threads=args.threads)
+    runner = load(args.artifact, threads=args.threads, verify=_verify(args))
     stats = runner.benchmark(warmup=args.warmup, runs=args.runs, batch_size=args.batch_size)
     if args.json:
         print(json.dumps({"artifact": str(args.artifact), "format": runner.format,
@@ -61,11 +65,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .runtime import load
 
-    info = load(args.artifact).info()
+    info = load(args.artifact, verify=_verify(args)).info()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"{info['path']}  format={info['format']}  size={info['size_bytes']:,} bytes")
+    print(f"{info['path']}  format={info['format']}  size={info['size_bytes']:,} bytes  "
+          f"sha256 {'verified' if info.get('verified') else 'NOT verified'}")
     for kind in ("inputs", "outputs"):
         for spec in info[kind]:
             print(f"  {kind[:-1]:6s} {spec['name']}: shape={spec['shape']} dtype={spec['dtype']}")
@@ -116,10 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=positive_int, default=None)
     bench.add_argument("--batch-size", type=positive_int, default=1)
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--no-verify", action="store_true",
+                       help="run a file without (or failing) its sha256 record")
 
     info = sub.add_parser("info", help="inputs, outputs, size and metadata of an artifact")
     info.add_argument("artifact")
     info.add_argument("--json", action="store_true")
+    info.add_argument("--no-verify", action="store_true",
+                      help="read a file without (or failing) its sha256 record")
 
     formats = sub.add_parser("formats", help="the export formats and whether they run here")
     formats.add_argument("--json", action="store_true")

@@ -6,9 +6,7 @@ import copy
 import io
 import json
 import logging
-import math
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from ._ecm_archive import check_hashes, checked_program, member_hashes, parse_manifest, read_members
+from ._ecm_archive import (TRUSTED_REBUILD_HOOKS, check_hashes,
+                           check_structure, checked_program, member_hashes, parse_manifest,
+                           read_members, trusted_builder, version_ok)
 from ._io import atomic_path
 from ._version import __version__
 from .errors import ArtifactError
@@ -35,11 +35,6 @@ log = logging.getLogger("edgecompress")
 ECM_FORMAT = "edgecompress-model"
 ECM_VERSION = 1
 Builder = Callable[[], nn.Module]
-# a builder or rebuild hook *named in a file* is imported only from these modules of ours; any
-# other code runs only when the caller passes it to DeployableModel.load(builder=...)
-TRUSTED_BUILDER_MODULES = ("edgecompress.models",)
-TRUSTED_REBUILD_HOOKS = ("edgecompress.quant.simulate:rebuild",)
-MAX_INPUT_ELEMENTS = 1 << 28  # one input sample of at most 256 M values (1 GiB of float32)
 
 
 @dataclass
@@ -200,7 +195,7 @@ class DeployableModel:
         The members are checked first (allow-list, size caps, the sha256 recorded at save time;
         ``verify=False`` loads a file without records, with a warning). The model is rebuilt
         from ``builder`` when the caller passes one; a builder *named in the file* is imported
-        only if it is one of edgecompress's own (:data:`TRUSTED_BUILDER_MODULES`). Otherwise
+        only if it is defined in ``edgecompress.models``. Otherwise
         the model comes from the saved ``torch.export`` program, checked to hold only raw
         tensors and JSON. Weights load with ``torch.load(weights_only=True)``.
         """
@@ -212,14 +207,25 @@ class DeployableModel:
         except OSError as exc:
             raise ArtifactError(f"{p} is not a readable .ecm file: {exc}") from exc
         manifest = parse_manifest(blobs.pop("manifest.json"), p)
-        if manifest.get("format") != ECM_FORMAT or not _version_ok(manifest.get("version")):
+        if manifest.get("format") != ECM_FORMAT or not version_ok(manifest.get("version"), ECM_VERSION):
             raise ArtifactError(f"{p}: unsupported model file (format {manifest.get('format')!r}, "
                                 f"version {manifest.get('version')!r}); this edgecompress reads "
                                 f"{ECM_FORMAT} up to version {ECM_VERSION}")
         verified = check_hashes(manifest, blobs, p, verify)
+        try:
+            return cls._from_checked(manifest, blobs, builder, p, verified)
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ArtifactError(f"{p}: the manifest is malformed ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); the file is corrupt or crafted") from exc
+
+    @classmethod
+    def _from_checked(cls, manifest: dict[str, Any], blobs: dict[str, bytes],
+                      builder: Builder | str | None, p: Path, verified: bool) -> "DeployableModel":
         input_spec = InputSpec.checked(manifest.get("input_spec"), p)
         if builder is None:
-            builder = _trusted_builder(manifest.get("builder"), p)
+            builder = trusted_builder(manifest.get("builder"), p)
         weights = _safe_tensors(blobs["weights.pt"], p, "weights.pt")
         float_model = None
         if "float_weights.pt" in blobs and manifest.get("float_structure"):
@@ -299,29 +305,6 @@ def _rebuild_from_recipe(recipe: QuantRecipe | None, float_model: nn.Module | No
     return load_object(hook)(float_model, recipe, weights)
 
 
-def _version_ok(version: Any) -> bool:
-    return isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= ECM_VERSION
-
-
-def _trusted_builder(name: Any, path: Path) -> Builder | None:
-    """The builder a file names, if it is one of ours; else None (the program is used)."""
-    if not name:
-        return None
-    module, _, attr = str(name).partition(":")
-    if module in TRUSTED_BUILDER_MODULES and re.fullmatch(r"[A-Za-z]\w*", attr):
-        import importlib
-
-        obj = getattr(importlib.import_module(module), attr, None)
-        if callable(obj) and getattr(obj, "__module__", None) == module:
-            return obj
-    log.warning("%s names the builder %r, which is not one of edgecompress's own (%s), so it "
-                "is not imported: a file never chooses what code runs. The model is loaded "
-                "from its saved program; pass builder=%r to DeployableModel.load if you trust "
-                "that code", path, str(name)[:200], ", ".join(TRUSTED_BUILDER_MODULES),
-                str(name)[:200])
-    return None
-
-
 def _tensor_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -395,7 +378,7 @@ def _rebuild_with_builder(builder: Builder | str | None, structure: dict[str, An
     fn = _resolve_builder(builder)
     if fn is None:
         return None
-    _check_structure(structure, weights, path)
+    check_structure(structure, weights, path)
     model = fn()
     apply_snapshot(model, structure)
     try:
@@ -404,27 +387,6 @@ def _rebuild_with_builder(builder: Builder | str | None, structure: dict[str, An
         raise ArtifactError(f"{path}: the weights do not fit the model the builder made: "
                             f"{str(exc)[:500]}") from exc
     return model
-
-
-def _check_structure(structure: Any, weights: dict[str, Any], path: Path) -> None:
-    """Every tensor shape the structure record would allocate must be the shape of the saved
-    tensor of that name (or small): a crafted record cannot make the rebuild allocate terabytes."""
-    if not isinstance(structure, dict):
-        raise ArtifactError(f"{path}: the structure record is not a mapping")
-    for name, rec in structure.items():
-        for kind in ("params", "buffers"):
-            for key, shape in ((rec or {}).get(kind) or {}).items():
-                if shape is None:
-                    continue
-                full = f"{name}.{key}" if name else key
-                saved = weights.get(full)
-                ok = (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
-                      and (list(saved.shape) == shape if isinstance(saved, torch.Tensor)
-                           else math.prod(shape) <= MAX_INPUT_ELEMENTS))
-                if not ok:
-                    raise ArtifactError(f"{path}: the structure record gives {full} the shape "
-                                        f"{shape!r}, which is not the saved tensor's; the file is "
-                                        f"corrupt or crafted")
 
 
 def _rebuild(manifest: dict[str, Any], weights: dict[str, Any], blobs: dict[str, bytes],

@@ -81,7 +81,6 @@ def test_malformed_ncnn_param_is_a_clear_error(artifacts, tmp_path, text):
 
 
 def _onnx_with_external(folder: Path, location: str) -> Path:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.zeros((4,), np.float32), "w")

@@ -9,8 +9,9 @@ import pytest
 
 import edgecompress as ec
 
-THREADS, CALLS = 8, 200
 from .conftest import FORMATS
+
+THREADS, CALLS = 8, 200
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))

@@ -115,7 +115,9 @@ class Runner:
         arr = self.check_input(_to_numpy(x))
         if self.thread_safe:
             return self._run_batches(arr)
-        with self._lock:
+        # a plugin runner may override __init__ without calling ours: make the lock here then
+        lock = self.__dict__.get("_lock") or self.__dict__.setdefault("_lock", threading.Lock())
+        with lock:
             return self._run_batches(arr)
 
     def _run_batches(self, arr: np.ndarray) -> np.ndarray:
@@ -176,7 +178,8 @@ class Runner:
         from .._io import path_size
         return {"path": str(self.path), "format": self.format, "size_bytes": path_size(self.path),
                 "inputs": [s.to_dict() for s in self.inputs],
-                "outputs": [s.to_dict() for s in self.outputs], "metadata": self.metadata}
+                "outputs": [s.to_dict() for s in self.outputs], "verified": self.verified,
+                "metadata": self.metadata}
 
     def close(self) -> None:
         """Release the runtime's resources (optional)."""
