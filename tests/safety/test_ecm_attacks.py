@@ -267,3 +267,34 @@ def test_clean_file_still_loads_and_matches(saved_ecm, tiny_dm):
     with torch.no_grad():
         ref = tiny_dm.model(torch.from_numpy(x)).numpy()
     assert np.abs(runner(x) - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("changes", [{"form": "bogus"}, {"report": [1, 2]}, {"history": 5},
+                                     {"structure": "x", "builder": "edgecompress.models:small_cnn"},
+                                     {"input_spec": None}])
+def test_malformed_manifest_fields_are_clear_errors(saved_ecm, tmp_path, changes):
+    bad = rewrite_zip(saved_ecm, tmp_path / "bad.ecm", lambda m: rehash(set_manifest(m, **changes)))
+    with pytest.raises(ArtifactError):
+        ec.DeployableModel.load(bad)
+
+
+def test_cli_info_on_crafted_files_never_runs_their_code(saved_ecm, tmp_path):
+    """`edgecompress info` in a real process: an os:abort builder does not kill it, a pickled
+    program member is refused with exit code 2, and no marker appears."""
+    import os
+    import subprocess
+
+    marker = tmp_path / "ran"
+    abort = rewrite_zip(saved_ecm, tmp_path / "abort.ecm",
+                        lambda m: rehash(set_manifest(m, builder="os:abort")))
+    pickled = rewrite_zip(saved_ecm, tmp_path / "pickled.ecm",
+                          lambda m: _program_with(m, _use_pickle_weight(marker)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    ok = subprocess.run([sys.executable, "-m", "edgecompress", "info", str(abort)],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "not imported" in ok.stderr
+    refused = subprocess.run([sys.executable, "-m", "edgecompress", "info", str(pickled)],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "use_pickle" in refused.stderr
+    assert not marker.exists()
