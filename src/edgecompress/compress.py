@@ -119,7 +119,8 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
     for fmt in formats:
         spec = get_format(fmt)  # unknown formats and taken destinations fail before any work
         check_destination(out / _artifact_name(spec), fmt, overwrite)
-    check_destination(out / "model.ecm", "torch", overwrite)
+    if "torch" not in formats:  # else the torch export itself writes model.ecm
+        check_destination(out / "model.ecm", "torch", overwrite)
     out.mkdir(parents=True, exist_ok=True)
     dm = pipe.run(model, data, target=tgt, builder=builder)
     result = CompressResult(dm)
@@ -134,7 +135,8 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
         except EdgeCompressError as exc:
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
-    dm.save(out / "model.ecm", builder=builder, overwrite=overwrite)
+    if not any(a.format == "torch" for a in result.artifacts):
+        dm.save(out / "model.ecm", builder=builder, overwrite=overwrite)
     dm.report.info["export_failures"] = result.failures
     result.files += [atomic_write_bytes(out / "report.json", dm.report.to_json().encode()),
                      atomic_write_bytes(out / "report.md", _markdown(dm, tgt).encode()),

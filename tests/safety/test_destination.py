@@ -159,3 +159,18 @@ def test_users_sidecar_named_file_is_not_replaced(tiny_dm, tmp_path):
     with pytest.raises(ConfigError, match="m.ptl.json"):
         tiny_dm.export("torchscript", tmp_path / "m.ptl", **FAST)
     assert side.read_text() == '{"my": "notes"}' and not (tmp_path / "m.ptl").exists()
+
+
+def test_compress_refuses_taken_destinations_before_any_work(tmp_path, capsys):
+    from edgecompress.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("passes: [{pass: fuse}]\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_text("my own notes, not a model")
+    code = main(["compress", "--model", "edgecompress.models:small_cnn", "--recipe", str(recipe),
+                 "--export", "onnx", "--out", str(out), "--overwrite"])
+    assert code == 2 and "did not write" in capsys.readouterr().err
+    assert (out / "model.onnx").read_text() == "my own notes, not a model"
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
