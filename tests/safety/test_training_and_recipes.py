@@ -87,7 +87,9 @@ def test_pipeline_seed_must_be_an_integer():
 def _run(digits, checkpoint, stop_after=None, lr=2e-3, width=8):
     torch.manual_seed(0)
     model = small_cnn(width=width)
-    cfg = TrainConfig(epochs=3, lr=lr, max_batches=4, checkpoint=str(checkpoint))
+    # best_on_val=False: the final weights, not the best epoch's (which may be epoch 1's)
+    cfg = TrainConfig(epochs=3, lr=lr, max_batches=4, best_on_val=False,
+                      checkpoint=str(checkpoint))
 
     def interrupt(epoch):
         if stop_after is not None and epoch == stop_after:
