@@ -14,6 +14,30 @@ from .errors import EdgeCompressError
 log = logging.getLogger("edgecompress")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, runs, threads)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (warmup runs, epochs)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def _verify(args: argparse.Namespace) -> bool | None:
+    return False if getattr(args, "no_verify", False) else None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -25,7 +49,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .runtime import load
 
-    runner = load(args.artifact, threads=args.threads)
+    runner = load(args.artifact, threads=args.threads, verify=_verify(args))
     stats = runner.benchmark(warmup=args.warmup, runs=args.runs, batch_size=args.batch_size)
     if args.json:
         print(json.dumps({"artifact": str(args.artifact), "format": runner.format,
@@ -41,11 +65,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .runtime import load
 
-    info = load(args.artifact).info()
+    info = load(args.artifact, verify=_verify(args)).info()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"{info['path']}  format={info['format']}  size={info['size_bytes']:,} bytes")
+    print(f"{info['path']}  format={info['format']}  size={info['size_bytes']:,} bytes  "
+          f"sha256 {'verified' if info.get('verified') else 'NOT verified'}")
     for kind in ("inputs", "outputs"):
         for spec in info[kind]:
             print(f"  {kind[:-1]:6s} {spec['name']}: shape={spec['shape']} dtype={spec['dtype']}")
@@ -120,22 +145,26 @@ def build_parser(command: str | None = "compress") -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train a small CNN on bundled digits, compress, export, "
                                        "benchmark and print the measured report")
     demo.add_argument("--out", default="edgecompress-demo", help="output folder")
-    demo.add_argument("--epochs", type=int, default=4)
-    demo.add_argument("--image-size", type=int, default=32)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--epochs", type=non_negative_int, default=4)
+    demo.add_argument("--image-size", type=positive_int, default=32)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
+    demo.add_argument("--threads", type=positive_int, default=None)
 
     bench = sub.add_parser("bench", help="measure an artifact's latency through its Runner")
     bench.add_argument("artifact")
-    bench.add_argument("--runs", type=int, default=100)
-    bench.add_argument("--warmup", type=int, default=10)
-    bench.add_argument("--threads", type=int, default=None)
-    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--runs", type=positive_int, default=100)
+    bench.add_argument("--warmup", type=non_negative_int, default=10)
+    bench.add_argument("--threads", type=positive_int, default=None)
+    bench.add_argument("--batch-size", type=positive_int, default=1)
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--no-verify", action="store_true",
+                       help="run a file without (or failing) its sha256 record")
 
     info = sub.add_parser("info", help="inputs, outputs, size and metadata of an artifact")
     info.add_argument("artifact")
     info.add_argument("--json", action="store_true")
+    info.add_argument("--no-verify", action="store_true",
+                      help="read a file without (or failing) its sha256 record")
 
     formats = sub.add_parser("formats", help="the export formats and whether they run here")
     formats.add_argument("--json", action="store_true")
