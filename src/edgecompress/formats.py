@@ -99,6 +99,11 @@ for _spec in (
                "edgecompress.runtime.openvino_runner:OpenVinoRunner",
                extra="openvino", modules=("openvino",), directory=True, fp16=True,
                int8_static=True, dynamic_batch=True, detect=_has_openvino_ir),
+    FormatSpec("executorch", (".pte",), "ExecuTorch program lowered to the XNNPACK delegate; INT8 "
+               "through PT2E with the XNNPACK quantizer",
+               "edgecompress.export.executorch:ExecuTorchExporter",
+               "edgecompress.runtime.executorch_runner:ExecuTorchRunner",
+               extra="executorch", modules=("executorch",), int8_static=True),
     FormatSpec("torch", (".ecm",), "edgecompress DeployableModel (weights + structure, no pickled code)",
                "edgecompress.export.ecm:EcmExporter", "edgecompress.runtime.torch_runner:TorchRunner",
                modules=("torch",), int8_static=True, int8_dynamic=True, dynamic_batch=True),
