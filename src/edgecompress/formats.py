@@ -74,7 +74,7 @@ def register_format(spec: FormatSpec, replace: bool = False) -> FormatSpec:
 for _spec in (
     FormatSpec("onnx", (".onnx",), "ONNX, run by ONNX Runtime; INT8 as a QDQ graph from ORT's quantizer",
                "edgecompress.export.onnx:OnnxExporter", "edgecompress.runtime.ort:OrtRunner",
-               modules=("onnx", "onnxruntime"), int8_static=True, int8_dynamic=True,
+               modules=("onnx", "onnxruntime"), fp16=True, int8_static=True, int8_dynamic=True,
                dynamic_batch=True),
     FormatSpec("tflite", (".tflite",), "LiteRT (TensorFlow Lite) flatbuffer via litert-torch",
                "edgecompress.export.tflite:TfliteExporter", "edgecompress.runtime.litert:LiteRTRunner",
