@@ -43,6 +43,9 @@ def __getattr__(name: str):  # lazy: these pull optional or heavier modules
     if name == "targets":
         from . import targets
         return targets
+    if name == "select":
+        from .select import select
+        return select
     if name == "students":
         from . import students
         return students

@@ -37,6 +37,9 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--benchmark-runs", type=int, default=50)
+    p.add_argument("--select", action="store_true",
+                   help="also export every format/precision the target can run, time each on "
+                        "this machine and report the fastest verified one (select.md)")
 
 
 def load_model(spec: str, weights: str | None) -> tuple[nn.Module, str | None]:
@@ -98,7 +101,7 @@ class CompressResult:
 def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, Any], out: Path,
              formats: list[str] | None = None, target: str | None = None, seed: int = 0,
              builder: str | None = None, threads: int | None = None,
-             benchmark_runs: int = 50) -> CompressResult:
+             benchmark_runs: int = 50, select: bool = False) -> CompressResult:
     """Run ``recipe`` on ``model``, export to ``formats``, write report.json/md and plot.png."""
     from .formats import get_format
     from .pipeline import Pipeline
@@ -119,12 +122,14 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
         options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
         options.update(threads=threads or (tgt.threads if tgt else None),
                        benchmark_runs=benchmark_runs)
-        name = "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
+        name = f"model_{fmt}" if spec.directory else f"model{spec.suffixes[0]}"
         try:
             result.artifacts.append(dm.export(fmt, out / name, **options))
         except EdgeCompressError as exc:
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
+    if select:
+        result.files += _select(dm, tgt, out, threads)
     dm.save(out / "model.ecm", builder=builder)
     dm.report.info["export_failures"] = result.failures
     result.files += [atomic_write_bytes(out / "report.json", dm.report.to_json().encode()),
@@ -138,6 +143,19 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
     except ImportError as exc:
         log.warning("no plot: %s", exc)
     return result
+
+
+def _select(dm: Any, tgt: Any, out: Path, threads: int | None) -> list[Path]:
+    """Run :func:`edgecompress.select.select`; write select.md/json; note the winner in the report."""
+    import json
+
+    from .select import select
+
+    chosen = select(dm, target=tgt, out_dir=out / "select", threads=threads)
+    dm.report.info["fastest_artifact"] = chosen.best.name if chosen.best else None
+    dm.report.info["select_notes"] = chosen.notes
+    return [atomic_write_bytes(out / "select.md", chosen.to_markdown().encode()),
+            atomic_write_bytes(out / "select.json", json.dumps(chosen.to_dict(), indent=1).encode())]
 
 
 def _markdown(dm: Any, tgt: Any) -> str:
@@ -171,6 +189,6 @@ def compress_from_args(args: argparse.Namespace) -> int:
     data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed)
     out = Path(args.out)
     result = compress(model, data, args.recipe, out, formats, args.target, args.seed, builder,
-                      args.threads, args.benchmark_runs)
+                      args.threads, args.benchmark_runs, getattr(args, "select", False))
     print(summary(result, out, time.perf_counter() - t0))
     return 1 if result.failures else 0
