@@ -38,7 +38,7 @@ _LAZY: dict[str, str] = {
     "QuantRecipe": ".quant_recipe", "Report": ".report", "LatencyStats": ".runtime",
     "Runner": ".runtime", "load": ".runtime", "system_status": ".runtime",
     "FineTune": ".training", "Recovery": ".training", "set_progress": "._progress",
-    "Distill": ".passes.distill",
+    "Distill": ".passes.distill", "select": ".select",
 }
 # subpackages reachable as attributes (``ec.data``, ``ec.passes``, ...), imported on first access
 _SUBMODULES = ("data", "passes", "targets", "students", "runtime", "serve")
@@ -82,4 +82,4 @@ __all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "DataBundle
            "FormatSpec", "InputError", "InputSpec", "LatencyStats", "Measure",
            "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
            "QuantRecipe", "Recovery", "Report", "Runner", "__version__", "data", "load", "passes",
-           "register_format", "register_pass", "set_progress", "system_status"]
+           "register_format", "register_pass", "select", "set_progress", "system_status"]

@@ -41,6 +41,9 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-runs", type=non_negative_int, default=50)
     p.add_argument("--overwrite", action="store_true",
                    help="replace edgecompress artifacts already in --out (never other files)")
+    p.add_argument("--select", action="store_true",
+                   help="also export every format/precision the target can run, time each on "
+                        "this machine and report the fastest verified one (select.md)")
 
 
 def load_model(spec: str, weights: str | None) -> tuple[nn.Module, str | None]:
@@ -102,7 +105,7 @@ class CompressResult:
 def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, Any], out: Path,
              formats: list[str] | None = None, target: str | None = None, seed: int = 0,
              builder: str | None = None, threads: int | None = None,
-             benchmark_runs: int = 50, overwrite: bool = False) -> CompressResult:
+             benchmark_runs: int = 50, overwrite: bool = False, select: bool = False) -> CompressResult:
     """Run ``recipe`` on ``model``, export to ``formats``, write report.json/md and plot.png.
 
     Artifacts already in ``out`` are replaced only with ``overwrite`` (checked before the
@@ -135,6 +138,8 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
         except EdgeCompressError as exc:
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
+    if select:
+        result.files += _select(dm, tgt, out, threads)
     if not any(a.format == "torch" for a in result.artifacts):
         dm.save(out / "model.ecm", builder=builder, overwrite=overwrite)
     dm.report.info["export_failures"] = result.failures
@@ -153,6 +158,19 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
 
 def _artifact_name(spec: Any) -> str:
     return "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
+
+
+def _select(dm: Any, tgt: Any, out: Path, threads: int | None) -> list[Path]:
+    """Run :func:`edgecompress.select.select`; write select.md/json; note the winner in the report."""
+    import json
+
+    from .select import select
+
+    chosen = select(dm, target=tgt, out_dir=out / "select", threads=threads)
+    dm.report.info["fastest_artifact"] = chosen.best.name if chosen.best else None
+    dm.report.info["select_notes"] = chosen.notes
+    return [atomic_write_bytes(out / "select.md", chosen.to_markdown().encode()),
+            atomic_write_bytes(out / "select.json", json.dumps(chosen.to_dict(), indent=1).encode())]
 
 
 def _markdown(dm: Any, tgt: Any) -> str:
@@ -186,6 +204,7 @@ def compress_from_args(args: argparse.Namespace) -> int:
     data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed)
     out = Path(args.out)
     result = compress(model, data, args.recipe, out, formats, args.target, args.seed, builder,
-                      args.threads, args.benchmark_runs, getattr(args, "overwrite", False))
+                      args.threads, args.benchmark_runs, getattr(args, "overwrite", False),
+                      getattr(args, "select", False))
     print(summary(result, out, time.perf_counter() - t0))
     return 1 if result.failures else 0
