@@ -46,8 +46,11 @@ class WeightOnlyRecipe(QuantRecipe):
 
 
 def _round_away(v: torch.Tensor) -> torch.Tensor:
-    """Round half away from zero (C ``roundf``, what ggml's Q8_0 uses)."""
-    return torch.sign(v) * torch.floor(v.abs() + 0.5)
+    """Round half away from zero (C ``roundf``, what ggml's Q8_0 uses), computed as the gguf
+    package does (floor of twice the fraction) so that values just below .5 round alike."""
+    a = v.abs()
+    floored = torch.floor(a)
+    return torch.sign(v) * (floored + torch.floor(2 * (a - floored)))
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
