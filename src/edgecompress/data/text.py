@@ -51,9 +51,13 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048) -> Any:
 
 
 def split_documents(docs: Sequence[str], held_out: float, seed: int) -> tuple[list[str], list[str]]:
-    """Shuffle documents with ``seed`` and hold out about ``held_out`` of the characters."""
+    """Shuffle documents with ``seed`` and hold out about ``held_out`` of the characters.
+
+    Identical documents are kept once (``pydoc_data`` files one page under several topics), so
+    no held-out page is also trained on."""
     if not 0 < held_out < 1:
         raise DataError(f"held_out must be between 0 and 1 (a fraction of the text), got {held_out}")
+    docs = list(dict.fromkeys(docs))
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     total, budget, val = sum(len(d) for d in docs), 0, []

@@ -7,7 +7,8 @@ very values a GGUF file of the matching type holds:
 
 * 8-bit symmetric = ``Q8_0``: ``d = max|w| / 127``, ``q = round(w / d)`` in −127…127.
 * 4-bit symmetric = ``Q4_0``: ``d = w_extreme / −8`` (the signed weight of largest magnitude),
-  ``q = trunc(w / d + 8.5)`` in 0…15, value ``d·(q − 8)``.
+  ``q = trunc(w / d + 8.5)`` in 0…15, value ``d·(q − 8)`` (the side opposite the extreme
+  reaches only 7·|d|, so weights there may be one step off).
 * asymmetric (4 or 8 bits) = ``Q4_1`` at 4 bits: ``d = (max − min) / (2^bits − 1)``,
   ``q = trunc((w − min) / d + 0.5)``, value ``d·q + min``.
 """
