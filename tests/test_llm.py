@@ -249,3 +249,18 @@ def test_q4_k_lies_within_one_step_of_the_simulated_weights(text, tmp_path):
     sim = dm.model.model.layers[0].mlp.up_proj.weight.detach().numpy()
     assert (np.abs(_dequantized(t) - sim) <= 1.01 * step + 1e-6).all()
     assert art.parity.passed, art.notes["lm_parity"]
+
+
+def test_prune_ffn_removes_channels_and_exports(llama, text, tmp_path):
+    from edgecompress.lm.prune import prune_ffn
+
+    pruned = prune_ffn(llama, 0.5)
+    assert pruned.config.intermediate_size == 64
+    assert pruned.model.layers[0].mlp.down_proj.in_features == 64
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in llama.parameters())
+    assert perplexity(pruned, text.val)["perplexity"] < 2 * perplexity(llama, text.val)["perplexity"]
+    art = ec.Pipeline([], measure=False).run(pruned, text).export("gguf", tmp_path / "p.gguf",
+                                                                   verify=False)
+    reader, tensors = _read(art.path)
+    assert int(reader.fields["llama.feed_forward_length"].parts[-1][0]) == 64
+    assert [int(d) for d in tensors["blk.0.ffn_down.weight"].shape] == [64, 64]
