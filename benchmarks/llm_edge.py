@@ -52,29 +52,41 @@ print(json.dumps(d))
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--ffn", type=int, default=768)
+    ap.add_argument("--ffn", type=int, default=512)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--student-epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--max-batches", type=int, default=None, help="cap per epoch (quick runs)")
+    ap.add_argument("--teacher", type=Path, default=None,
+                    help="state_dict file: loaded when it exists, else written after training")
+    ap.add_argument("--train-only", action="store_true", help="stop after training the teacher")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="")
     return ap.parse_args()
 
 
-def train_lm(model: Any, data: Any, epochs: int, lr: float, max_batches: int | None) -> float:
+def train_lm(model: Any, data: Any, args: argparse.Namespace) -> float:
+    """Train (or load) the teacher; returns the training seconds (0 when loaded)."""
+    import torch
+
+    if args.teacher is not None and args.teacher.exists():
+        model.load_state_dict(torch.load(args.teacher, map_location="cpu", weights_only=True))
+        return 0.0
     t0 = time.perf_counter()
-    train(model, data.train, lm_loss, TrainConfig(epochs=epochs, lr=lr, max_batches=max_batches,
-                                                  best_on_val=False), desc="lm")
+    train(model, data.train, lm_loss, TrainConfig(epochs=args.epochs, lr=args.lr,
+                                                  max_batches=args.max_batches, best_on_val=False),
+          desc="lm")
+    if args.teacher is not None:
+        torch.save(model.state_dict(), args.teacher)
     return time.perf_counter() - t0
 
 
@@ -177,13 +189,13 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     args = parse()
-    import llama_cpp
-
     load_start = os.getloadavg()[0]
     data = ec.data.text(vocab_size=args.vocab, seq_len=args.seq_len, batch_size=args.batch)
     teacher = tiny_llama(data.vocab_size, hidden=args.hidden, layers=args.layers, heads=args.heads,
                          ffn=args.ffn, context=4 * args.seq_len)
-    train_s = train_lm(teacher, data, args.epochs, args.lr, args.max_batches)
+    train_s = train_lm(teacher, data, args)
+    if args.train_only:
+        return
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         rows = {n: export(teacher, data, p, k, tmp / f"{n}.gguf") for n, (p, k, _) in VARIANTS.items()}
@@ -192,6 +204,8 @@ def main() -> None:
         prompt = data.texts[0][:600]
         sp = speed({n: tmp / f"{n}.gguf" for n in VARIANTS}, args, prompt)
         front = frontier(teacher, data, args, tmp)
+    import llama_cpp
+
     result = {"tag": args.tag, "command": "nice -n 10 python " + " ".join(sys.argv),
               "model": f"Llama {args.layers} layers, hidden {args.hidden}, ffn {args.ffn}, "
                        f"vocab {data.vocab_size}, {rows['F16']['params']:,} params",

@@ -20,7 +20,7 @@ from ..errors import ExportError, MissingExtraError
 from ..metadata import read_sidecar, write_sidecar
 from ..options import option
 from .base import Artifact, Exporter, ExportOptions
-from .gguf_convert import TYPES, convert, plan
+from .gguf_convert import TYPES, convert, plan, tensor_types
 
 if TYPE_CHECKING:
     from ..deployable import DeployableModel
@@ -64,7 +64,8 @@ class GgufExporter(Exporter):
                               "pipeline on ec.data.text(...) or pass tokenizer=<tokenizers."
                               "Tokenizer> to export")
         model = self.source_model(dm, precision) if dm.quant_recipe is not None else dm.model
-        return convert(model, tokenizer, tmp, p, _plain(metadata), opts.context)
+        notes = convert(model, tokenizer, tmp, p, _plain(metadata), opts.context)
+        return {**notes, "tensor_types": tensor_types(tmp)}
 
     def store_metadata(self, path: Path, metadata: dict[str, Any]) -> None:
         write_sidecar(path, _plain(metadata), [path])

@@ -96,6 +96,9 @@ def plan(recipe: Any, requested: str, allow_float_fallback: bool = False) -> Pla
         raise ExportError(f"GGUF type '{kind or requested}' holds {holds} weights in blocks of "
                           f"{BLOCK}, but the recipe is {recipe.describe()}; writing it would store "
                           f"other weights than the ones measured. Use {fits}")
+    if kind == "q4_k" and recipe.skip:
+        raise ExportError(f"a Q4_K export quantizes every Linear layer (llama.cpp's quantizer), so "
+                          f"skip={list(recipe.skip)} cannot be honoured; use type='q4_1'")
     note = ("Q4_K made by llama.cpp's quantizer: 6-bit scales and minimums per 256-weight "
             "superblock, so weights lie within one step of the simulated ones") if kind == "q4_k" else ""
     return Plan(kind, f"int{recipe.bits}-weight", frozenset(recipe.layers), note)
@@ -229,19 +232,17 @@ def convert(model: nn.Module, tokenizer: Any, path: Path, p: Plan,
     tok_notes = write_tokenizer(writer, tokenizer, model.config.vocab_size)
     if metadata:
         writer.add_string("edgecompress.metadata", json.dumps(metadata, default=str))
-    counts: dict[str, int] = {}
     for name, module, w in hf_tensors(model):
         kind = tensor_type(p, module, w)
         qtype = getattr(gguf.GGMLQuantizationType, kind.upper())
         data = w.astype(np.float16) if kind == "f16" else \
             w if kind == "f32" else gguf.quants.quantize(w, qtype)
         writer.add_tensor(name, data, raw_dtype=qtype if kind not in ("f16", "f32") else None)
-        counts[kind] = counts.get(kind, 0) + 1
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"ggml_type": p.type.upper(), "tensor_types": counts, "architecture": arch,
+    return {"ggml_type": p.type.upper(), "architecture": arch,
             "tokenizer": tok_notes, **({"type_note": p.note} if p.note else {})}
 
 
@@ -254,21 +255,42 @@ def _convert_k_quant(model: nn.Module, tokenizer: Any, path: Path, p: Plan,
         notes = convert(model, tokenizer, f32, Plan("f32", "fp32", frozenset()), metadata, context)
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S
-        params.pure = True  # every recipe layer Q4_K, no Q5_K/Q6_K mixing
-        names = dict((m, n) for n, m, _ in hf_tensors(model))
+        params.pure = True  # Q4_K everywhere: no Q5_K/Q6_K mixing for "important" tensors
         embed = model.get_input_embeddings()
         embed_name = next(n for n, m in model.named_modules() if m is embed)
+        tied = "lm_head.weight" not in dict(model.named_parameters())
         q4k, f16 = llama_cpp.GGML_TYPE_Q4_K, llama_cpp.GGML_TYPE_F16
         params.token_embedding_type = q4k if embed_name in p.layers else f16
-        head_quantized = "lm_head" in p.layers or (embed_name in p.layers and
-                                                   "lm_head" not in dict(model.named_parameters()))
-        params.output_tensor_type = q4k if head_quantized else f16
+        head = embed_name if tied else "lm_head"
+        params.output_tensor_type = q4k if head in p.layers else f16
         rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(path).encode(), params)
         if rc != 0:
-            raise ExportError(f"llama.cpp's quantizer failed (code {rc}) making Q4_K from {f32}; "
-                              f"K-quants need rows that are multiples of 256 weights")
-        del names
+            raise ExportError(f"llama.cpp's quantizer failed (code {rc}) making Q4_K")
     finally:
         f32.unlink(missing_ok=True)
-    notes.update(ggml_type="Q4_K", tensor_types="see the file", type_note=p.note)
+    expected = {name: ("q4_k" if module in p.layers else "f16") for name, module, w in
+                hf_tensors(model) if w.ndim == 2}
+    _check_types(path, expected)
+    notes.update(ggml_type="Q4_K", type_note=p.note)
     return notes
+
+
+def _check_types(path: Path, expected: dict[str, str]) -> None:
+    """Refuse a file whose tensors are not of the types the plan asked for."""
+    gguf = require("gguf", "llm", "reading GGUF files")
+    got = {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(str(path)).tensors}
+    wrong = {n: got.get(n) for n, want in expected.items() if got.get(n) != want}
+    if wrong:
+        name, kind = next(iter(wrong.items()))
+        raise ExportError(f"llama.cpp stored {len(wrong)} tensor(s) in other types than the recipe "
+                          f"asks (e.g. {name} as {kind}, expected {expected[name]}); K-quants need "
+                          f"rows of a multiple of 256 weights: use type='q4_1' (blocks of 32)")
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each ggml type the file holds (read back)."""
+    gguf = require("gguf", "llm", "reading GGUF files")
+    counts: dict[str, int] = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return counts
