@@ -59,9 +59,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--ffn", type=int, default=512)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--student-epochs", type=int, default=2)
+    ap.add_argument("--student-epochs", type=int, default=1)
+    ap.add_argument("--student-batches", type=int, default=30, help="batches per student epoch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -125,7 +126,7 @@ def frontier(teacher: Any, data: Any, args: argparse.Namespace, tmp: Path) -> li
     """Teacher, pruned + distilled, and smaller distilled students, each as Q4_0 GGUF."""
     q4 = [ec.passes.QuantizeWeights(bits=4, embeddings=True)]
     kd = dict(epochs=args.student_epochs, lr=args.lr, alpha=0.5, temperature=2.0, measure=False,
-              max_batches=args.max_batches)
+              max_batches=args.student_batches)
     students = {
         "pruned50+distilled": prune_ffn(teacher, 0.5),
         "small distilled": tiny_llama(data.vocab_size, hidden=args.hidden // 2, layers=args.layers // 2,

@@ -137,12 +137,12 @@ class LlamaRunner(Runner):
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(ids)
-        out = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+        out = [int(llm.sample(temp=0.0))]  # llama.cpp's own greedy sampler
         t1 = time.perf_counter()
         eos = llm.token_eos()
         while len(out) < max_new_tokens and not (stop_at_eos and out[-1] == eos):
             llm.eval([out[-1]])
-            out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            out.append(int(llm.sample(temp=0.0)))
         t2 = time.perf_counter()
         return Generation(out, self.detokenize(out), len(ids), 1000 * (t1 - t0), 1000 * (t2 - t1))
 
