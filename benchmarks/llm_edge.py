@@ -166,7 +166,10 @@ def goals(rows: dict[str, dict[str, Any]], tokenizer_bytes: int, fp16_tensors: i
 def markdown(result: dict[str, Any]) -> str:
     rows, sp = result["variants"], result["speed"]
     lines = [f"# llm_edge{result['tag']}", "", f"Command: `{result['command']}`", "",
-             f"Model: {result['model']}; trained {result['train_s']:.0f} s; load average "
+             f"Model: {result['model']}; "
+             + (f"trained {result['train_s']:.0f} s" if result['train_s'] else
+                "weights loaded from --teacher (trained here earlier, see the notes)")
+             + "; load average "
              f"{result['load_average_start']:.1f} → {result['load_average_end']:.1f}; "
              f"{result['threads']} threads; llama-cpp-python {result['llama_cpp_version']}.", "",
              "| file | size | ppl llama.cpp | ppl torch (simulated) | agree vs sim | load s | "

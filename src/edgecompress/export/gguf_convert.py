@@ -99,8 +99,10 @@ def plan(recipe: Any, requested: str, allow_float_fallback: bool = False) -> Pla
     if kind == "q4_k" and recipe.skip:
         raise ExportError(f"a Q4_K export quantizes every Linear layer (llama.cpp's quantizer), so "
                           f"skip={list(recipe.skip)} cannot be honoured; use type='q4_1'")
-    note = ("Q4_K made by llama.cpp's quantizer: 6-bit scales and minimums per 256-weight "
-            "superblock, so weights lie within one step of the simulated ones") if kind == "q4_k" else ""
+    note = ("Q4_K made by llama.cpp's quantizer from the float weights: it searches its own "
+            "range per 32-weight block and stores 6-bit scales and minimums per 256-weight "
+            "superblock, so weights lie within one step of the float ones and about one step "
+            "of the simulated ones") if kind == "q4_k" else ""
     return Plan(kind, f"int{recipe.bits}-weight", frozenset(recipe.layers), note)
 
 
