@@ -46,7 +46,8 @@ def window_nll(logits: Any, ids: Any) -> tuple[float, int, int]:
     """(summed negative log-likelihood, predicted tokens, correct top-1) of one batch of windows."""
     logits = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits)
     ids = torch.as_tensor(ids)
-    pred, target = logits[:, :-1].float(), ids[:, 1:]
+    # float64: a float32 sum over thousands of tokens would hide perplexity changes below 1e-6
+    pred, target = logits[:, :-1].double(), ids[:, 1:]
     nll = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="sum")
     correct = int((pred.argmax(-1) == target).sum())
     return float(nll), int(target.numel()), correct
