@@ -46,6 +46,9 @@ class Measure:
 
 def measure_stage(model: Any, form: Form, data: DataBundle, cfg: Measure, name: str) -> StageMetrics:
     """Measure one stage's model: every field is counted or timed, none estimated."""
+    if getattr(data, "task", None) == "causal_lm":  # token-id bundles: perplexity, not top-1
+        from .lm.metrics import measure_lm_stage
+        return measure_lm_stage(model, form, data, cfg, name)
     if form is Form.ONNX_GRAPH:
         return _measure_onnx(model, data, cfg, name)
     from .runtime.torch_runner import TorchRunner
