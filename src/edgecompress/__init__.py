@@ -43,6 +43,9 @@ def __getattr__(name: str):  # lazy: these pull optional or heavier modules
     if name == "targets":
         from . import targets
         return targets
+    if name in ("from_onnx", "from_keras", "ConversionError"):  # onnx2torch loads on first use
+        from . import convert
+        return getattr(convert, name)
     if name == "students":
         from . import students
         return students
@@ -51,7 +54,7 @@ def __getattr__(name: str):  # lazy: these pull optional or heavier modules
 
 __all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "DataBundle", "DataError",
            "DeployableModel", "EdgeCompressError", "ExportError", "FORMATS", "FineTune", "Form",
-           "FormatSpec", "InputError", "InputSpec", "LatencyStats", "Measure",
+           "FormatSpec", "ConversionError", "from_keras", "from_onnx", "InputError", "InputSpec", "LatencyStats", "Measure",
            "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
            "QuantRecipe", "Recovery", "Report", "Runner", "__version__", "data", "load", "passes",
            "register_format", "register_pass", "set_progress", "system_status"]
