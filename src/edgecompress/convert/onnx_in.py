@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._extras import require
-from .onnx_graph import ConversionError, load_proto, prepare
+from .onnx_graph import ConversionError, check_convertible, load_proto, prepare
 from .source import attach
 from .torch_graph import simplify
 
@@ -46,8 +46,9 @@ def from_onnx(model_or_path: Any, samples: Samples = None, *, logits: bool = Fal
         a ``torch.fx.GraphModule`` in eval mode; ``edgecompress_source`` on it holds the
         measured parity (``conversion_max_abs_diff``) the pipeline puts in its report.
     """
-    require("onnx2torch", "onnx", "from_onnx")
+    require("onnx2torch", "onnx-in", "from_onnx")
     proto = load_proto(model_or_path)
+    check_convertible(proto)  # before anything runs: the refusal names every missing op
     inputs = _as_inputs(samples, proto)
     reference = _ort_outputs(proto, inputs)
     info = {"converted_from": "onnx", "converter": _versions()}
@@ -100,7 +101,7 @@ def _as_inputs(samples: Samples, proto: Any) -> list[np.ndarray]:
     specs = _graph_inputs(proto)
     if samples is None:
         rng = np.random.default_rng(0)
-        return [rng.standard_normal([2] + [d or 32 for d in _dims(s)[1:]]).astype(
+        return [rng.standard_normal([d or (2 if i == 0 else 32) for i, d in enumerate(_dims(s))]).astype(
             helper.tensor_dtype_to_np_dtype(s.type.tensor_type.elem_type)) for s in specs]
     given = list(samples) if isinstance(samples, (list, tuple)) else [samples]
     if len(given) != len(specs):
@@ -134,6 +135,6 @@ def _parity(module: nn.Module, inputs: list[np.ndarray], reference: list[np.ndar
 
 
 def _versions() -> str:
-    import onnx2torch
+    from importlib.metadata import version
 
-    return f"onnx2torch {getattr(onnx2torch, '__version__', '?')}"
+    return f"onnx2torch {version('onnx2torch')}"
