@@ -2,7 +2,8 @@
 torch modules and operators the rest of edgecompress knows.
 
 onnx2torch wraps an ONNX ``Add`` in ``OnnxBinaryMathOperation``, a ``Pad`` in
-``OnnxPadStatic`` and a ``GlobalAveragePool`` in a module with a custom ONNX export. Torch-Pruning
+``OnnxPadStatic``, a ``GlobalAveragePool`` in a module with a custom ONNX export and a constant
+``Reshape`` in a module with a data-dependent check (which stops ``torch.export``). Torch-Pruning
 and our PTQ simulation recognise ``operator.add``, ``nn.ZeroPad2d`` and ``nn.AdaptiveAvgPool2d``
 (residual sums share one quantizer, pads pass ranges through), and torch's exporters handle them
 without custom symbolic functions, so each wrapper is replaced by its plain equivalent (same
@@ -43,7 +44,7 @@ def _plain_module(module: nn.Module) -> nn.Module | None:
 
 def _replace_submodules(root: nn.Module) -> int:
     changed = 0
-    for name, parent in list(root.named_modules()):
+    for parent in list(root.modules()):
         for child_name, child in list(parent.named_children()):
             plain = _plain_module(child)
             if plain is not None:
@@ -68,11 +69,41 @@ def _binary_to_operators(gm: torch.fx.GraphModule) -> int:
     return changed
 
 
+def _constant(gm: torch.fx.GraphModule, node: object) -> torch.Tensor | None:
+    if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+        return None
+    value = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _static_reshapes(gm: torch.fx.GraphModule) -> int:
+    """An ONNX Reshape to a constant shape without 0 (ONNX's "copy this dim") is
+    ``x.reshape(*shape)``: same values, and no data-dependent check that stops torch.export."""
+    modules, changed = dict(gm.named_modules()), 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or type(modules[node.target]).__name__ != "OnnxReshape":
+            continue
+        shape = _constant(gm, node.args[1]) if len(node.args) == 2 else None
+        if shape is None or shape.dim() != 1 or bool((shape == 0).any()):
+            continue
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_method("reshape", (node.args[0], *(int(d) for d in shape)))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        changed += 1
+    return changed
+
+
 def simplify(gm: torch.fx.GraphModule) -> dict[str, int]:
     """Rewrite ``gm`` in place; the counts of what was replaced (for the report's notes)."""
     ops = _binary_to_operators(gm)
+    reshapes = _static_reshapes(gm)
     mods = _replace_submodules(gm)
+    gm.graph.eliminate_dead_code()  # the shape constants the reshapes no longer read
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
-    return {"binary_ops_to_operators": ops, "modules_to_torch_nn": mods}
+    return {"binary_ops_to_operators": ops, "reshapes_to_static": reshapes,
+            "modules_to_torch_nn": mods}
