@@ -3,7 +3,8 @@ module, through tf2onnx then :func:`~edgecompress.convert.onnx_in.from_onnx`'s c
 
 TensorFlow runs only in a child process (:mod:`._tf_worker`): this process never loads its
 native libraries, so torch's quantized kernels never share a process with TensorFlow's
-(``notes/`` and the docs page say what went wrong when they did). A Keras model object given
+(measured when they did: a torch.export after ``import tensorflow`` died with SIGSEGV loading
+triton's native library, see :func:`_warn_if_tensorflow_loaded`). A Keras model object given
 in-process is saved to a temporary ``.keras`` file for the child. The child also runs the Keras
 model on the samples, so parity is measured against Keras itself, not an intermediate.
 
@@ -89,6 +90,17 @@ def from_keras(model_or_path: Any, samples: Samples = None, *, logits: bool = Fa
                          layout="NHWC" if images else None, tolerance=tolerance)
 
 
+def _warn_if_tensorflow_loaded() -> None:
+    """A Keras model object means TensorFlow is loaded here already. Measured: a later
+    torch.export (the TFLite exporter's first step) then dies with SIGSEGV while loading triton's
+    native library, which bundles its own LLVM next to the one inside TensorFlow's."""
+    if "tensorflow" in sys.modules:
+        log.warning("TensorFlow is loaded in this process: exporting to TFLite (torch.export) "
+                    "can crash it (SIGSEGV loading triton next to TensorFlow). Save the Keras "
+                    "model (model.save('m.keras')) and run edgecompress in a process that never "
+                    "imports TensorFlow: ec.from_keras('m.keras')")
+
+
 def _source_path(model_or_path: Any, work: Path) -> Path:
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
@@ -101,6 +113,7 @@ def _source_path(model_or_path: Any, work: Path) -> Path:
     if not hasattr(model_or_path, "save"):
         raise ConfigError(f"from_keras takes a Keras model or a path, got "
                           f"{type(model_or_path).__name__}")
+    _warn_if_tensorflow_loaded()
     path = work / "model.keras"
     model_or_path.save(str(path))  # the child loads it: TF stays out of this process's work
     return path
