@@ -9,7 +9,7 @@ augmentation on the training part. The student starts from the pretrained ResNet
 shortcuts are first rewritten as equivalent fixed 1×1 convolutions so the dependency graph can
 prune through them; outputs are unchanged, checked below). ``--student`` may instead be MLPerf
 Tiny's Keras ResNet-8 (``../shared/data/mlperf-tiny-resnet8/pretrainedResnet.h5``, read with
-``ec.from_keras``, BatchNorm folded): ~78k parameters, whose INT8 file lands within a few hundred bytes of the 40× line, so a
+``ec.from_keras``, BatchNorm kept): ~78k parameters, whose INT8 file lands within a few hundred bytes of the 40× line, so a
 3 % prune is enough (``--prune-steps 0`` skips pruning); its conversion is checked against the
 float ``pretrainedResnet.tflite`` beside it when that file is there. ``--assistant`` first
 distills the pretrained ResNet-20 from the teacher, and that assistant teaches the student. The
@@ -105,8 +105,9 @@ def load_student(path: Path, x: torch.Tensor) -> tuple[nn.Module, dict[str, Any]
     """The pretrained student, ready to prune and taking the teacher's input, and what was
     checked on the way."""
     if path.suffix == ".h5":
-        raw = raw_nhwc(x[:16])
-        student = ec.from_keras(path, raw, logits=True)  # logits: distillation trains on them
+        raw = raw_nhwc(x)
+        # logits and trainable BatchNorm: distillation trains on them
+        student = ec.from_keras(path, raw, logits=True, batchnorm="keep")
         diff = keras_conversion_diff(student, path, raw)
         if diff is not None and diff > 1e-4:
             raise SystemExit(f"ResNet-8 read from {path} differs from its TFLite file by {diff}")

@@ -78,6 +78,39 @@ def test_prune_and_int8_export_back_to_onnx_with_parity(residual_onnx, digits, t
     assert "QuantizeLinear" in types and "Conv" in types
 
 
+class KerasStyleBN(nn.Module):
+    """Conv → Mul → Add by per-channel constants: the inference BatchNorm tf2onnx writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("scale", torch.rand(1, 8, 1, 1, generator=g) + 0.5)
+        self.register_buffer("shift", torch.randn(1, 8, 1, 1, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x) * self.scale + self.shift)
+        return self.head(torch.relu(self.conv2(h)).mean((2, 3)))
+
+
+def test_batchnorm_keep_gives_trainable_batchnorm_with_measured_statistics(tmp_path, digits):
+    path = _export(KerasStyleBN(), tmp_path / "bn.onnx")
+    x = digits.samples("val", 64)
+    model = ec.from_onnx(path, x, batchnorm="keep")
+    notes = model.edgecompress_source["conversion_notes"]
+    assert notes["batchnorms_kept"] == 1 and model.edgecompress_source["conversion_max_abs_diff"] < 1e-5
+    (bn,) = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert float(bn.running_var.min()) != pytest.approx(1.0)  # measured, not the placeholder
+    with torch.no_grad():
+        eval_out = model(x)
+        train_out = model.train()(x)  # batch statistics of the same samples: the same function
+    assert torch.allclose(eval_out, train_out, atol=1e-4)
+    folded = ec.from_onnx(path, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+
+
 def test_logits_drops_the_final_softmax_and_measures_after_one(residual_onnx, digits):
     x = digits.samples("val", 8)
     probs = ec.from_onnx(residual_onnx, x)

@@ -49,7 +49,7 @@ def is_keras_source(obj: Any) -> bool:
 
 
 def from_keras(model_or_path: Any, samples: Samples = None, *, logits: bool = False,
-               tolerance: float = 1e-4, opset: int = 17) -> nn.Module:
+               tolerance: float = 1e-4, opset: int = 17, batchnorm: str = "fold") -> nn.Module:
     """Convert a Keras model (object, ``.keras``, ``.h5``) or a TensorFlow SavedModel folder to
     a torch module the pipeline accepts.
 
@@ -62,6 +62,8 @@ def from_keras(model_or_path: Any, samples: Samples = None, *, logits: bool = Fa
         tolerance: largest max |diff| vs Keras accepted (relative to the output magnitude, at
             least 1); beyond it ConversionError.
         opset: ONNX opset tf2onnx writes.
+        batchnorm: ``"fold"`` (into the convolutions) or ``"keep"`` (trainable BatchNorm with
+            statistics measured on ``samples``; for fine-tuning and distillation).
 
     Returns:
         a ``torch.fx.GraphModule`` whose ``edgecompress_source`` records the parity measured
@@ -87,7 +89,8 @@ def from_keras(model_or_path: Any, samples: Samples = None, *, logits: bool = Fa
             "converter": f"tf2onnx {meta['tf2onnx']} (TensorFlow {meta['tensorflow']}, "
                          f"subprocess {seconds:.1f} s) + onnx2torch"}
     return convert_proto(proto, inputs, reference, info, logits=logits,
-                         layout="NHWC" if images else None, tolerance=tolerance)
+                         layout="NHWC" if images else None, tolerance=tolerance,
+                         batchnorm=batchnorm)
 
 
 def _warn_if_tensorflow_loaded() -> None:

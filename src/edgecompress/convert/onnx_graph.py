@@ -11,6 +11,7 @@ into ``Flatten`` (a Reshape to a constant
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,10 @@ def check_convertible(proto: Any) -> None:
             f"ec.passes.QuantizeDynamic / the ONNX exporter's own quantizer")
 
 
-def optimize(proto: Any) -> Any:
+def optimize(proto: Any, keep_batchnorm: bool = False) -> Any:
     """ONNX Runtime's basic (standard-ONNX-only) optimizations: constant folding, Conv+Mul/Add
-    and Conv+BatchNorm fusion, MatMul+Add -> Gemm. The result is still a plain ONNX graph."""
+    and Conv+BatchNorm fusion (not with ``keep_batchnorm``), MatMul+Add -> Gemm. The result is
+    still a plain ONNX graph."""
     import onnx
     import onnxruntime as ort
 
@@ -90,8 +92,10 @@ def optimize(proto: Any) -> Any:
         onnx.save(proto, str(src))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.log_severity_level = 3  # it lists every constant it folded away
         opts.optimized_model_filepath = str(dst)
-        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["ConvBNFusion"] if keep_batchnorm else None)
         out = onnx.load(str(dst))
     keep = [o for o in out.opset_import if o.domain in ONNX_DOMAINS]
     del out.opset_import[:]
@@ -173,11 +177,17 @@ def strip_final_softmax(proto: Any) -> int | None:
     return int(axis)
 
 
-def prepare(proto: Any, logits: bool) -> tuple[Any, dict[str, Any]]:
+def prepare(proto: Any, logits: bool, keep_batchnorm: bool = False) -> tuple[Any, dict[str, Any]]:
     """Check, optimize and clean ``proto`` for onnx2torch; notes say what changed."""
     check_convertible(proto)
-    out = optimize(proto)
-    notes: dict[str, Any] = {"pools_to_global": pools_to_global(out),
+    notes: dict[str, Any] = {}
+    if keep_batchnorm:
+        from .batchnorm import mul_add_to_batchnorm
+
+        proto = copy.deepcopy(proto)
+        notes["batchnorms_kept"] = mul_add_to_batchnorm(proto)
+    out = optimize(proto, keep_batchnorm)
+    notes |= {"pools_to_global": pools_to_global(out),
                              "reshapes_to_flatten": reshapes_to_flatten(out)}
     if logits:
         notes["dropped_final_softmax_axis"] = strip_final_softmax(out)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._extras import require
+from ..errors import ConfigError
 from .onnx_graph import ConversionError, check_convertible, load_proto, prepare
 from .source import attach
 from .torch_graph import simplify
@@ -27,7 +28,8 @@ Samples = Any  # an array/tensor, or a sequence of them (one per model input)
 
 
 def from_onnx(model_or_path: Any, samples: Samples = None, *, logits: bool = False,
-              layout: str | None = None, tolerance: float = 1e-4) -> nn.Module:
+              layout: str | None = None, tolerance: float = 1e-4,
+              batchnorm: str = "fold") -> nn.Module:
     """Convert an ONNX model (path, bytes or ``onnx.ModelProto``) to a torch module.
 
     Args:
@@ -41,6 +43,9 @@ def from_onnx(model_or_path: Any, samples: Samples = None, *, logits: bool = Fal
             input signature; None: the data's layout.
         tolerance: the largest max |diff| accepted, relative to the outputs' magnitude (at
             least 1); a larger difference raises ConversionError.
+        batchnorm: ``"fold"`` folds BatchNorm (and the Mul + Add exporters write for it) into
+            the convolutions; ``"keep"`` keeps each as a trainable ``nn.BatchNorm2d`` with
+            running statistics measured on ``samples`` (for fine-tuning and distillation).
 
     Returns:
         a ``torch.fx.GraphModule`` in eval mode; ``edgecompress_source`` on it holds the
@@ -53,22 +58,28 @@ def from_onnx(model_or_path: Any, samples: Samples = None, *, logits: bool = Fal
     reference = _ort_outputs(proto, inputs)
     info = {"converted_from": "onnx", "converter": _versions()}
     return convert_proto(proto, inputs, reference, info, logits=logits, layout=layout,
-                         tolerance=tolerance)
+                         tolerance=tolerance, batchnorm=batchnorm)
 
 
 def convert_proto(proto: Any, inputs: list[np.ndarray], reference: list[np.ndarray],
                   info: dict[str, Any], *, logits: bool, layout: str | None,
-                  tolerance: float) -> nn.Module:
+                  tolerance: float, batchnorm: str = "fold") -> nn.Module:
     """The shared core of from_onnx and from_keras: prepare, convert, measure, attach."""
     from onnx2torch import convert
 
-    prepared, notes = prepare(proto, logits)
+    if batchnorm not in ("fold", "keep"):
+        raise ConfigError(f"batchnorm must be 'fold' or 'keep', got {batchnorm!r}")
+    prepared, notes = prepare(proto, logits, keep_batchnorm=batchnorm == "keep")
     try:
         module = convert(prepared)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises bare exceptions per op
         raise ConversionError(f"onnx2torch could not convert the graph: {type(exc).__name__}: "
                               f"{exc}") from exc
     notes.update(simplify(module))
+    if batchnorm == "keep":
+        from .batchnorm import restore_statistics
+
+        notes["batchnorm_statistics_from_samples"] = restore_statistics(module, inputs)
     module.eval()
     diff = _parity(module, inputs, reference, notes.get("dropped_final_softmax_axis"))
     scale = max(1.0, max(float(np.abs(r).max()) for r in reference))

@@ -40,7 +40,7 @@ def check_input_shape(info: dict[str, Any], example: Any) -> None:
     if len(want) == len(got) and all(w in (None, g) for w, g in zip(want, got)):
         return
     shape = ", ".join("?" if w is None else str(w) for w in want)
-    fix = (f"build the data in that layout, e.g. ec.data.image_folder(..., layout='NHWC')"
+    fix = ("build the data in that layout, e.g. ec.data.image_folder(..., layout='NHWC')"
            if info.get("layout") == "NHWC" else "resize or reshape the data")
     raise DataError(f"the model converted from {info.get('converted_from')} takes inputs of "
                     f"shape (N, {shape}) ({info.get('layout') or 'as the original'}), but the "
