@@ -52,9 +52,10 @@ def __getattr__(name: str):  # lazy: these pull optional or heavier modules
     raise AttributeError(f"module 'edgecompress' has no attribute '{name}'")
 
 
-__all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "DataBundle", "DataError",
-           "DeployableModel", "EdgeCompressError", "ExportError", "FORMATS", "FineTune", "Form",
-           "FormatSpec", "ConversionError", "from_keras", "from_onnx", "InputError", "InputSpec", "LatencyStats", "Measure",
-           "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
+__all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "ConversionError",
+           "DataBundle", "DataError", "DeployableModel", "EdgeCompressError", "ExportError",
+           "FORMATS", "FineTune", "Form", "FormatSpec", "InputError", "InputSpec", "LatencyStats",
+           "Measure", "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
            "QuantRecipe", "Recovery", "Report", "Runner", "__version__", "data", "load", "passes",
-           "register_format", "register_pass", "set_progress", "system_status"]
+           "from_keras", "from_onnx", "register_format", "register_pass", "set_progress",
+           "system_status"]

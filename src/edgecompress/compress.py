@@ -58,9 +58,9 @@ def input_layout(spec: str) -> str:
         return "NHWC"
     if kind == "onnx":
         from .convert.onnx_graph import load_proto
-        from .convert.onnx_in import _dims, _graph_inputs
+        from .convert.onnx_in import input_shapes
 
-        dims = _dims(_graph_inputs(load_proto(spec))[0])
+        dims = input_shapes(load_proto(spec))[0]
         if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
             return "NHWC"
     return "NCHW"

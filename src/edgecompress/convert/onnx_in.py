@@ -95,6 +95,11 @@ def convert_proto(proto: Any, inputs: list[np.ndarray], reference: list[np.ndarr
     return attach(module, info)
 
 
+def input_shapes(proto: Any) -> list[list[int | None]]:
+    """The shape of each graph input (None for a symbolic dimension)."""
+    return [_dims(i) for i in _graph_inputs(proto)]
+
+
 def _graph_inputs(proto: Any) -> list[Any]:
     init = {t.name for t in proto.graph.initializer}
     return [i for i in proto.graph.input if i.name not in init]
