@@ -11,9 +11,9 @@ prune through them; outputs are unchanged, checked below). ``--student`` may ins
 Tiny's Keras ResNet-8 (``../shared/data/mlperf-tiny-resnet8/pretrainedResnet.h5``, read with
 ``ec.from_keras``, BatchNorm kept): ~78k parameters, whose INT8 file lands within a few
 hundred bytes of the 40× line, so a 3 % prune is enough (``--prune-steps 0`` skips pruning);
-its conversion is checked against the float ``pretrainedResnet.tflite`` beside it when that file is there. ``--assistant`` first
-distills the pretrained ResNet-20 from the teacher, and that assistant teaches the student. The
-settings of the best run at the goal's size are in ``results/cloud_to_edge.md``.
+its conversion is checked against the float ``pretrainedResnet.tflite`` beside it when that
+file is there. ``--assistant`` first distills the pretrained ResNet-20 from the teacher, and
+that assistant teaches the student. The settings of the best run at the goal's size are in ``results/cloud_to_edge.md``.
 
     python benchmarks/cloud_to_edge.py \
         --teacher ../shared/data/resnet-cifar10-pretrained/resnet56-4bfd9763.th \
