@@ -43,8 +43,11 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras
 keras.utils.set_random_seed(0)
 out, size = sys.argv[1], int(sys.argv[2])
-keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3)).save(out + "/mobilenet_v2.keras")
-keras.applications.EfficientNetB0(weights=None, input_shape=(size, size, 3)).save(out + "/efficientnet_b0.keras")
+shape = (size, size, 3)  # logits out: a random-init 1000-class softmax is nearly flat
+keras.applications.MobileNetV2(weights=None, input_shape=shape, classifier_activation=None).save(
+    out + "/mobilenet_v2.keras")
+keras.applications.EfficientNetB0(weights=None, input_shape=shape, classifier_activation=None).save(
+    out + "/efficientnet_b0.keras")
 img, vec = keras.Input((32, 32, 3), name="image"), keras.Input((8,), name="features")
 h = keras.layers.Conv2D(8, 3, activation="relu")(img)
 h = keras.layers.GlobalAveragePooling2D()(h)
@@ -79,9 +82,14 @@ def fp32_onnx(model: torch.nn.Module, data: ec.DataBundle, out: Path) -> dict[st
 
 def keras_app(path: Path, size: int, work: Path) -> dict[str, Any]:
     data = random_bundle((size, size, 3), n=64, layout="NHWC")
-    model = ec.from_keras(path, data.samples("val", 16))
+    x = data.samples("val", 16)
+    model = ec.from_keras(path, x)  # built with logits out; their spread shows they are not flat
     src = model.edgecompress_source
+    with torch.no_grad():
+        logits = model(x)
     row = {"conversion_max_abs_diff_vs_keras": src["conversion_max_abs_diff"],
+           "logit_std_across_samples": float(logits.std(0).mean()),
+           "logit_range": [float(logits.min()), float(logits.max())],
            "parity_le_1e-4": src["conversion_max_abs_diff"] <= 1e-4,
            "layout": src["layout"], "converter": src["converter"]}
     row["onnx_fp32"] = fp32_onnx(model, data, work / f"{path.stem}_fp32.onnx")
