@@ -38,7 +38,8 @@ _LAZY: dict[str, str] = {
     "QuantRecipe": ".quant_recipe", "Report": ".report", "LatencyStats": ".runtime",
     "Runner": ".runtime", "load": ".runtime", "system_status": ".runtime",
     "FineTune": ".training", "Recovery": ".training", "set_progress": "._progress",
-    "Distill": ".passes.distill", "select": ".select",
+    "Distill": ".passes.distill", "select": ".select", "from_onnx": ".convert",
+    "from_keras": ".convert", "ConversionError": ".convert",
 }
 # subpackages reachable as attributes (``ec.data``, ``ec.passes``, ...), imported on first access
 _SUBMODULES = ("data", "passes", "targets", "students", "runtime", "serve")
@@ -77,9 +78,10 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
-__all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "DataBundle", "DataError",
-           "DeployableModel", "EdgeCompressError", "ExportError", "FORMATS", "FineTune", "Form",
-           "FormatSpec", "InputError", "InputSpec", "LatencyStats", "Measure",
-           "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
+__all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "ConversionError",
+           "DataBundle", "DataError", "DeployableModel", "EdgeCompressError", "ExportError",
+           "FORMATS", "FineTune", "Form", "FormatSpec", "InputError", "InputSpec", "LatencyStats",
+           "Measure", "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
            "QuantRecipe", "Recovery", "Report", "Runner", "__version__", "data", "load", "passes",
-           "register_format", "register_pass", "select", "set_progress", "system_status"]
+           "from_keras", "from_onnx", "register_format", "register_pass", "select", "set_progress",
+           "system_status"]
