@@ -26,8 +26,9 @@ from ..runtime import Runner, load
 log = logging.getLogger("edgecompress")
 
 CHECK_SUFFIX = ".check.npz"
-# formats whose runtime session may be called from several threads at once
-THREAD_SAFE_FORMATS = frozenset({"onnx", "openvino"})
+# formats whose runner may be called from several threads at once (ONNX Runtime's session.run
+# is; LiteRT's interpreter, ncnn's net and the OpenVINO runner's single infer request are not)
+THREAD_SAFE_FORMATS = frozenset({"onnx"})
 
 
 class VerificationError(ArtifactError):
