@@ -1,4 +1,4 @@
-"""The ``edgecompress`` command line: demo, compress, bench, info, formats."""
+"""The ``edgecompress`` command line: demo, compress, bench, info, formats, serve, events."""
 
 from __future__ import annotations
 
@@ -101,7 +101,43 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return compress_from_args(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.cli import serve_from_args
+
+    return serve_from_args(args)
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from .serve.cli import events_from_args
+
+    return events_from_args(args)
+
+
+def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
+    from .serve.cli import add_events_arguments, add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="serve an artifact over HTTP (health, "
+                                                     "predict, metrics, model swap)"))
+    add_events_arguments(sub.add_parser("events", help="print the event log of a server"))
+
+
+def _add_compress_parser(sub: argparse._SubParsersAction, command: str | None) -> None:
+    if command != "compress":  # its arguments import torch: only for the compress command itself
+        sub.add_parser("compress", help="run a recipe on a model and export")
+        return
+    try:
+        from .compress import add_compress_arguments
+    except ImportError as exc:  # a device install without torch: serve, bench and info still work
+        p = sub.add_parser("compress", help="(needs torch: pip install edgecompress)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(unavailable=f"compress needs the full library ({exc}); on a workstation "
+                                   f"run: pip install edgecompress")
+        return
+    add_compress_arguments(sub.add_parser("compress", help="run a recipe on a model and export"))
+
+
+def build_parser(command: str | None = "compress") -> argparse.ArgumentParser:
+    """The parser; ``command`` (the one about to run) lets the others skip importing torch."""
     parser = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,22 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     formats = sub.add_parser("formats", help="the export formats and whether they run here")
     formats.add_argument("--json", action="store_true")
 
-    from .compress import add_compress_arguments
-
-    add_compress_arguments(sub.add_parser("compress", help="run a recipe on a model and export"))
+    _add_compress_parser(sub, command)
+    _add_serve_parsers(sub)
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo, "bench": _cmd_bench, "info": _cmd_info, "formats": _cmd_formats,
-    "compress": _cmd_compress,
+    "compress": _cmd_compress, "serve": _cmd_serve, "events": _cmd_events,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    args = build_parser(words[0] if words else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "unavailable", None):
+        print(f"edgecompress {args.command}: error: {args.unavailable}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except EdgeCompressError as exc:

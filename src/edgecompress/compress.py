@@ -21,7 +21,9 @@ log = logging.getLogger("edgecompress")
 
 def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="'package.module:function' returning the model, or a saved .ecm file")
+                   help="'package.module:function' returning the model, a saved .ecm file, an "
+                        ".onnx file, or a Keras .keras/.h5 file or TensorFlow SavedModel folder "
+                        "(converted to torch; parity vs the original goes in the report)")
     p.add_argument("--weights", help="state dict to load into the model (torch.save file; "
                                      "loaded with weights_only=True)")
     p.add_argument("--data", default="digits",
@@ -41,10 +43,47 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-runs", type=non_negative_int, default=50)
     p.add_argument("--overwrite", action="store_true",
                    help="replace edgecompress artifacts already in --out (never other files)")
+    p.add_argument("--select", action="store_true",
+                   help="also export every format/precision the target can run, time each on "
+                        "this machine and report the fastest verified one (select.md)")
 
 
-def load_model(spec: str, weights: str | None) -> tuple[nn.Module, str | None]:
-    """A model from ``module:function`` or an .ecm file, with optional state-dict weights."""
+def foreign_kind(spec: str) -> str | None:
+    """"onnx" or "keras" when ``--model`` names a model not written in PyTorch, else None."""
+    from .convert.keras_in import is_keras_source
+
+    if spec.lower().endswith(".onnx"):
+        return "onnx"
+    return "keras" if is_keras_source(spec) else None
+
+
+def input_layout(spec: str) -> str:
+    """The layout ``--model``'s data must have: NHWC for Keras image models and for ONNX files
+    whose 4-d input ends in 1 or 3 channels; NCHW otherwise."""
+    kind = foreign_kind(spec)
+    if kind == "keras":
+        return "NHWC"
+    if kind == "onnx":
+        from .convert.onnx_graph import load_proto
+        from .convert.onnx_in import input_shapes
+
+        dims = input_shapes(load_proto(spec))[0]
+        if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
+            return "NHWC"
+    return "NCHW"
+
+
+def load_model(spec: str, weights: str | None,
+               samples: torch.Tensor | None = None) -> tuple[nn.Module, str | None]:
+    """A model from ``module:function``, an .ecm file, an ONNX file or a Keras / TensorFlow
+    model (converted, parity measured on ``samples``), with optional state-dict weights."""
+    kind = foreign_kind(spec)
+    if kind is not None:
+        if weights:
+            raise ConfigError(f"--weights applies to torch models; {spec} carries its own")
+        from .convert import from_keras, from_onnx
+
+        return (from_onnx if kind == "onnx" else from_keras)(spec, samples), None
     if spec.endswith(".ecm"):
         from .deployable import DeployableModel
 
@@ -75,20 +114,21 @@ def load_model(spec: str, weights: str | None) -> tuple[nn.Module, str | None]:
 
 
 def load_data(spec: str, image_size: int | None, channels: int | None, batch_size: int,
-              seed: int) -> DataBundle:
+              seed: int, layout: str = "NCHW") -> DataBundle:
     from . import data as ec_data
 
     if spec == "digits":
         return ec_data.digits(image_size=image_size or 32, batch_size=batch_size, seed=seed,
-                              channels=channels or 1)
+                              channels=channels or 1, layout=layout)
     path = Path(spec)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder (use 'digits', an IDX folder or "
                         f"an image folder/.tar)")
     if path.is_dir() and any(f.name.startswith(("train-images", "t10k-images")) for f in path.iterdir()):
         return ec_data.idx(path, image_size=image_size, batch_size=batch_size, seed=seed,
-                           channels=channels)
-    return ec_data.image_folder(path, image_size=image_size, batch_size=batch_size, seed=seed)
+                           channels=channels, layout=layout)
+    return ec_data.image_folder(path, image_size=image_size, batch_size=batch_size, seed=seed,
+                                layout=layout)
 
 
 @dataclass
@@ -102,7 +142,7 @@ class CompressResult:
 def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, Any], out: Path,
              formats: list[str] | None = None, target: str | None = None, seed: int = 0,
              builder: str | None = None, threads: int | None = None,
-             benchmark_runs: int = 50, overwrite: bool = False) -> CompressResult:
+             benchmark_runs: int = 50, overwrite: bool = False, select: bool = False) -> CompressResult:
     """Run ``recipe`` on ``model``, export to ``formats``, write report.json/md and plot.png.
 
     Artifacts already in ``out`` are replaced only with ``overwrite`` (checked before the
@@ -135,6 +175,8 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
         except EdgeCompressError as exc:
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
+    if select:
+        result.files += _select(dm, tgt, out, threads)
     if not any(a.format == "torch" for a in result.artifacts):
         dm.save(out / "model.ecm", builder=builder, overwrite=overwrite)
     dm.report.info["export_failures"] = result.failures
@@ -153,6 +195,19 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
 
 def _artifact_name(spec: Any) -> str:
     return "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
+
+
+def _select(dm: Any, tgt: Any, out: Path, threads: int | None) -> list[Path]:
+    """Run :func:`edgecompress.select.select`; write select.md/json; note the winner in the report."""
+    import json
+
+    from .select import select
+
+    chosen = select(dm, target=tgt, out_dir=out / "select", threads=threads)
+    dm.report.info["fastest_artifact"] = chosen.best.name if chosen.best else None
+    dm.report.info["select_notes"] = chosen.notes
+    return [atomic_write_bytes(out / "select.md", chosen.to_markdown().encode()),
+            atomic_write_bytes(out / "select.json", json.dumps(chosen.to_dict(), indent=1).encode())]
 
 
 def _markdown(dm: Any, tgt: Any) -> str:
@@ -182,10 +237,13 @@ def compress_from_args(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     formats = [f.strip() for f in args.export.split(",") if f.strip()] if args.export else None
-    model, builder = load_model(args.model, args.weights)
-    data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed)
+    data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed,
+                     input_layout(args.model))
+    samples = data.samples("val", 16) if foreign_kind(args.model) else None
+    model, builder = load_model(args.model, args.weights, samples)
     out = Path(args.out)
     result = compress(model, data, args.recipe, out, formats, args.target, args.seed, builder,
-                      args.threads, args.benchmark_runs, getattr(args, "overwrite", False))
+                      args.threads, args.benchmark_runs, getattr(args, "overwrite", False),
+                      getattr(args, "select", False))
     print(summary(result, out, time.perf_counter() - t0))
     return 1 if result.failures else 0

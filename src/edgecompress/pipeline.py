@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .convert.source import check_input_shape, source_of
 from .data.bundle import DataBundle
 from .deployable import DeployableModel, InputSpec
 from .errors import ChainError, ConfigError, EdgeCompressError, PassError
@@ -46,6 +47,9 @@ class Measure:
 
 def measure_stage(model: Any, form: Form, data: DataBundle, cfg: Measure, name: str) -> StageMetrics:
     """Measure one stage's model: every field is counted or timed, none estimated."""
+    if getattr(data, "task", None) == "causal_lm":  # token-id bundles: perplexity, not top-1
+        from .lm.metrics import measure_lm_stage
+        return measure_lm_stage(model, form, data, cfg, name)
     if form is Form.ONNX_GRAPH:
         return _measure_onnx(model, data, cfg, name)
     from .runtime.torch_runner import TorchRunner
@@ -165,6 +169,8 @@ class Pipeline:
             if isinstance(recovery, Recovery):  # e.g. training data: checked once, here
                 recovery.check_data(data)
         _warn_training_after_fold(passes)
+        source = source_of(model)  # converted from ONNX/Keras: its measured parity and layout
+        check_input_shape(source, data.example_input)
         work = copy.deepcopy(model)
         if isinstance(work, nn.Module):
             work.eval()
@@ -174,6 +180,7 @@ class Pipeline:
                               "target": getattr(target_obj, "name", None),
                               "from_target": target_notes})
         report.stages.append(measure_stage(work, forms[0], data, self.measure, "input"))
+        report.stages[0].notes.update(source)
         history: list[dict[str, Any]] = []
         # every run starts from the bundle's batches as given: same seed, same numbers
         with data.rewound():
@@ -190,7 +197,8 @@ class Pipeline:
                     report.stages.append(StageMetrics(stage=stage, form=forms[i].value,
                                                       seconds=time.perf_counter() - t0,
                                                       error=f"{type(exc).__name__}: {exc}"))
-                    partial = self._deployable(work, forms[i], data, report, history, ctx, builder)
+                    partial = self._deployable(work, forms[i], data, report, history, ctx, builder,
+                                               source)
                     if on_error == "stop":
                         log.error("stage '%s' failed, stopping: %s", stage, exc)
                         return partial
@@ -205,7 +213,7 @@ class Pipeline:
                 report.stages.append(metrics)
                 history.append({"pass": p.name, "options": p.to_recipe(), "notes": dict(ctx.notes)})
         ctx.model_before = None
-        return self._deployable(work, forms[-1], data, report, history, ctx, builder)
+        return self._deployable(work, forms[-1], data, report, history, ctx, builder, source)
 
     def _apply_target(self, target: Any) -> tuple[list[Pass], Any, dict[str, Any]]:
         if target is None:
@@ -218,9 +226,9 @@ class Pipeline:
 
     def _deployable(self, model: Any, form: Form, data: DataBundle, report: Report,
                     history: list[dict[str, Any]], ctx: PassContext,
-                    builder: str | None) -> DeployableModel:
+                    builder: str | None, source: dict[str, Any]) -> DeployableModel:
         assert data.example_input is not None
-        layout = data.preprocess.layout if data.preprocess else "NCHW"
+        layout = source.get("layout") or (data.preprocess.layout if data.preprocess else "NCHW")
         info = {"num_classes": data.num_classes,
                 "class_names": list(data.class_names) if data.class_names else None,
                 "preprocess": data.preprocess.to_dict() if data.preprocess else None,

@@ -61,6 +61,7 @@ class Artifact:
     latency: LatencyStats | None = None
     compressed_bytes: dict[str, int] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    perplexity: float | None = None  # causal LMs, measured through the artifact's runtime
 
     def metrics(self) -> ArtifactMetrics:
         return ArtifactMetrics(
@@ -70,7 +71,8 @@ class Artifact:
             top1_agreement=self.parity.top1_agreement if self.parity else None,
             parity_ok=self.parity.passed if self.parity else None, accuracy=self.accuracy,
             latency_ms=self.latency.p50_ms if self.latency else None,
-            compressed_bytes=self.compressed_bytes, notes=dict(self.notes))
+            compressed_bytes=self.compressed_bytes, notes=dict(self.notes),
+            perplexity=self.perplexity)
 
     def load(self, **options: Any) -> Runner:
         from ..runtime import load
@@ -166,12 +168,15 @@ class Exporter:
         recipe = dm.quant_recipe
         if recipe is None:
             return self.float_precision(opts), None
-        wanted = "int8-static" if recipe.scheme == "static" else "int8-dynamic"
+        # weight-only recipes (QuantizeWeights) ask for their own precision, e.g. int4-weight
+        wanted = {"static": "int8-static", "dynamic": "int8-dynamic"}.get(recipe.scheme,
+                                                                          recipe.precision)
         if self.spec.supports(wanted):
             return recipe.precision, None
         able = [s.name for s in FORMATS.values() if s.supports(wanted)]
         if not opts.allow_float_fallback:
-            raise ExportError(f"the model carries an INT8 {recipe.scheme} recipe, which the "
+            kind = f"INT8 {recipe.scheme}" if wanted.startswith("int8-") else wanted
+            raise ExportError(f"the model carries an {kind} recipe, which the "
                               f"{self.spec.name} format cannot hold here. Formats that can: "
                               f"{', '.join(able)}. To export float weights anyway pass "
                               f"allow_float_fallback=True (recorded in the artifact's metadata "
