@@ -55,7 +55,7 @@ def write_check(artifact: Any, dm: Any, samples: int = 32) -> Path:
     with torch.no_grad():
         ref = reference.eval()(x).float().cpu().numpy()
     target = check_path(path)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, overwrite=True) as tmp:  # our own companion file of the artifact
         with open(tmp, "wb") as fh:
             np.savez(fh, inputs=x.numpy(), reference=ref)
     return target
