@@ -28,17 +28,24 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
                                      "loaded with weights_only=True)")
     p.add_argument("--data", default="digits",
                    help="'digits' (bundled), an IDX folder (MNIST-style) or an image folder/.tar")
-    p.add_argument("--image-size", type=int, default=None, help="resize inputs to this size")
-    p.add_argument("--channels", type=int, default=None, help="force 1 or 3 input channels")
-    p.add_argument("--batch-size", type=int, default=64)
+    from .cli import non_negative_int, positive_int
+
+    p.add_argument("--image-size", type=positive_int, default=None, help="resize inputs to this size")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="force 1 or 3 input channels")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--recipe", required=True, help="recipe file (.yaml or .json)")
     p.add_argument("--target", default=None, help="device profile (see ec.targets), e.g. rpi5")
     p.add_argument("--export", default=None,
                    help="comma-separated formats (default: the target's preferred, else onnx)")
     p.add_argument("--out", default="edgecompress-out", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--benchmark-runs", type=int, default=50)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--benchmark-runs", type=non_negative_int, default=50)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace edgecompress artifacts already in --out (never other files)")
+    p.add_argument("--select", action="store_true",
+                   help="also export every format/precision the target can run, time each on "
+                        "this machine and report the fastest verified one (select.md)")
 
 
 def foreign_kind(spec: str) -> str | None:
@@ -135,8 +142,12 @@ class CompressResult:
 def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, Any], out: Path,
              formats: list[str] | None = None, target: str | None = None, seed: int = 0,
              builder: str | None = None, threads: int | None = None,
-             benchmark_runs: int = 50) -> CompressResult:
-    """Run ``recipe`` on ``model``, export to ``formats``, write report.json/md and plot.png."""
+             benchmark_runs: int = 50, overwrite: bool = False, select: bool = False) -> CompressResult:
+    """Run ``recipe`` on ``model``, export to ``formats``, write report.json/md and plot.png.
+
+    Artifacts already in ``out`` are replaced only with ``overwrite`` (checked before the
+    pipeline runs, so a refusal costs nothing)."""
+    from .metadata import check_destination
     from .formats import get_format
     from .pipeline import Pipeline
     from .targets import get_target
@@ -146,7 +157,10 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
     tgt = get_target(target) if target else None
     formats = formats or (list(tgt.formats[:2]) if tgt else ["onnx"])
     for fmt in formats:
-        get_format(fmt)  # unknown formats fail before any work
+        spec = get_format(fmt)  # unknown formats and taken destinations fail before any work
+        check_destination(out / _artifact_name(spec), fmt, overwrite)
+    if "torch" not in formats:  # else the torch export itself writes model.ecm
+        check_destination(out / "model.ecm", "torch", overwrite)
     out.mkdir(parents=True, exist_ok=True)
     dm = pipe.run(model, data, target=tgt, builder=builder)
     result = CompressResult(dm)
@@ -155,14 +169,16 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
         scheme = dm.quant_recipe.scheme if dm.quant_recipe else None
         options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
         options.update(threads=threads or (tgt.threads if tgt else None),
-                       benchmark_runs=benchmark_runs)
-        name = "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
+                       benchmark_runs=benchmark_runs, overwrite=overwrite)
         try:
-            result.artifacts.append(dm.export(fmt, out / name, **options))
+            result.artifacts.append(dm.export(fmt, out / _artifact_name(spec), **options))
         except EdgeCompressError as exc:
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
-    dm.save(out / "model.ecm", builder=builder)
+    if select:
+        result.files += _select(dm, tgt, out, threads)
+    if not any(a.format == "torch" for a in result.artifacts):
+        dm.save(out / "model.ecm", builder=builder, overwrite=overwrite)
     dm.report.info["export_failures"] = result.failures
     result.files += [atomic_write_bytes(out / "report.json", dm.report.to_json().encode()),
                      atomic_write_bytes(out / "report.md", _markdown(dm, tgt).encode()),
@@ -175,6 +191,23 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
     except ImportError as exc:
         log.warning("no plot: %s", exc)
     return result
+
+
+def _artifact_name(spec: Any) -> str:
+    return "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
+
+
+def _select(dm: Any, tgt: Any, out: Path, threads: int | None) -> list[Path]:
+    """Run :func:`edgecompress.select.select`; write select.md/json; note the winner in the report."""
+    import json
+
+    from .select import select
+
+    chosen = select(dm, target=tgt, out_dir=out / "select", threads=threads)
+    dm.report.info["fastest_artifact"] = chosen.best.name if chosen.best else None
+    dm.report.info["select_notes"] = chosen.notes
+    return [atomic_write_bytes(out / "select.md", chosen.to_markdown().encode()),
+            atomic_write_bytes(out / "select.json", json.dumps(chosen.to_dict(), indent=1).encode())]
 
 
 def _markdown(dm: Any, tgt: Any) -> str:
@@ -210,6 +243,7 @@ def compress_from_args(args: argparse.Namespace) -> int:
     model, builder = load_model(args.model, args.weights, samples)
     out = Path(args.out)
     result = compress(model, data, args.recipe, out, formats, args.target, args.seed, builder,
-                      args.threads, args.benchmark_runs)
+                      args.threads, args.benchmark_runs, getattr(args, "overwrite", False),
+                      getattr(args, "select", False))
     print(summary(result, out, time.perf_counter() - t0))
     return 1 if result.failures else 0
