@@ -74,7 +74,8 @@ class GgufExporter(Exporter):
     def read_metadata(path: Path) -> dict[str, Any]:
         return read_sidecar(path)
 
-    def verify(self, dm: "DeployableModel", artifact: Artifact, opts: Any) -> None:
+    def verify(self, dm: "DeployableModel", artifact: Artifact, opts: Any,
+               destination: Path | None = None) -> None:
         from ..lm.metrics import score
         from ..lm.parity import lm_parity
 
@@ -98,13 +99,14 @@ class GgufExporter(Exporter):
                                  accuracy=artifact.accuracy, perplexity=artifact.perplexity)
         artifact.notes["lm_parity"] = record
         if not artifact.parity.passed:
-            message = (f"PARITY CHECK FAILED for {artifact.path}: next-token agreement "
+            dest = destination or artifact.path
+            message = (f"PARITY CHECK FAILED for {dest}: next-token agreement "
                        f"{record['next_token_agreement']:.3f} (min {record['min_agreement']}), "
                        f"perplexity change {100 * record['perplexity_delta']:+.2f}% (max "
                        f"{100 * record['max_perplexity_delta']:.1f}%) vs {ref_name}")
             if opts.on_parity_fail == "raise":
                 from ..errors import ParityError
-                raise ParityError(message)
+                raise ParityError(f"{message}; it was not written (nothing at {dest} changed)")
             log.warning(message)
 
     def reference_model(self, dm: "DeployableModel", precision: str) -> tuple[Any, str]:
