@@ -21,29 +21,69 @@ log = logging.getLogger("edgecompress")
 
 def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="'package.module:function' returning the model, or a saved .ecm file")
+                   help="'package.module:function' returning the model, a saved .ecm file, an "
+                        ".onnx file, or a Keras .keras/.h5 file or TensorFlow SavedModel folder "
+                        "(converted to torch; parity vs the original goes in the report)")
     p.add_argument("--weights", help="state dict to load into the model (torch.save file; "
                                      "loaded with weights_only=True)")
     p.add_argument("--data", default="digits",
                    help="'digits' (bundled), an IDX folder (MNIST-style) or an image folder/.tar")
-    p.add_argument("--image-size", type=int, default=None, help="resize inputs to this size")
-    p.add_argument("--channels", type=int, default=None, help="force 1 or 3 input channels")
-    p.add_argument("--batch-size", type=int, default=64)
+    from .cli import non_negative_int, positive_int
+
+    p.add_argument("--image-size", type=positive_int, default=None, help="resize inputs to this size")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="force 1 or 3 input channels")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--recipe", required=True, help="recipe file (.yaml or .json)")
     p.add_argument("--target", default=None, help="device profile (see ec.targets), e.g. rpi5")
     p.add_argument("--export", default=None,
                    help="comma-separated formats (default: the target's preferred, else onnx)")
     p.add_argument("--out", default="edgecompress-out", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--benchmark-runs", type=int, default=50)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--benchmark-runs", type=non_negative_int, default=50)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace edgecompress artifacts already in --out (never other files)")
     p.add_argument("--select", action="store_true",
                    help="also export every format/precision the target can run, time each on "
                         "this machine and report the fastest verified one (select.md)")
 
 
-def load_model(spec: str, weights: str | None) -> tuple[nn.Module, str | None]:
-    """A model from ``module:function`` or an .ecm file, with optional state-dict weights."""
+def foreign_kind(spec: str) -> str | None:
+    """"onnx" or "keras" when ``--model`` names a model not written in PyTorch, else None."""
+    from .convert.keras_in import is_keras_source
+
+    if spec.lower().endswith(".onnx"):
+        return "onnx"
+    return "keras" if is_keras_source(spec) else None
+
+
+def input_layout(spec: str) -> str:
+    """The layout ``--model``'s data must have: NHWC for Keras image models and for ONNX files
+    whose 4-d input ends in 1 or 3 channels; NCHW otherwise."""
+    kind = foreign_kind(spec)
+    if kind == "keras":
+        return "NHWC"
+    if kind == "onnx":
+        from .convert.onnx_graph import load_proto
+        from .convert.onnx_in import input_shapes
+
+        dims = input_shapes(load_proto(spec))[0]
+        if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
+            return "NHWC"
+    return "NCHW"
+
+
+def load_model(spec: str, weights: str | None,
+               samples: torch.Tensor | None = None) -> tuple[nn.Module, str | None]:
+    """A model from ``module:function``, an .ecm file, an ONNX file or a Keras / TensorFlow
+    model (converted, parity measured on ``samples``), with optional state-dict weights."""
+    kind = foreign_kind(spec)
+    if kind is not None:
+        if weights:
+            raise ConfigError(f"--weights applies to torch models; {spec} carries its own")
+        from .convert import from_keras, from_onnx
+
+        return (from_onnx if kind == "onnx" else from_keras)(spec, samples), None
     if spec.endswith(".ecm"):
         from .deployable import DeployableModel
 
@@ -74,20 +114,21 @@ def load_model(spec: str, weights: str | None) -> tuple[nn.Module, str | None]:
 
 
 def load_data(spec: str, image_size: int | None, channels: int | None, batch_size: int,
-              seed: int) -> DataBundle:
+              seed: int, layout: str = "NCHW") -> DataBundle:
     from . import data as ec_data
 
     if spec == "digits":
         return ec_data.digits(image_size=image_size or 32, batch_size=batch_size, seed=seed,
-                              channels=channels or 1)
+                              channels=channels or 1, layout=layout)
     path = Path(spec)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder (use 'digits', an IDX folder or "
                         f"an image folder/.tar)")
     if path.is_dir() and any(f.name.startswith(("train-images", "t10k-images")) for f in path.iterdir()):
         return ec_data.idx(path, image_size=image_size, batch_size=batch_size, seed=seed,
-                           channels=channels)
-    return ec_data.image_folder(path, image_size=image_size, batch_size=batch_size, seed=seed)
+                           channels=channels, layout=layout)
+    return ec_data.image_folder(path, image_size=image_size, batch_size=batch_size, seed=seed,
+                                layout=layout)
 
 
 @dataclass
@@ -101,8 +142,12 @@ class CompressResult:
 def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, Any], out: Path,
              formats: list[str] | None = None, target: str | None = None, seed: int = 0,
              builder: str | None = None, threads: int | None = None,
-             benchmark_runs: int = 50, select: bool = False) -> CompressResult:
-    """Run ``recipe`` on ``model``, export to ``formats``, write report.json/md and plot.png."""
+             benchmark_runs: int = 50, overwrite: bool = False, select: bool = False) -> CompressResult:
+    """Run ``recipe`` on ``model``, export to ``formats``, write report.json/md and plot.png.
+
+    Artifacts already in ``out`` are replaced only with ``overwrite`` (checked before the
+    pipeline runs, so a refusal costs nothing)."""
+    from .metadata import check_destination
     from .formats import get_format
     from .pipeline import Pipeline
     from .targets import get_target
@@ -112,7 +157,10 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
     tgt = get_target(target) if target else None
     formats = formats or (list(tgt.formats[:2]) if tgt else ["onnx"])
     for fmt in formats:
-        get_format(fmt)  # unknown formats fail before any work
+        spec = get_format(fmt)  # unknown formats and taken destinations fail before any work
+        check_destination(out / _artifact_name(spec), fmt, overwrite)
+    if "torch" not in formats:  # else the torch export itself writes model.ecm
+        check_destination(out / "model.ecm", "torch", overwrite)
     out.mkdir(parents=True, exist_ok=True)
     dm = pipe.run(model, data, target=tgt, builder=builder)
     result = CompressResult(dm)
@@ -121,16 +169,16 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
         scheme = dm.quant_recipe.scheme if dm.quant_recipe else None
         options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
         options.update(threads=threads or (tgt.threads if tgt else None),
-                       benchmark_runs=benchmark_runs)
-        name = f"model_{fmt}" if spec.directory else f"model{spec.suffixes[0]}"
+                       benchmark_runs=benchmark_runs, overwrite=overwrite)
         try:
-            result.artifacts.append(dm.export(fmt, out / name, **options))
+            result.artifacts.append(dm.export(fmt, out / _artifact_name(spec), **options))
         except EdgeCompressError as exc:
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
     if select:
         result.files += _select(dm, tgt, out, threads)
-    dm.save(out / "model.ecm", builder=builder)
+    if not any(a.format == "torch" for a in result.artifacts):
+        dm.save(out / "model.ecm", builder=builder, overwrite=overwrite)
     dm.report.info["export_failures"] = result.failures
     result.files += [atomic_write_bytes(out / "report.json", dm.report.to_json().encode()),
                      atomic_write_bytes(out / "report.md", _markdown(dm, tgt).encode()),
@@ -143,6 +191,10 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
     except ImportError as exc:
         log.warning("no plot: %s", exc)
     return result
+
+
+def _artifact_name(spec: Any) -> str:
+    return "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
 
 
 def _select(dm: Any, tgt: Any, out: Path, threads: int | None) -> list[Path]:
@@ -185,10 +237,13 @@ def compress_from_args(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     formats = [f.strip() for f in args.export.split(",") if f.strip()] if args.export else None
-    model, builder = load_model(args.model, args.weights)
-    data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed)
+    data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed,
+                     input_layout(args.model))
+    samples = data.samples("val", 16) if foreign_kind(args.model) else None
+    model, builder = load_model(args.model, args.weights, samples)
     out = Path(args.out)
     result = compress(model, data, args.recipe, out, formats, args.target, args.seed, builder,
-                      args.threads, args.benchmark_runs, getattr(args, "select", False))
+                      args.threads, args.benchmark_runs, getattr(args, "overwrite", False),
+                      getattr(args, "select", False))
     print(summary(result, out, time.perf_counter() - t0))
     return 1 if result.failures else 0

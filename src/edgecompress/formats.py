@@ -33,6 +33,7 @@ class FormatSpec:
     fp16: bool = False
     int8_static: bool = False
     int8_dynamic: bool = False
+    weight_only: bool = False  # holds group-wise int4/int8 weights with float activations
     dynamic_batch: bool = False
     needs_gpu: bool = False
     detect: Callable[[Path], bool] | None = field(default=None, compare=False)
@@ -42,6 +43,8 @@ class FormatSpec:
         return all(available(m) for m in self.modules)
 
     def supports(self, precision: str) -> bool:
+        if precision.endswith("-weight"):
+            return self.weight_only
         return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8_static,
                 "int8-static": self.int8_static, "int8-dynamic": self.int8_dynamic}.get(precision, False)
 
@@ -107,6 +110,10 @@ for _spec in (
     FormatSpec("torch", (".ecm",), "edgecompress DeployableModel (weights + structure, no pickled code)",
                "edgecompress.export.ecm:EcmExporter", "edgecompress.runtime.torch_runner:TorchRunner",
                modules=("torch",), int8_static=True, int8_dynamic=True, dynamic_batch=True),
+    FormatSpec("gguf", (".gguf",), "GGUF for llama.cpp: causal LMs (Llama, Qwen2, GPT-2) with "
+               "their tokenizer, F16 / Q8_0 / Q4_0 / Q4_1 / Q4_K weights",
+               "edgecompress.export.gguf:GgufExporter", "edgecompress.runtime.llama_runner:LlamaRunner",
+               extra="llm", modules=("gguf",), fp16=True, weight_only=True, dynamic_batch=True),
 ):
     register_format(_spec)
 

@@ -22,6 +22,7 @@ class StageMetrics:
     sparsity: float | None = None
     accuracy: float | None = None
     latency_ms: float | None = None  # p50 through a Runner, batch 1
+    perplexity: float | None = None  # causal LMs: held-out perplexity (accuracy: next-token top-1)
     seconds: float | None = None  # wall time the pass took
     compressed_bytes: dict[str, int] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
@@ -43,6 +44,7 @@ class ArtifactMetrics:
     latency_ms: float | None = None
     compressed_bytes: dict[str, int] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    perplexity: float | None = None  # causal LMs: measured through the artifact's runtime
 
 
 def _pct(v: float | None) -> str:
@@ -78,10 +80,23 @@ class Report:
                  _pct(a.top1_agreement) + ("" if a.parity_ok in (None, True) else " FAIL"),
                  _pct(a.accuracy), _ms(a.latency_ms)] for a in self.artifacts]
 
-    def __str__(self) -> str:
-        parts = [_text_table(self.STAGE_COLUMNS, self.stage_rows())]
+    def _with_perplexity(self, header: tuple[str, ...], rows: list[list[str]],
+                         items: list[Any]) -> tuple[tuple[str, ...], list[list[str]]]:
+        """Language models add a perplexity column (only when some row has one)."""
+        if all(getattr(i, "perplexity", None) is None for i in items):
+            return header, rows
+        return (*header, "ppl"), [r + ["n/a" if i.perplexity is None else f"{i.perplexity:.3f}"]
+                                  for r, i in zip(rows, items)]
+
+    def _tables(self) -> list[tuple[tuple[str, ...], list[list[str]]]]:
+        tables = [self._with_perplexity(self.STAGE_COLUMNS, self.stage_rows(), self.stages)]
         if self.artifacts:
-            parts.append(_text_table(self.ARTIFACT_COLUMNS, self.artifact_rows()))
+            tables.append(self._with_perplexity(self.ARTIFACT_COLUMNS, self.artifact_rows(),
+                                                self.artifacts))
+        return tables
+
+    def __str__(self) -> str:
+        parts = [_text_table(h, r) for h, r in self._tables()]
         for s in self.stages:
             if s.error:
                 parts.append(f"stage '{s.stage}' failed: {s.error}")
@@ -95,9 +110,10 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
     def to_markdown(self) -> str:
-        parts = ["### Stages", "", _md_table(self.STAGE_COLUMNS, self.stage_rows())]
+        tables = self._tables()
+        parts = ["### Stages", "", _md_table(*tables[0])]
         if self.artifacts:
-            parts += ["", "### Artifacts", "", _md_table(self.ARTIFACT_COLUMNS, self.artifact_rows())]
+            parts += ["", "### Artifacts", "", _md_table(*tables[1])]
         return "\n".join(parts) + "\n"
 
     @classmethod

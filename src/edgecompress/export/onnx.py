@@ -197,5 +197,5 @@ class OnnxExporter(Exporter):
 
         proto = load_onnx(path)
         write_metadata(proto, metadata)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, overwrite=True) as tmp:
             onnx.save(proto, str(tmp))
