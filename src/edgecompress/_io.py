@@ -102,7 +102,8 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
         raise ConfigError(f"{final} already exists; pass overwrite=True to replace it")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=_TMP_SUFFIX,
+        remove_stale_temporaries(final)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=_TMP_SUFFIX,
                                         dir=final.parent))
     except OSError as exc:
         raise WriteError(describe_os_error(exc, final), exc.errno) from exc
@@ -119,6 +120,34 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = False) -> Iterat
             raise WriteError(describe_os_error(exc, final), exc.errno) from exc
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Delete temporaries left beside ``final`` by a writer that was killed (SIGKILL, power loss).
+
+    A temporary's name carries its writer's process id; it is removed only when that process is
+    gone, so a write in progress in another process is never touched."""
+    removed = []
+    for tmp in final.parent.glob(f".{glob_escape(final.name)}.*{_TMP_SUFFIX}"):
+        pid = tmp.name[len(final.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _publish(tmp_dir: Path, final: Path, overwrite: bool) -> None:
