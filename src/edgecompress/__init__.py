@@ -40,12 +40,9 @@ def __getattr__(name: str):  # lazy: these pull optional or heavier modules
     if name == "Distill":
         from .passes.distill import Distill
         return Distill
-    if name == "targets":
-        from . import targets
-        return targets
-    if name == "students":
-        from . import students
-        return students
+    if name in ("targets", "students"):  # import_module: `from . import` re-enters __getattr__
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'edgecompress' has no attribute '{name}'")
 
 
