@@ -118,8 +118,16 @@ class DeployableModel:
                 "history": [h.get("pass") for h in self.history], **self.info}
 
     # -- persistence ------------------------------------------------------------------------------
-    def save(self, path: str | Path, builder: str | None = None, portable: bool = True) -> Path:
+    def save(self, path: str | Path, builder: str | None = None, portable: bool = True,
+             keep_samples: bool = False) -> Path:
         """Write an ``.ecm`` file: JSON manifest + tensors only, no pickled code.
+
+        The file holds the manifest (input spec, history, report, structure, the quantization
+        recipe's settings and ranges), the weights, the float weights of a quantized model and,
+        with ``portable``, a ``torch.export`` program. The calibration samples a static INT8
+        recipe was calibrated on are the user's data: they are kept only with
+        ``keep_samples=True`` (needed to re-export static INT8 to ONNX or TensorRT from the
+        reloaded file without attaching data again).
 
         The structure of every layer (widths after pruning, fused layers) is recorded so
         :meth:`load` rebuilds the model from ``builder`` — a ``"module:function"`` that returns
@@ -140,7 +148,8 @@ class DeployableModel:
         files = {"weights.pt": _tensor_bytes(_model_state(self.model, self.quant_recipe))}
         if self.float_model is not None:
             files["float_weights.pt"] = _tensor_bytes(self.float_model.state_dict())
-        if self.quant_recipe is not None and self.quant_recipe.calib_samples is not None:
+        if keep_samples and self.quant_recipe is not None \
+                and self.quant_recipe.calib_samples is not None:
             files["calib_samples.pt"] = _tensor_bytes({"x": self.quant_recipe.calib_samples})
         if portable:
             program, static_batch = _export_program(self.model, self.example_input())

@@ -68,6 +68,9 @@ class Artifact:
             top1_agreement=self.parity.top1_agreement if self.parity else None,
             parity_ok=self.parity.passed if self.parity else None, accuracy=self.accuracy,
             latency_ms=self.latency.p50_ms if self.latency else None,
+            latency_p10_ms=self.latency.p10_ms if self.latency else None,
+            latency_p90_ms=self.latency.p90_ms if self.latency else None,
+            load_1min=self.latency.load_1min if self.latency else None,
             compressed_bytes=self.compressed_bytes, notes=dict(self.notes))
 
     def load(self, **options: Any) -> Runner:

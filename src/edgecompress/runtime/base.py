@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,13 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
+def _load_1min() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform (Windows)
+        return None
+
+
 @dataclass
 class LatencyStats:
     """Latency of repeated single calls, in milliseconds, with the system's state alongside."""
@@ -47,12 +55,15 @@ class LatencyStats:
     batch_size: int
     threads: int | None = None
     system: dict[str, Any] = field(default_factory=dict)
+    p10_ms: float | None = None
+    load_1min: float | None = None  # the machine's load average right after the timed runs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"p50 {self.p50_ms:.3f} ms | mean {self.mean_ms:.3f} ms | p90 {self.p90_ms:.3f} | "
+        spread = f" (p10 {self.p10_ms:.3f})" if self.p10_ms is not None else ""
+        return (f"p50 {self.p50_ms:.3f} ms{spread} | mean {self.mean_ms:.3f} ms | p90 {self.p90_ms:.3f} | "
                 f"p99 {self.p99_ms:.3f} | min {self.min_ms:.3f} | max {self.max_ms:.3f} | "
                 f"{self.fps:.1f} FPS (batch {self.batch_size}, {self.runs} runs) | "
                 f"peak RSS {self.peak_rss_mb:.0f} MB")
@@ -62,13 +73,14 @@ class LatencyStats:
                    threads: int | None, with_system: bool = True) -> "LatencyStats":
         ms = np.asarray(times_s, dtype=np.float64) * 1000.0
         mean = float(ms.mean())
-        pct = {p: float(np.percentile(ms, p)) for p in (50, 90, 95, 99)}
+        pct = {p: float(np.percentile(ms, p)) for p in (10, 50, 90, 95, 99)}
         return cls(mean_ms=mean, min_ms=float(ms.min()), max_ms=float(ms.max()),
                    p50_ms=pct[50], p90_ms=pct[90], p95_ms=pct[95], p99_ms=pct[99],
                    fps=batch_size * 1000.0 / mean if mean > 0 else float("inf"),
                    peak_rss_mb=peak_rss_mb(), runs=len(ms), warmup=warmup,
                    batch_size=batch_size, threads=threads,
-                   system=system_status(cpu_interval=0.05) if with_system else {})
+                   system=system_status(cpu_interval=0.05) if with_system else {},
+                   p10_ms=pct[10], load_1min=_load_1min())
 
 
 def _to_numpy(x: Any) -> np.ndarray:
