@@ -154,7 +154,8 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
         scheme = dm.quant_recipe.scheme if dm.quant_recipe else None
         options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
         options.update(threads=threads or (tgt.threads if tgt else None),
-                       benchmark_runs=benchmark_runs, **(export_options or {}).get(fmt, {}))
+                       benchmark_runs=benchmark_runs)
+        options.update((export_options or {}).get(fmt, {}))
         name = "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
         try:
             result.artifacts.append(dm.export(fmt, out / name, **options))
