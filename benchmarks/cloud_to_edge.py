@@ -9,11 +9,11 @@ augmentation on the training part. The student starts from the pretrained ResNet
 shortcuts are first rewritten as equivalent fixed 1×1 convolutions so the dependency graph can
 prune through them; outputs are unchanged, checked below). ``--student`` may instead be MLPerf
 Tiny's Keras ResNet-8 (``../shared/data/mlperf-tiny-resnet8/pretrainedResnet.h5``, read with
-h5py): ~78k parameters, whose INT8 file lands within a few hundred bytes of the 40× line, so a
-3 % prune is enough (``--prune-steps 0`` skips pruning); its conversion is checked against the
-float ``pretrainedResnet.tflite`` beside it when that file is there. ``--assistant`` first
-distills the pretrained ResNet-20 from the teacher, and that assistant teaches the student. The
-settings of the best run at the goal's size are in ``results/cloud_to_edge.md``.
+``ec.from_keras``, BatchNorm kept): ~78k parameters, whose INT8 file lands within a few
+hundred bytes of the 40× line, so a 3 % prune is enough (``--prune-steps 0`` skips pruning);
+its conversion is checked against the float ``pretrainedResnet.tflite`` beside it when that
+file is there. ``--assistant`` first distills the pretrained ResNet-20 from the teacher, and
+that assistant teaches the student. The settings of the best run at the goal's size are in ``results/cloud_to_edge.md``.
 
     python benchmarks/cloud_to_edge.py \
         --teacher ../shared/data/resnet-cifar10-pretrained/resnet56-4bfd9763.th \
@@ -42,13 +42,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edgecompress as ec  # noqa: E402
 from cifar_resnet import (  # noqa: E402
+    CIFAR_MEAN,
+    CIFAR_STD,
     cifar_bundle,
-    load_keras_resnet8,
     load_resnet,
     prunable,
-    raw_pixels,
     take_normalized_input,
 )
+from edgecompress.convert import to_nchw  # noqa: E402
 from edgecompress.plot import plot_report  # noqa: E402
 
 log = logging.getLogger("cloud_to_edge")
@@ -71,9 +72,16 @@ def fp32_onnx_sizes(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
         return path.stat().st_size, compact.stat().st_size
 
 
+def raw_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """The teacher's normalised NCHW input back to the 0..255 NHWC pixels Keras took."""
+    mean = 255 * torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = 255 * torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    return (x * std + mean).permute(0, 2, 3, 1).contiguous()
+
+
 def keras_conversion_diff(model: nn.Module, h5: Path, x: torch.Tensor) -> float | None:
-    """Max abs difference of ``model``'s softmax against the float TFLite file MLPerf Tiny
-    published beside the Keras one (None when that file is not there)."""
+    """Max abs difference of ``model``'s softmax (on raw NHWC pixels) against the float TFLite
+    file MLPerf Tiny published beside the Keras one (None when that file is not there)."""
     tflite = h5.with_suffix(".tflite")
     if not tflite.exists():
         return None
@@ -83,13 +91,13 @@ def keras_conversion_diff(model: nn.Module, h5: Path, x: torch.Tensor) -> float 
     interp = Interpreter(str(tflite))
     interp.allocate_tensors()
     (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
-    raw, outs = raw_pixels(x), []
-    for image in raw.permute(0, 2, 3, 1).numpy():  # NHWC, one at a time: the file's batch is 1
+    outs = []
+    for image in x.numpy():  # one at a time: the file's batch is 1
         interp.set_tensor(inp["index"], image[None])
         interp.invoke()
         outs.append(interp.get_tensor(out["index"]))
     with torch.no_grad():
-        ours = torch.softmax(model(raw), 1).numpy()
+        ours = torch.softmax(model(x), 1).numpy()
     return float(np.abs(np.concatenate(outs) - ours).max())
 
 
@@ -97,12 +105,16 @@ def load_student(path: Path, x: torch.Tensor) -> tuple[nn.Module, dict[str, Any]
     """The pretrained student, ready to prune and taking the teacher's input, and what was
     checked on the way."""
     if path.suffix == ".h5":
-        student = load_keras_resnet8(path)
-        diff = keras_conversion_diff(student, path, x[:16])
+        raw = raw_nhwc(x)
+        # logits and trainable BatchNorm: distillation trains on them
+        student = ec.from_keras(path, raw, logits=True, batchnorm="keep")
+        diff = keras_conversion_diff(student, path, raw)
         if diff is not None and diff > 1e-4:
             raise SystemExit(f"ResNet-8 read from {path} differs from its TFLite file by {diff}")
-        return take_normalized_input(student), {"family": "resnet8 (MLPerf Tiny, Keras)",
-                                                "max_abs_diff_vs_keras_tflite": diff}
+        facts = {"family": "resnet8 (MLPerf Tiny, Keras, ec.from_keras)",
+                 "max_abs_diff_vs_keras": student.edgecompress_source["conversion_max_abs_diff"],
+                 "max_abs_diff_vs_keras_tflite": diff}
+        return take_normalized_input(to_nchw(student)), facts
     student = load_resnet(path)
     with torch.no_grad():
         before = student(x)

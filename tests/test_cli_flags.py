@@ -111,7 +111,7 @@ def test_bundled_recipes_validate_against_the_schema():
     assert len(recipes) >= 4
     for name, recipe in recipes:
         validate(recipe)
-        ec.Pipeline.from_recipe(recipe)  # and the library agrees
+        assert ec.Pipeline.from_recipe(recipe).passes, name  # and the library agrees
 
 
 @pytest.mark.parametrize("bad", [

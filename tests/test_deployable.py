@@ -31,7 +31,9 @@ _models.small_cnn_w16 = small_cnn_w16  # a builder importable by name for these 
 
 def test_save_load_with_builder_rebuilds_the_original_class(fused, digits, tmp_path):
     path = fused.save(tmp_path / "m.ecm")
-    dm = ec.DeployableModel.load(path)
+    # small_cnn_w16 is defined in this test module, not in edgecompress.models: a name in the
+    # file is not enough to import it (tests/safety), so the caller passes it
+    dm = ec.DeployableModel.load(path, builder=small_cnn_w16)
     assert type(dm.model).__name__ == "SmallCNN"
     assert isinstance(dm.model.features[0][1], torch.nn.Identity)  # the fused BN stays fused
     x = digits.samples("val", 32)

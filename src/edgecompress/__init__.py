@@ -10,45 +10,78 @@ Typical use::
     art = dm.export("onnx", "out/model.onnx")
     runner = ec.load("out/model.onnx", threads=2)
     print(runner.benchmark())
+
+The package is a lazy facade (PEP 562): ``import edgecompress`` loads only the errors and the
+version, and each name below imports its module on first use. That keeps the device side
+(``ec.load``, ``ec.system_status``, ``edgecompress serve``) free of torch: a device install
+without torch imports and runs artifacts; the compression side imports torch when it is touched.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from . import data, passes
-from ._progress import set_progress
 from ._version import __version__
-from .data import DataBundle
-from .deployable import DeployableModel, InputSpec
 from .errors import (ArtifactError, ChainError, ConfigError, DataError, EdgeCompressError,
                      ExportError, InputError, MissingExtraError, ParityError, PassError)
-from .export import Artifact
-from .formats import FORMATS, FormatSpec, register_format
-from .forms import Form
-from .passes import Pass, PassContext, register_pass
-from .pipeline import Measure, Pipeline
-from .quant_recipe import QuantRecipe
-from .report import Report
-from .runtime import LatencyStats, Runner, load, system_status
-from .training import FineTune, Recovery
 
 logging.getLogger("edgecompress").addHandler(logging.NullHandler())
 
+# public name -> module that defines it (relative to this package); imported on first access
+_LAZY: dict[str, str] = {
+    "Artifact": ".export", "DataBundle": ".data", "DeployableModel": ".deployable",
+    "InputSpec": ".deployable", "FORMATS": ".formats", "FormatSpec": ".formats",
+    "register_format": ".formats", "Form": ".forms", "Pass": ".passes", "PassContext": ".passes",
+    "register_pass": ".passes", "Measure": ".pipeline", "Pipeline": ".pipeline",
+    "QuantRecipe": ".quant_recipe", "Report": ".report", "LatencyStats": ".runtime",
+    "Runner": ".runtime", "load": ".runtime", "system_status": ".runtime",
+    "FineTune": ".training", "Recovery": ".training", "set_progress": "._progress",
+    "Distill": ".passes.distill", "select": ".select", "from_onnx": ".convert",
+    "from_keras": ".convert", "ConversionError": ".convert",
+}
+# subpackages reachable as attributes (``ec.data``, ``ec.passes``, ...), imported on first access
+_SUBMODULES = ("data", "passes", "targets", "students", "runtime", "serve")
 
-def __getattr__(name: str):  # lazy: these pull optional or heavier modules
-    if name == "Distill":
-        from .passes.distill import Distill
-        return Distill
-    if name in ("targets", "students"):  # import_module: `from . import` re-enters __getattr__
-        import importlib
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'edgecompress' has no attribute '{name}'")
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve through __getattr__
+    from . import data, passes, runtime, serve, students, targets
+    from ._progress import set_progress
+    from .data import DataBundle
+    from .deployable import DeployableModel, InputSpec
+    from .export import Artifact
+    from .formats import FORMATS, FormatSpec, register_format
+    from .forms import Form
+    from .passes import Pass, PassContext, register_pass
+    from .passes.distill import Distill
+    from .pipeline import Measure, Pipeline
+    from .quant_recipe import QuantRecipe
+    from .report import Report
+    from .runtime import LatencyStats, Runner, load, system_status
+    from .training import FineTune, Recovery
 
 
-__all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "DataBundle", "DataError",
-           "DeployableModel", "EdgeCompressError", "ExportError", "FORMATS", "FineTune", "Form",
-           "FormatSpec", "InputError", "InputSpec", "LatencyStats", "Measure",
-           "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
+def __getattr__(name: str) -> Any:
+    # importlib, not ``from . import x``: the latter looks the name up on this module first,
+    # which calls this function again and recurses
+    if name in _SUBMODULES:
+        value: Any = importlib.import_module(f".{name}", __name__)
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'edgecompress' has no attribute '{name}'")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
+__all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "ConversionError",
+           "DataBundle", "DataError", "DeployableModel", "EdgeCompressError", "ExportError",
+           "FORMATS", "FineTune", "Form", "FormatSpec", "InputError", "InputSpec", "LatencyStats",
+           "Measure", "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
            "QuantRecipe", "Recovery", "Report", "Runner", "__version__", "data", "load", "passes",
-           "register_format", "register_pass", "set_progress", "system_status"]
+           "from_keras", "from_onnx", "register_format", "register_pass", "select", "set_progress",
+           "system_status"]

@@ -1,4 +1,5 @@
-"""The ``edgecompress`` command line: demo, compress, bench, info, formats, targets, schema."""
+"""The ``edgecompress`` command line: demo, compress, bench, info, formats, targets, schema,
+serve, events."""
 
 from __future__ import annotations
 
@@ -15,6 +16,30 @@ log = logging.getLogger("edgecompress")
 D = " [default: %(default)s]"
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, runs, threads)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (warmup runs, epochs)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def _verify(args: argparse.Namespace) -> bool | None:
+    return False if getattr(args, "no_verify", False) else None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -26,7 +51,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .runtime import load
 
-    runner = load(args.artifact, threads=args.threads)
+    runner = load(args.artifact, threads=args.threads, verify=_verify(args))
     stats = runner.benchmark(warmup=args.warmup, runs=args.runs, batch_size=args.batch_size)
     if args.json:
         print(json.dumps({"artifact": str(args.artifact), "format": runner.format,
@@ -42,11 +67,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .runtime import load
 
-    info = load(args.artifact).info()
+    info = load(args.artifact, verify=_verify(args)).info()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"{info['path']}  format={info['format']}  size={info['size_bytes']:,} bytes")
+    print(f"{info['path']}  format={info['format']}  size={info['size_bytes']:,} bytes  "
+          f"sha256 {'verified' if info.get('verified') else 'NOT verified'}")
     for kind in ("inputs", "outputs"):
         for spec in info[kind]:
             print(f"  {kind[:-1]:6s} {spec['name']}: shape={spec['shape']} dtype={spec['dtype']}")
@@ -105,42 +131,38 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return compress_from_args(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.cli import serve_from_args
 
-    parser = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"edgecompress {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    return serve_from_args(args)
 
-    demo = sub.add_parser("demo", help="train a small CNN on bundled digits, compress, export, "
-                                       "benchmark and print the measured report")
-    demo.add_argument("--out", default="edgecompress-demo", help="output folder" + D)
-    demo.add_argument("--epochs", type=int, default=4, help="training epochs before compressing" + D)
-    demo.add_argument("--image-size", type=int, default=32, help="digits resized to this size" + D)
-    demo.add_argument("--seed", type=int, default=0, help="seed of data split and training" + D)
-    demo.add_argument("--threads", type=int, default=None, help="torch and runtime threads "
-                                                                "[default: torch's]")
 
-    bench = sub.add_parser("bench", help="measure an artifact's latency through its Runner")
-    bench.add_argument("artifact", help="an exported file or folder (any format of "
-                                        "'edgecompress formats')")
-    bench.add_argument("--runs", type=int, default=100, help="timed runs" + D)
-    bench.add_argument("--warmup", type=int, default=10, help="untimed runs first" + D)
-    bench.add_argument("--threads", type=int, default=None, help="runtime threads "
-                                                                 "[default: the runtime's]")
-    bench.add_argument("--batch-size", type=int, default=1, help="inputs per call" + D)
-    bench.add_argument("--json", action="store_true", help="machine-readable output")
+def _cmd_events(args: argparse.Namespace) -> int:
+    from .serve.cli import events_from_args
 
-    info = sub.add_parser("info", help="inputs, outputs, size and metadata of an artifact")
-    info.add_argument("artifact", help="an exported file or folder")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
+    return events_from_args(args)
 
-    formats = sub.add_parser("formats", help="the export formats and whether they run here")
-    formats.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from .compress import add_compress_arguments
+def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
+    from .serve.cli import add_events_arguments, add_serve_arguments
 
+    add_serve_arguments(sub.add_parser("serve", help="serve an artifact over HTTP (health, "
+                                                     "predict, metrics, model swap)"))
+    add_events_arguments(sub.add_parser("events", help="print the event log of a server"))
+
+
+def _add_compress_parser(sub: argparse._SubParsersAction, command: str | None) -> None:
+    if command != "compress":  # its arguments import torch: only for the compress command itself
+        sub.add_parser("compress", help="run a recipe on a model and export")
+        return
+    try:
+        from .compress import add_compress_arguments
+    except ImportError as exc:  # a device install without torch: serve, bench and info still work
+        p = sub.add_parser("compress", help="(needs torch: pip install edgecompress)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(unavailable=f"compress needs the full library ({exc}); on a workstation "
+                                   f"run: pip install edgecompress")
+        return
     add_compress_arguments(sub.add_parser(
         "compress", help="compress a model (a recipe file or pass flags) and export it",
         usage="edgecompress compress --model MODEL [--recipe FILE | --prune X --int8 ...] "
@@ -150,17 +172,64 @@ def build_parser() -> argparse.ArgumentParser:
                     "recipe; --save-recipe writes it). Every pass, export and measurement "
                     "option below is the Python API's option of the same name."))
 
+
+def build_parser(command: str | None = "compress") -> argparse.ArgumentParser:
+    """The parser; ``command`` (the one about to run) lets the others skip importing torch."""
+    parser = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
+    from ._version import __version__
+
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"edgecompress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a small CNN on bundled digits, compress, export, "
+                                       "benchmark and print the measured report")
+    demo.add_argument("--out", default="edgecompress-demo", help="output folder" + D)
+    demo.add_argument("--epochs", type=non_negative_int, default=4,
+                      help="training epochs before compressing" + D)
+    demo.add_argument("--image-size", type=positive_int, default=32,
+                      help="digits resized to this size" + D)
+    demo.add_argument("--seed", type=non_negative_int, default=0,
+                      help="seed of data split and training" + D)
+    demo.add_argument("--threads", type=positive_int, default=None,
+                      help="torch and runtime threads [default: torch's]")
+
+    bench = sub.add_parser("bench", help="measure an artifact's latency through its Runner")
+    bench.add_argument("artifact", help="an exported file or folder (any format of "
+                                        "'edgecompress formats')")
+    bench.add_argument("--runs", type=positive_int, default=100, help="timed runs" + D)
+    bench.add_argument("--warmup", type=non_negative_int, default=10, help="untimed runs first" + D)
+    bench.add_argument("--threads", type=positive_int, default=None,
+                       help="runtime threads [default: the runtime's]")
+    bench.add_argument("--batch-size", type=positive_int, default=1, help="inputs per call" + D)
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--no-verify", action="store_true",
+                       help="run a file without (or failing) its sha256 record")
+
+    info = sub.add_parser("info", help="inputs, outputs, size and metadata of an artifact")
+    info.add_argument("artifact", help="an exported file or folder")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--no-verify", action="store_true",
+                      help="read a file without (or failing) its sha256 record")
+
+    formats = sub.add_parser("formats", help="the export formats and whether they run here")
+    formats.add_argument("--json", action="store_true", help="machine-readable output")
+
     targets = sub.add_parser("targets", help="the device profiles --target accepts")
     targets.add_argument("--json", action="store_true", help="machine-readable output")
 
     schema = sub.add_parser("schema", help="the JSON Schema of recipe files")
     schema.add_argument("--out", default=None, help="write it to this file instead of stdout")
+
+    _add_compress_parser(sub, command)
+    _add_serve_parsers(sub)
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo, "bench": _cmd_bench, "info": _cmd_info, "formats": _cmd_formats,
-    "compress": _cmd_compress, "targets": _cmd_targets, "schema": _cmd_schema,
+    "compress": _cmd_compress, "serve": _cmd_serve, "events": _cmd_events,
+    "targets": _cmd_targets, "schema": _cmd_schema,
 }
 
 
@@ -205,8 +274,12 @@ def configure_logging(verbose: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``edgecompress`` command line; returns the exit code (2: bad input)."""
-    args = build_parser().parse_args(argv)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    args = build_parser(words[0] if words else None).parse_args(argv)
     configure_logging(args.verbose)
+    if getattr(args, "unavailable", None):
+        print(f"edgecompress {args.command}: error: {args.unavailable}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except EdgeCompressError as exc:

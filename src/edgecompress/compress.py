@@ -32,21 +32,31 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     from .targets import TARGETS
 
     io = p.add_argument_group("model, data and output")
+    from .cli import non_negative_int, positive_int
+
     io.add_argument("--model", required=True,
-                    help="'package.module:function' returning the model, or a saved .ecm file")
+                    help="'package.module:function' returning the model, a saved .ecm file, an "
+                         ".onnx file, or a Keras .keras/.h5 file or TensorFlow SavedModel folder "
+                         "(converted to torch; parity vs the original goes in the report)")
     io.add_argument("--weights", help="state dict to load into the model (torch.save file; "
                                       "loaded with weights_only=True)")
     io.add_argument("--data", default="digits",
                     help="'digits' (bundled), an IDX folder (MNIST-style) or an image "
                          "folder/.tar [default: digits]")
-    io.add_argument("--image-size", type=int, default=None,
+    io.add_argument("--image-size", type=positive_int, default=None,
                     help="resize inputs to this size [default: 32 for digits, else as stored]")
-    io.add_argument("--channels", type=int, default=None, help="force 1 or 3 input channels")
-    io.add_argument("--batch-size", type=int, default=64, help="[default: 64]")
+    io.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                    help="force 1 or 3 input channels")
+    io.add_argument("--batch-size", type=positive_int, default=64, help="[default: 64]")
     io.add_argument("--out", default="edgecompress-out", help="output folder "
                     "[default: edgecompress-out]")
-    io.add_argument("--seed", type=int, default=0, help="[default: 0]")
-    io.add_argument("--threads", type=int, default=None,
+    io.add_argument("--seed", type=non_negative_int, default=0, help="[default: 0]")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace edgecompress artifacts already in --out (never other files)")
+    io.add_argument("--select", action="store_true",
+                    help="also export every format/precision the target can run, time each on "
+                         "this machine and report the fastest verified one (select.md)")
+    io.add_argument("--threads", type=positive_int, default=None,
                     help="torch and runtime threads [default: the target's, else torch's]")
     rec = p.add_argument_group("recipe", "a recipe file, or the pass flags below, which build it")
     rec.add_argument("--recipe", default=None, help="recipe file (.yaml or .json); see "
@@ -66,8 +76,42 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(_measure_flags=add_option_flags(group, Measure, "measure", skip=("threads",)))
 
 
-def load_model(spec: str, weights: str | None) -> tuple[nn.Module, str | None]:
-    """A model from ``module:function`` or an .ecm file, with optional state-dict weights."""
+def foreign_kind(spec: str) -> str | None:
+    """"onnx" or "keras" when ``--model`` names a model not written in PyTorch, else None."""
+    from .convert.keras_in import is_keras_source
+
+    if spec.lower().endswith(".onnx"):
+        return "onnx"
+    return "keras" if is_keras_source(spec) else None
+
+
+def input_layout(spec: str) -> str:
+    """The layout ``--model``'s data must have: NHWC for Keras image models and for ONNX files
+    whose 4-d input ends in 1 or 3 channels; NCHW otherwise."""
+    kind = foreign_kind(spec)
+    if kind == "keras":
+        return "NHWC"
+    if kind == "onnx":
+        from .convert.onnx_graph import load_proto
+        from .convert.onnx_in import input_shapes
+
+        dims = input_shapes(load_proto(spec))[0]
+        if len(dims) == 4 and dims[3] in (1, 3) and dims[1] not in (1, 3):
+            return "NHWC"
+    return "NCHW"
+
+
+def load_model(spec: str, weights: str | None,
+               samples: torch.Tensor | None = None) -> tuple[nn.Module, str | None]:
+    """A model from ``module:function``, an .ecm file, an ONNX file or a Keras / TensorFlow
+    model (converted, parity measured on ``samples``), with optional state-dict weights."""
+    kind = foreign_kind(spec)
+    if kind is not None:
+        if weights:
+            raise ConfigError(f"--weights applies to torch models; {spec} carries its own")
+        from .convert import from_keras, from_onnx
+
+        return (from_onnx if kind == "onnx" else from_keras)(spec, samples), None
     if spec.endswith(".ecm"):
         from .deployable import DeployableModel
 
@@ -98,20 +142,21 @@ def load_model(spec: str, weights: str | None) -> tuple[nn.Module, str | None]:
 
 
 def load_data(spec: str, image_size: int | None, channels: int | None, batch_size: int,
-              seed: int) -> DataBundle:
+              seed: int, layout: str = "NCHW") -> DataBundle:
     from . import data as ec_data
 
     if spec == "digits":
         return ec_data.digits(image_size=image_size or 32, batch_size=batch_size, seed=seed,
-                              channels=channels or 1)
+                              channels=channels or 1, layout=layout)
     path = Path(spec)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder (use 'digits', an IDX folder or "
                         f"an image folder/.tar)")
     if path.is_dir() and any(f.name.startswith(("train-images", "t10k-images")) for f in path.iterdir()):
         return ec_data.idx(path, image_size=image_size, batch_size=batch_size, seed=seed,
-                           channels=channels)
-    return ec_data.image_folder(path, image_size=image_size, batch_size=batch_size, seed=seed)
+                           channels=channels, layout=layout)
+    return ec_data.image_folder(path, image_size=image_size, batch_size=batch_size, seed=seed,
+                                layout=layout)
 
 
 @dataclass
@@ -128,14 +173,16 @@ class CompressResult:
 def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str, Any] | Pipeline",
              out: Path, formats: list[str] | None = None, target: str | None = None, seed: int = 0,
              builder: str | None = None, threads: int | None = None,
-             benchmark_runs: int = 50,
+             benchmark_runs: int = 50, overwrite: bool = False, select: bool = False,
              export_options: dict[str, dict[str, Any]] | None = None) -> CompressResult:
     """Run ``recipe`` (a recipe file or dict, or a Pipeline) on ``model``, export to
     ``formats``, write report.json/md, recipe.yaml and plot.png into ``out``.
 
     ``export_options`` maps a format to options for its exporter; they override the target
-    profile's defaults and ``threads``/``benchmark_runs``.
-    """
+    profile's defaults and ``threads``/``benchmark_runs``. Artifacts already in ``out`` are
+    replaced only with ``overwrite`` (checked before the pipeline runs, so a refusal costs
+    nothing)."""
+    from .metadata import check_destination
     from .formats import get_format
     from .pipeline import Pipeline
     from .targets import get_target
@@ -145,7 +192,10 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
     tgt = get_target(target) if target else None
     formats = formats or (list(tgt.formats[:2]) if tgt else ["onnx"])
     for fmt in formats:
-        get_format(fmt)  # unknown formats fail before any work
+        spec = get_format(fmt)  # unknown formats and taken destinations fail before any work
+        check_destination(out / _artifact_name(spec), fmt, overwrite)
+    if "torch" not in formats:  # else the torch export itself writes model.ecm
+        check_destination(out / "model.ecm", "torch", overwrite)
     out.mkdir(parents=True, exist_ok=True)
     dm = pipe.run(model, data, target=tgt, builder=builder)
     result = CompressResult(dm)
@@ -154,15 +204,17 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
         scheme = dm.quant_recipe.scheme if dm.quant_recipe else None
         options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
         options.update(threads=threads or (tgt.threads if tgt else None),
-                       benchmark_runs=benchmark_runs)
+                       benchmark_runs=benchmark_runs, overwrite=overwrite)
         options.update((export_options or {}).get(fmt, {}))
-        name = "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
         try:
-            result.artifacts.append(dm.export(fmt, out / name, **options))
+            result.artifacts.append(dm.export(fmt, out / _artifact_name(spec), **options))
         except EdgeCompressError as exc:
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
-    dm.save(out / "model.ecm", builder=builder)
+    if select:
+        result.files += _select(dm, tgt, out, threads)
+    if not any(a.format == "torch" for a in result.artifacts):
+        dm.save(out / "model.ecm", builder=builder, overwrite=overwrite)
     dm.report.info["export_failures"] = result.failures
     result.files += [atomic_write_bytes(out / "report.json", dm.report.to_json().encode()),
                      atomic_write_bytes(out / "report.md", _markdown(dm, tgt).encode()),
@@ -175,6 +227,23 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
     except ImportError as exc:
         log.warning("no plot: %s", exc)
     return result
+
+
+def _artifact_name(spec: Any) -> str:
+    return "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
+
+
+def _select(dm: Any, tgt: Any, out: Path, threads: int | None) -> list[Path]:
+    """Run :func:`edgecompress.select.select`; write select.md/json; note the winner in the report."""
+    import json
+
+    from .select import select
+
+    chosen = select(dm, target=tgt, out_dir=out / "select", threads=threads)
+    dm.report.info["fastest_artifact"] = chosen.best.name if chosen.best else None
+    dm.report.info["select_notes"] = chosen.notes
+    return [atomic_write_bytes(out / "select.md", chosen.to_markdown().encode()),
+            atomic_write_bytes(out / "select.json", json.dumps(chosen.to_dict(), indent=1).encode())]
 
 
 def _markdown(dm: Any, tgt: Any) -> str:
@@ -230,12 +299,15 @@ def compress_from_args(args: argparse.Namespace) -> int:
         log.info("recipe written to %s", pipe.save_recipe(args.save_recipe))
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, builder = load_model(args.model, args.weights)
-    data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed)
+    data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed,
+                     input_layout(args.model))
+    samples = data.samples("val", 16) if foreign_kind(args.model) else None
+    model, builder = load_model(args.model, args.weights, samples)
     out = Path(args.out)
     options = {fmt: export_options(args, args._export_flags, fmt) for fmt in formats}
     result = compress(model, data, pipe, out, formats, args.target, args.seed, builder,
-                      args.threads, export_options=options)
+                      args.threads, overwrite=args.overwrite, select=args.select,
+                      export_options=options)
     print(summary(result, out, time.perf_counter() - t0))
     return 1 if result.failures else 0
 

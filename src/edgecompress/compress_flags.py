@@ -145,7 +145,8 @@ def add_export_flags(parser: argparse.ArgumentParser) -> dict[str, list[Flag]]:
 
     group = parser.add_argument_group("every export", "verification and measurement of each "
                                                       "artifact (ExportOptions)")
-    derived = {"*": add_option_flags(group, ExportOptions, skip=("threads",))}
+    # threads and overwrite: the compress command's own --threads and --overwrite set them
+    derived = {"*": add_option_flags(group, ExportOptions, skip=("threads", "overwrite"))}
     for spec in FORMATS.values():
         try:
             options = load_object(spec.exporter).Options

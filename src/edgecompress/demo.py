@@ -43,8 +43,9 @@ def run_demo(out: Path, epochs: int = 4, image_size: int = 32, seed: int = 0,
     pipe = Pipeline(demo_passes(), seed=seed)
     log.info("demo: running %s", pipe)
     dm = pipe.run(model, data, builder="edgecompress.models:small_cnn")
-    art = dm.export("onnx", out / "model.onnx", threads=threads)
-    dm.save(out / "model.ecm")
+    # the demo's own folder: rerunning it replaces its own artifacts (never other files)
+    art = dm.export("onnx", out / "model.onnx", threads=threads, overwrite=True)
+    dm.save(out / "model.ecm", overwrite=True)
     stats = art.load(threads=threads).benchmark(warmup=10, runs=100)
     atomic_write_bytes(out / "report.json", dm.report.to_json().encode())
     atomic_write_bytes(out / "report.md",

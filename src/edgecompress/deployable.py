@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from ._ecm_archive import (TRUSTED_REBUILD_HOOKS, check_hashes,
+                           check_structure, checked_program, member_hashes, parse_manifest,
+                           read_members, trusted_builder, version_ok)
 from ._io import atomic_path
 from ._version import __version__
 from .errors import ArtifactError
@@ -53,6 +56,17 @@ class InputSpec:
                    name=d.get("name", "input"), layout=d.get("layout", "NCHW"))
 
     @classmethod
+    def checked(cls, d: Any, path: Path) -> "InputSpec":
+        """From a manifest's ``input_spec``, refusing shapes no real model takes (a crafted
+        ``[1, 1e12]`` would otherwise allocate the example input)."""
+        from .metadata import check_input_shape
+
+        check_input_shape(d if isinstance(d, dict) else {"shape": None}, path)
+        if str(d.get("dtype", "float32")) not in ("float32", "float16", "float64", "uint8", "int64"):
+            raise ArtifactError(f"{path}: input_spec dtype {d.get('dtype')!r} is not supported")
+        return cls.from_dict(d)
+
+    @classmethod
     def from_tensor(cls, x: torch.Tensor, layout: str = "NCHW") -> "InputSpec":
         return cls(shape=(1, *x.shape[1:]), dtype=str(x.numpy().dtype) if x.device.type == "cpu"
                    else "float32", layout=layout)
@@ -84,6 +98,7 @@ class DeployableModel:
     info: dict[str, Any] = field(default_factory=dict)
     data: "DataBundle | None" = None
     builder: str | None = None
+    verified: bool | None = None  # loaded from a file whose sha256 records matched
 
     # -- use ------------------------------------------------------------------------------------
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
@@ -113,13 +128,21 @@ class DeployableModel:
         self.report.add_artifact(artifact.metrics())
         return artifact
 
+    def needed_bytes(self) -> int:
+        """Free space writing this model needs: its weights a few times over (the temporary,
+        converters' intermediates, the float model, metadata) plus a margin."""
+        models = [m for m in (self.model, self.float_model) if m is not None]
+        weights = sum(t.numel() * t.element_size() for m in models
+                      for t in m.state_dict().values() if isinstance(t, torch.Tensor))
+        return 3 * weights + (256 << 10)
+
     def manifest_metadata(self) -> dict[str, Any]:
         return {"edgecompress_version": __version__, "input": self.input_spec.to_dict(),
                 "history": [h.get("pass") for h in self.history], **self.info}
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path, builder: str | None = None, portable: bool = True,
-             keep_samples: bool = False) -> Path:
+             overwrite: bool = False, keep_samples: bool = False) -> Path:
         """Write an ``.ecm`` file: JSON manifest + tensors only, no pickled code.
 
         The file holds the manifest (input spec, history, report, structure, the quantization
@@ -133,8 +156,16 @@ class DeployableModel:
         :meth:`load` rebuilds the model from ``builder`` — a ``"module:function"`` that returns
         the *uncompressed* model — and loads the weights with ``weights_only=True``. With
         ``portable`` the model is also saved as a ``torch.export`` program, which reloads
-        without any builder (as an inference ``GraphModule``).
+        without any builder (as an inference ``GraphModule``). The manifest records the sha256
+        of every member. An existing ``.ecm`` at ``path`` is replaced (atomically) only with
+        ``overwrite=True``; any other existing file or folder is never replaced.
         """
+        from .metadata import check_destination
+
+        from ._io import ensure_free_space
+
+        replace = check_destination(Path(path), "torch", overwrite)
+        ensure_free_space(Path(path).parent, self.needed_bytes(), "saving the model")
         builder = builder or self.builder
         manifest = {
             "format": ECM_FORMAT, "version": ECM_VERSION, "edgecompress_version": __version__,
@@ -157,42 +188,56 @@ class DeployableModel:
                 files["program.pt2"] = program
                 manifest["portable"] = True
                 manifest["program_static_batch"] = static_batch
-        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        manifest["sha256"] = member_hashes(files)
+        with atomic_path(path, replace) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=str))
             for name, data in files.items():
                 zf.writestr(name, data)
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, builder: Builder | str | None = None) -> "DeployableModel":
-        """Read an ``.ecm`` file without unpickling anything but tensors.
+    def load(cls, path: str | Path, builder: Builder | str | None = None,
+             verify: bool = True) -> "DeployableModel":
+        """Read an ``.ecm`` file; nothing in it can run code.
 
-        The model is rebuilt from ``builder`` (argument, else the one recorded at save time)
-        when it can be imported; otherwise from the saved ``torch.export`` program.
+        The members are checked first (allow-list, size caps, the sha256 recorded at save time;
+        ``verify=False`` loads a file without records, with a warning). The model is rebuilt
+        from ``builder`` when the caller passes one; a builder *named in the file* is imported
+        only if it is defined in ``edgecompress.models``. Otherwise
+        the model comes from the saved ``torch.export`` program, checked to hold only raw
+        tensors and JSON. Weights load with ``torch.load(weights_only=True)``.
         """
         p = Path(path)
         if not p.exists():
             raise ArtifactError(f"{p} does not exist")
         try:
-            with zipfile.ZipFile(p) as zf:
-                names = set(zf.namelist())
-                if "manifest.json" not in names or "weights.pt" not in names:
-                    raise ArtifactError(f"{p} is not an edgecompress model (.ecm): "
-                                        f"manifest.json or weights.pt is missing")
-                manifest = json.loads(zf.read("manifest.json"))
-                blobs = {n: zf.read(n) for n in names if n != "manifest.json"}
-        except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as exc:
-            raise ArtifactError(f"{p} is not a readable .ecm file (truncated or corrupt?): "
-                                f"{exc}") from exc
-        if manifest.get("format") != ECM_FORMAT or int(manifest.get("version", 0)) > ECM_VERSION:
+            blobs = read_members(p)
+        except OSError as exc:
+            raise ArtifactError(f"{p} is not a readable .ecm file: {exc}") from exc
+        manifest = parse_manifest(blobs.pop("manifest.json"), p)
+        if manifest.get("format") != ECM_FORMAT or not version_ok(manifest.get("version"), ECM_VERSION):
             raise ArtifactError(f"{p}: unsupported model file (format {manifest.get('format')!r}, "
                                 f"version {manifest.get('version')!r}); this edgecompress reads "
                                 f"{ECM_FORMAT} up to version {ECM_VERSION}")
+        verified = check_hashes(manifest, blobs, p, verify)
+        try:
+            return cls._from_checked(manifest, blobs, builder, p, verified)
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ArtifactError(f"{p}: the manifest is malformed ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); the file is corrupt or crafted") from exc
+
+    @classmethod
+    def _from_checked(cls, manifest: dict[str, Any], blobs: dict[str, bytes],
+                      builder: Builder | str | None, p: Path, verified: bool) -> "DeployableModel":
+        input_spec = InputSpec.checked(manifest.get("input_spec"), p)
+        if builder is None:
+            builder = trusted_builder(manifest.get("builder"), p)
         weights = _safe_tensors(blobs["weights.pt"], p, "weights.pt")
         float_model = None
         if "float_weights.pt" in blobs and manifest.get("float_structure"):
-            float_model = _rebuild_with_builder(builder or manifest.get("builder"),
-                                                manifest["float_structure"],
+            float_model = _rebuild_with_builder(builder, manifest["float_structure"],
                                                 _safe_tensors(blobs["float_weights.pt"], p,
                                                               "float_weights.pt"), p)
         recipe = None
@@ -204,12 +249,12 @@ class DeployableModel:
         model = _rebuild_from_recipe(recipe, float_model, weights)
         if model is None:
             model = _rebuild(manifest, weights, blobs, builder, p)
-        return cls(model=model.eval(), input_spec=InputSpec.from_dict(manifest["input_spec"]),
+        return cls(model=model.eval(), input_spec=input_spec,
                    form=Form(manifest.get("form", Form.TORCH_FLOAT.value)),
                    report=Report.from_dict(manifest.get("report", {})),
                    history=list(manifest.get("history", [])), quant_recipe=recipe,
                    float_model=float_model, info=dict(manifest.get("info", {})),
-                   builder=manifest.get("builder"))
+                   builder=manifest.get("builder"), verified=verified)
 
     def copy(self) -> "DeployableModel":
         return copy.deepcopy(self)
@@ -259,9 +304,10 @@ def _rebuild_from_recipe(recipe: QuantRecipe | None, float_model: nn.Module | No
     hook = recipe.extra.get("rebuild") if recipe is not None else None
     if not hook or float_model is None:
         return None
-    if not str(hook).startswith("edgecompress."):  # the name comes from the file: import ours only
+    if hook not in TRUSTED_REBUILD_HOOKS:  # the name comes from the file: import ours only
         raise ArtifactError(f"refusing to rebuild the model with {hook!r}: only edgecompress's "
-                            f"own rebuild functions are imported from a model file")
+                            f"own rebuild functions ({', '.join(TRUSTED_REBUILD_HOOKS)}) are "
+                            f"imported from a model file")
     from .plugins import load_object
 
     return load_object(hook)(float_model, recipe, weights)
@@ -311,17 +357,11 @@ def _export_program(model: nn.Module, example: torch.Tensor) -> tuple[bytes | No
 
 
 def _load_program(data: bytes, path: Path, static_batch: bool = False) -> nn.Module:
-    """Load a torch.export program only after proving every pickle inside is tensors-only.
-
-    ``torch.export.load`` retries with ``weights_only=False`` when a safe load fails; checking
-    each member first with ``weights_only=True`` means that fallback can never run code.
-    """
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        for name in zf.namelist():
-            if name.endswith(".pt"):
-                _safe_tensors(zf.read(name), path, f"program.pt2/{name}")
+    """Load the torch.export program after :func:`checked_program` proved it holds only raw
+    tensors and JSON (torch would unpickle ``use_pickle`` members with ``weights_only=False``)."""
+    checked = checked_program(data, path)
     try:
-        return ExportedProgramModule(torch.export.load(io.BytesIO(data)).module(),
+        return ExportedProgramModule(torch.export.load(io.BytesIO(checked)).module(),
                                      1 if static_batch else None)
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"{path}: the saved torch.export program cannot be loaded by this "
@@ -329,6 +369,7 @@ def _load_program(data: bytes, path: Path, static_batch: bool = False) -> nn.Mod
 
 
 def _resolve_builder(builder: Builder | str | None) -> Builder | None:
+    """A builder the *caller* passed (a callable, or a name the caller chose to import)."""
     if builder is None or callable(builder):
         return builder
     from .plugins import load_object
@@ -345,6 +386,7 @@ def _rebuild_with_builder(builder: Builder | str | None, structure: dict[str, An
     fn = _resolve_builder(builder)
     if fn is None:
         return None
+    check_structure(structure, weights, path)
     model = fn()
     apply_snapshot(model, structure)
     try:
@@ -357,8 +399,7 @@ def _rebuild_with_builder(builder: Builder | str | None, structure: dict[str, An
 
 def _rebuild(manifest: dict[str, Any], weights: dict[str, Any], blobs: dict[str, bytes],
              builder: Builder | str | None, path: Path) -> nn.Module:
-    model = _rebuild_with_builder(builder or manifest.get("builder"), manifest["structure"],
-                                  weights, path)
+    model = _rebuild_with_builder(builder, manifest["structure"], weights, path)
     if model is not None:
         return model
     if "program.pt2" in blobs:

@@ -43,6 +43,15 @@ class ArtifactError(EdgeCompressError, ValueError):
     """An artifact file is missing, truncated, corrupt, tampered with or of an unknown format."""
 
 
+class WriteError(EdgeCompressError, OSError):
+    """Writing a file failed for a reason outside edgecompress (full disk, read-only folder);
+    the message names the path and the cause, and nothing was left at the destination."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.errno = code
+
+
 class InputError(EdgeCompressError, ValueError):
     """A runner was called with an input of the wrong shape or dtype."""
 

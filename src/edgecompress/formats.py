@@ -33,6 +33,7 @@ class FormatSpec:
     fp16: bool = False
     int8_static: bool = False
     int8_dynamic: bool = False
+    weight_only: bool = False  # holds group-wise int4/int8 weights with float activations
     dynamic_batch: bool = False
     needs_gpu: bool = False
     detect: Callable[[Path], bool] | None = field(default=None, compare=False)
@@ -42,6 +43,8 @@ class FormatSpec:
         return all(available(m) for m in self.modules)
 
     def supports(self, precision: str) -> bool:
+        if precision.endswith("-weight"):
+            return self.weight_only
         return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8_static,
                 "int8-static": self.int8_static, "int8-dynamic": self.int8_dynamic}.get(precision, False)
 
@@ -54,6 +57,10 @@ class FormatSpec:
 
 def _has_ncnn_param(path: Path) -> bool:
     return path.is_dir() and any(path.glob("*.param"))
+
+
+def _has_openvino_ir(path: Path) -> bool:
+    return path.is_dir() and any(x.with_suffix(".bin").exists() for x in path.glob("*.xml"))
 
 
 FORMATS: dict[str, FormatSpec] = {}
@@ -70,7 +77,7 @@ def register_format(spec: FormatSpec, replace: bool = False) -> FormatSpec:
 for _spec in (
     FormatSpec("onnx", (".onnx",), "ONNX, run by ONNX Runtime; INT8 as a QDQ graph from ORT's quantizer",
                "edgecompress.export.onnx:OnnxExporter", "edgecompress.runtime.ort:OrtRunner",
-               modules=("onnx", "onnxruntime"), int8_static=True, int8_dynamic=True,
+               modules=("onnx", "onnxruntime"), fp16=True, int8_static=True, int8_dynamic=True,
                dynamic_batch=True),
     FormatSpec("tflite", (".tflite",), "LiteRT (TensorFlow Lite) flatbuffer via litert-torch",
                "edgecompress.export.tflite:TfliteExporter", "edgecompress.runtime.litert:LiteRTRunner",
@@ -89,9 +96,24 @@ for _spec in (
                "edgecompress.runtime.tensorrt_runner:TensorRTRunner",
                extra="tensorrt", modules=("tensorrt",), fp16=True, int8_static=True,
                dynamic_batch=True, needs_gpu=True),
+    FormatSpec("openvino", (".xml",), "OpenVINO IR folder (model.xml + model.bin); INT8 from the "
+               "recipe's QDQ graph or NNCF, run by OpenVINO's CPU plugin",
+               "edgecompress.export.openvino:OpenVinoExporter",
+               "edgecompress.runtime.openvino_runner:OpenVinoRunner",
+               extra="openvino", modules=("openvino",), directory=True, fp16=True,
+               int8_static=True, dynamic_batch=True, detect=_has_openvino_ir),
+    FormatSpec("executorch", (".pte",), "ExecuTorch program lowered to the XNNPACK delegate; INT8 "
+               "through PT2E with the XNNPACK quantizer",
+               "edgecompress.export.executorch:ExecuTorchExporter",
+               "edgecompress.runtime.executorch_runner:ExecuTorchRunner",
+               extra="executorch", modules=("executorch",), int8_static=True),
     FormatSpec("torch", (".ecm",), "edgecompress DeployableModel (weights + structure, no pickled code)",
                "edgecompress.export.ecm:EcmExporter", "edgecompress.runtime.torch_runner:TorchRunner",
                modules=("torch",), int8_static=True, int8_dynamic=True, dynamic_batch=True),
+    FormatSpec("gguf", (".gguf",), "GGUF for llama.cpp: causal LMs (Llama, Qwen2, GPT-2) with "
+               "their tokenizer, F16 / Q8_0 / Q4_0 / Q4_1 / Q4_K weights",
+               "edgecompress.export.gguf:GgufExporter", "edgecompress.runtime.llama_runner:LlamaRunner",
+               extra="llm", modules=("gguf",), fp16=True, weight_only=True, dynamic_batch=True),
 ):
     register_format(_spec)
 

@@ -19,13 +19,41 @@ def load_onnx(path: str | Path) -> Any:
     from google.protobuf.message import DecodeError
 
     try:
-        model = onnx.load(str(path))
-    except (DecodeError, ValueError, OSError, RuntimeError) as exc:
+        model = onnx.load(str(path), load_external_data=False)
+        check_external_data(model, Path(path))
+        if _external_tensors(model):
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, str(Path(path).parent))
+    except (DecodeError, ValueError, OSError, RuntimeError, onnx.checker.ValidationError) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
         raise ArtifactError(f"{path} is not a readable ONNX model (truncated or corrupt?): "
                             f"{exc}") from exc
     if not model.graph.node and not model.graph.output:
         raise ArtifactError(f"{path} holds no ONNX graph (truncated or not an ONNX file)")
     return model
+
+
+def _external_tensors(model: Any) -> list[Any]:
+    from onnx import TensorProto
+    from onnx.external_data_helper import _get_all_tensors
+
+    return [t for t in _get_all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
+
+
+def check_external_data(model: Any, path: Path) -> None:
+    """Refuse external-data locations outside the model's folder (absolute, ``..``, or a
+    symbolic link leading out): a crafted model must not read other files into its weights."""
+    folder = path.parent.resolve()
+    for tensor in _external_tensors(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = folder / location
+        if (not location or Path(location).is_absolute() or target.is_symlink()
+                or not target.resolve().is_relative_to(folder)):
+            raise ArtifactError(f"{path}: tensor {tensor.name!r} keeps its data in "
+                                f"{location!r}, outside the model's folder {folder}; refused "
+                                f"(an ONNX file may only reference files beside it)")
 
 
 def weights_sha256(model: Any) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -126,6 +127,8 @@ def _in_range(value: float, spec: OptionSpec) -> bool:
 def _problem(value: Any, tp: Any, spec: OptionSpec) -> str | None:
     if not _matches(value, tp):
         return f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN is not a value (give a number)"
     if spec.choices is not None and value is not None:
         items = value if isinstance(value, (list, tuple)) and not isinstance(value, str) else [value]
         bad = [v for v in items if v not in spec.choices]

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .convert.source import check_input_shape, source_of
 from .data.bundle import DataBundle
 from .deployable import DeployableModel, InputSpec
 from .errors import ChainError, ConfigError, EdgeCompressError, PassError
@@ -46,6 +47,9 @@ class Measure:
 
 def measure_stage(model: Any, form: Form, data: DataBundle, cfg: Measure, name: str) -> StageMetrics:
     """Measure one stage's model: every field is counted or timed, none estimated."""
+    if getattr(data, "task", None) == "causal_lm":  # token-id bundles: perplexity, not top-1
+        from .lm.metrics import measure_lm_stage
+        return measure_lm_stage(model, form, data, cfg, name)
     if form is Form.ONNX_GRAPH:
         return _measure_onnx(model, data, cfg, name)
     from .runtime.torch_runner import TorchRunner
@@ -129,7 +133,7 @@ class Pipeline:
         elif measure is False:
             measure = Measure(accuracy=False, latency=False, macs=False)
         self.measure = measure
-        self.seed = seed
+        self.seed = _recipe_seed(seed)
         self.device = device
 
     # -- checks ---------------------------------------------------------------------------------
@@ -170,14 +174,18 @@ class Pipeline:
             if isinstance(recovery, Recovery):  # e.g. training data: checked once, here
                 recovery.check_data(data)
         _warn_training_after_fold(passes)
+        source = source_of(model)  # converted from ONNX/Keras: its measured parity and layout
+        check_input_shape(source, data.example_input)
         work = copy.deepcopy(model)
         if isinstance(work, nn.Module):
             work.eval()
+            _check_num_classes(work, data)
         ctx = PassContext(data=data, seed=self.seed, device=self.device, target=target_obj)
         report = Report(info={"data": data.describe(), "seed": self.seed,
                               "target": getattr(target_obj, "name", None),
                               "from_target": target_notes})
         report.stages.append(measure_stage(work, forms[0], data, self.measure, "input"))
+        report.stages[0].notes.update(source)
         history: list[dict[str, Any]] = []
         # every run starts from the bundle's batches as given: same seed, same numbers
         with data.rewound():
@@ -194,7 +202,8 @@ class Pipeline:
                     report.stages.append(StageMetrics(stage=stage, form=forms[i].value,
                                                       seconds=time.perf_counter() - t0,
                                                       error=f"{type(exc).__name__}: {exc}"))
-                    partial = self._deployable(work, forms[i], data, report, history, ctx, builder)
+                    partial = self._deployable(work, forms[i], data, report, history, ctx, builder,
+                                               source)
                     if on_error == "stop":
                         log.error("stage '%s' failed, stopping: %s", stage, exc)
                         return partial
@@ -209,7 +218,7 @@ class Pipeline:
                 report.stages.append(metrics)
                 history.append({"pass": p.name, "options": p.to_recipe(), "notes": dict(ctx.notes)})
         ctx.model_before = None
-        return self._deployable(work, forms[-1], data, report, history, ctx, builder)
+        return self._deployable(work, forms[-1], data, report, history, ctx, builder, source)
 
     def _apply_target(self, target: Any) -> tuple[list[Pass], Any, dict[str, Any]]:
         if target is None:
@@ -222,9 +231,9 @@ class Pipeline:
 
     def _deployable(self, model: Any, form: Form, data: DataBundle, report: Report,
                     history: list[dict[str, Any]], ctx: PassContext,
-                    builder: str | None) -> DeployableModel:
+                    builder: str | None, source: dict[str, Any]) -> DeployableModel:
         assert data.example_input is not None
-        layout = data.preprocess.layout if data.preprocess else "NCHW"
+        layout = source.get("layout") or (data.preprocess.layout if data.preprocess else "NCHW")
         info = {"num_classes": data.num_classes,
                 "class_names": list(data.class_names) if data.class_names else None,
                 "preprocess": data.preprocess.to_dict() if data.preprocess else None,
@@ -266,7 +275,7 @@ class Pipeline:
             pass_cls = get_pass(str(item["pass"]))
             passes.append(pass_cls.from_recipe(options, where=f"recipe entry {i + 1} "
                                                               f"('{item['pass']}')"))
-        pipe = cls(passes, seed=int(data.get("seed", 0)))
+        pipe = cls(passes, seed=_recipe_seed(data.get("seed", 0)))
         pipe.check()
         return pipe
 
@@ -293,18 +302,51 @@ def _read_recipe(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"recipe file {p} does not exist")
+    from ._yaml import MAX_RECIPE_BYTES, load_bounded
+
+    if p.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"recipe file {p} is {p.stat().st_size:,} bytes; a recipe is at most "
+                          f"{MAX_RECIPE_BYTES:,}")
     text = p.read_text()
     try:
         if p.suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text)
+            data = load_bounded(text)
         else:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_refuse_constant)
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 - yaml and json raise different types
         raise ConfigError(f"recipe file {p} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"recipe file {p} must hold a mapping with a 'passes' list")
     return data
+
+
+def _check_num_classes(model: nn.Module, data: DataBundle) -> None:
+    """A bundle's num_classes that the model's output disagrees with would be written into every
+    artifact's metadata (and mislabel predictions): refuse it before any work."""
+    if not data.num_classes or data.example_input is None:
+        return
+    import torch
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        out = model(data.example_input[:1].to(device))
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] != data.num_classes:
+        raise ConfigError(f"the data says num_classes={data.num_classes}, but the model gives "
+                          f"{out.shape[1]} outputs per sample; build the model for "
+                          f"{data.num_classes} classes or fix DataBundle.num_classes")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ConfigError(f"the recipe holds {name}, which is not a number a recipe can use")
+
+
+def _recipe_seed(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"Pipeline: 'seed' must be a non-negative integer, got "
+                          f"{type(value).__name__} {value!r}")
+    return value
 
 
 def _warn_training_after_fold(passes: Sequence[Pass]) -> None:

@@ -33,6 +33,7 @@ class StageMetrics:
     sparsity: float | None = None
     accuracy: float | None = None
     latency_ms: float | None = None  # p50 through a Runner, batch 1
+    perplexity: float | None = None  # causal LMs: held-out perplexity (accuracy: next-token top-1)
     seconds: float | None = None  # wall time the pass took
     compressed_bytes: dict[str, int] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +65,7 @@ class ArtifactMetrics:
     latency_p10_ms: float | None = None
     latency_p90_ms: float | None = None
     load_1min: float | None = None
+    perplexity: float | None = None  # causal LMs: measured through the artifact's runtime
 
 
 def _pct(v: float | None) -> str:
@@ -155,10 +157,23 @@ class Report:
                        f"compare them only within one run, or rerun on a quiet machine.")
         return out
 
-    def __str__(self) -> str:
-        parts = [_text_table(self.stage_columns(), self.stage_rows())]
+    def _with_perplexity(self, header: tuple[str, ...], rows: list[list[str]],
+                         items: list[Any]) -> tuple[tuple[str, ...], list[list[str]]]:
+        """Language models add a perplexity column (only when some row has one)."""
+        if all(getattr(i, "perplexity", None) is None for i in items):
+            return header, rows
+        return (*header, "ppl"), [r + ["n/a" if i.perplexity is None else f"{i.perplexity:.3f}"]
+                                  for r, i in zip(rows, items)]
+
+    def _tables(self) -> list[tuple[tuple[str, ...], list[list[str]]]]:
+        tables = [self._with_perplexity(self.stage_columns(), self.stage_rows(), self.stages)]
         if self.artifacts:
-            parts.append(_text_table(self.artifact_columns(), self.artifact_rows()))
+            tables.append(self._with_perplexity(self.artifact_columns(), self.artifact_rows(),
+                                                self.artifacts))
+        return tables
+
+    def __str__(self) -> str:
+        parts = [_text_table(h, r) for h, r in self._tables()]
         for s in self.stages:
             if s.error:
                 parts.append(f"stage '{s.stage}' failed: {s.error}")
@@ -176,10 +191,10 @@ class Report:
     def to_markdown(self, level: int = 2) -> str:
         """The report as Markdown; section headings at ``level`` (2: under a ``#`` title)."""
         h = "#" * level
-        parts = [f"{h} Stages", "", _md_table(self.stage_columns(), self.stage_rows())]
+        tables = self._tables()
+        parts = [f"{h} Stages", "", _md_table(*tables[0])]
         if self.artifacts:
-            parts += ["", f"{h} Artifacts", "",
-                      _md_table(self.artifact_columns(), self.artifact_rows())]
+            parts += ["", f"{h} Artifacts", "", _md_table(*tables[1])]
         failures = self.export_failures()
         failed = [s for s in self.stages if s.error]
         if failures or failed:

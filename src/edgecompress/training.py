@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_path
+from ._checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ._progress import progress
 from .data.bundle import iter_batches
 from .errors import ConfigError, DataError
@@ -61,9 +61,13 @@ def accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device | Non
     model.eval()
     correct = total = 0
     try:
-        for x, y in iter_batches(loader, limit_samples):
+        for i, (x, y) in enumerate(iter_batches(loader, limit_samples)):
             if y is None:
                 return None
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise DataError(f"validation batch {i + 1} holds NaN or Inf inputs, so no "
+                                f"accuracy can be measured on it; clean the data (e.g. "
+                                f"torch.nan_to_num) or drop those samples")
             out = model(x.to(device))
             correct += int((out.argmax(dim=1).cpu() == y).sum())
             total += y.numel()
@@ -152,8 +156,10 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, cfg: T
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     state = _TrainState(history=[], best_acc=None, best_epoch=None, best_weights=None, start=0)
+    run_id = fingerprint(cfg, model, desc)
+    loaders = (train_loader, val_loader)
     if cfg.checkpoint and Path(cfg.checkpoint).exists():
-        state = _resume(cfg.checkpoint, model, opt, sched, desc)
+        state = _resume(cfg.checkpoint, model, opt, sched, desc, run_id, loaders, scaler)
     for epoch in range(state.start, cfg.epochs):
         model.train()
         total, count = 0.0, 0
@@ -181,6 +187,11 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, cfg: T
             total += float(loss.detach()) * x.shape[0]
             count += x.shape[0]
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}", **_last_val(state))
+        if count == 0:
+            hint = (" (a generator or iterator can be read only once: pass a list or a "
+                    "DataLoader)" if epoch > state.start else "")
+            raise DataError(f"{desc}: the training data gave no batches in epoch "
+                            f"{epoch + 1}{hint}")
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         acc = accuracy(model, val_loader, device) if val_loader is not None else None
@@ -191,7 +202,8 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, cfg: T
             state.best_acc, state.best_epoch = acc, epoch + 1
             state.best_weights = copy.deepcopy(model.state_dict())
         if cfg.checkpoint:
-            _save_checkpoint(cfg.checkpoint, model, opt, sched, state, epoch + 1)
+            _save_checkpoint(cfg.checkpoint, model, opt, sched, state, epoch + 1, run_id,
+                             loaders, scaler)
         if cfg.patience and state.best_epoch is not None and epoch + 1 - state.best_epoch >= cfg.patience:
             log.info("%s: early stop at epoch %d (best %d)", desc, epoch + 1, state.best_epoch)
             break
@@ -217,21 +229,25 @@ class _TrainState:
 
 
 def _save_checkpoint(path: str, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                     state: _TrainState, epoch: int) -> None:
-    payload = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-               "scheduler": sched.state_dict(), "best_acc": state.best_acc,
-               "best_epoch": state.best_epoch, "best_weights": state.best_weights,
-               "history": state.history}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+                     state: _TrainState, epoch: int, run_id: dict[str, Any],
+                     loaders: tuple[Any, ...], scaler: Any) -> None:
+    save_checkpoint(path, {
+        "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+        "best_acc": state.best_acc, "best_epoch": state.best_epoch,
+        "best_weights": state.best_weights, "history": state.history,
+        "fingerprint": run_id, "rng": rng_state(loaders)})
 
 
-def _resume(path: str, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-            desc: str) -> _TrainState:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+def _resume(path: str, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, desc: str,
+            run_id: dict[str, Any], loaders: tuple[Any, ...], scaler: Any) -> _TrainState:
+    payload = load_checkpoint(path, run_id)
     model.load_state_dict(payload["model"])
     opt.load_state_dict(payload["optimizer"])
     sched.load_state_dict(payload["scheduler"])
+    if payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    set_rng_state(payload["rng"], loaders)
     log.info("%s: resumed from %s at epoch %d", desc, path, payload["epoch"])
     return _TrainState(history=list(payload["history"]), best_acc=payload["best_acc"],
                        best_epoch=payload["best_epoch"], best_weights=payload["best_weights"],
@@ -293,10 +309,18 @@ class FineTune(TrainConfig, Recovery):
 
     def recover(self, model: nn.Module, ctx: "PassContext", desc: str = "finetune") -> nn.Module:
         loader = ctx.data.require("train", desc)
-        result = train(model, loader, cross_entropy_loss, self, val_loader=ctx.data.val,
-                       desc=desc, seed=ctx.seed)
+        result = train(model, loader, cross_entropy_loss, with_device(self, ctx),
+                       val_loader=ctx.data.val, desc=desc, seed=ctx.seed)
         ctx.note(f"{desc}_history", result.history)
         return model
+
+
+def with_device(cfg: TrainConfig, ctx: "PassContext") -> TrainConfig:
+    """``cfg`` training on the pipeline's device (``Pipeline(device=...)``) unless it names its
+    own: a recovery must not silently pick CUDA when the pipeline was told to use the CPU."""
+    if cfg.device is not None or ctx.device is None:
+        return cfg
+    return dataclasses.replace(cfg, device=str(ctx.device))
 
 
 def train_config(cfg: TrainConfig) -> TrainConfig:

@@ -9,11 +9,12 @@ from .tensors import bundle_from_arrays
 
 
 def digits(image_size: int = 32, batch_size: int = 64, seed: int = 0, channels: int = 1,
-           val_fraction: float = 0.2, calib_size: int = 256) -> DataBundle:
+           val_fraction: float = 0.2, calib_size: int = 256, layout: str = "NCHW") -> DataBundle:
     """The 1,797 scikit-learn digits, upscaled to ``image_size`` and split with ``seed``.
 
     The split is fixed for a given seed (1,438 train / 359 val by default). Pixels (0–16) are
-    scaled to [0, 1] and normalised with the training split's mean and std.
+    scaled to [0, 1] and normalised with the training split's mean and std; ``layout="NHWC"``
+    gives channels-last batches (for models converted from Keras).
     """
     from sklearn.datasets import load_digits
 
@@ -27,4 +28,4 @@ def digits(image_size: int = 32, batch_size: int = 64, seed: int = 0, channels: 
                               labels[val_idx], name="digits", image_size=image_size,
                               channels=channels, batch_size=batch_size, calib_size=calib_size,
                               seed=seed, scale=1 / 16,
-                              class_names=[str(i) for i in range(10)])
+                              class_names=[str(i) for i in range(10)], layout=layout)

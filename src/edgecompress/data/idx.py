@@ -57,8 +57,9 @@ def _find(root: Path, split: str, kind: str) -> Path:
 def idx(root: str | Path, image_size: int | None = None, batch_size: int = 64, seed: int = 0,
         channels: int | None = None, limit_train: int | None = None,
         limit_val: int | None = None, calib_size: int = 256,
-        class_names: Sequence[str] | None = None) -> DataBundle:
-    """MNIST-style IDX data in ``root`` (``train-*`` for training, ``t10k-*`` for validation)."""
+        class_names: Sequence[str] | None = None, layout: str = "NCHW") -> DataBundle:
+    """MNIST-style IDX data in ``root`` (``train-*`` for training, ``t10k-*`` for validation);
+    ``layout="NHWC"`` for channels-last models (Keras)."""
     r = Path(root)
     if not r.is_dir():
         raise DataError(f"IDX data folder {r} does not exist")
@@ -75,4 +76,5 @@ def idx(root: str | Path, image_size: int | None = None, batch_size: int = 64, s
         arrays[split] = (images, labels)
     return bundle_from_arrays(*arrays["train"], *arrays["t10k"], name=r.name,
                               image_size=image_size, channels=channels, batch_size=batch_size,
-                              calib_size=calib_size, seed=seed, class_names=class_names)
+                              calib_size=calib_size, seed=seed, class_names=class_names,
+                              layout=layout)

@@ -54,12 +54,12 @@ def image_folder(path: str | Path, image_size: int | None = None, batch_size: in
                  seed: int = 0, val_fraction: float = 0.5, mode: str = "RGB",
                  mean: Sequence[float] | None = IMAGENET_MEAN,
                  std: Sequence[float] | None = IMAGENET_STD, limit: int | None = None,
-                 calib_size: int = 256) -> DataBundle:
+                 calib_size: int = 256, layout: str = "NCHW") -> DataBundle:
     """Images under ``class_name/`` folders (a directory or a ``.tar``) split into train and val.
 
     Class indices follow the sorted class-folder names. The split is stratified-free but seeded;
     ``limit`` keeps a seeded random subset (handy for quick runs). Pass ``mean=None`` to
-    normalise with the data's own statistics.
+    normalise with the data's own statistics; ``layout="NHWC"`` for channels-last models (Keras).
     """
     p = Path(path)
     if not p.exists():
@@ -80,4 +80,5 @@ def image_folder(path: str | Path, image_size: int | None = None, batch_size: in
         raise DataError(f"{p}: {len(images)} images are too few to split into train and val")
     return bundle_from_arrays(images[n_val:], labels[n_val:], images[:n_val], labels[:n_val],
                               name=p.stem, batch_size=batch_size, seed=seed,
-                              calib_size=calib_size, mean=mean, std=std, class_names=classes)
+                              calib_size=calib_size, mean=mean, std=std, class_names=classes,
+                              layout=layout)

@@ -47,12 +47,16 @@ def bundle_from_arrays(x_train: np.ndarray | torch.Tensor, y_train: np.ndarray |
                        batch_size: int = 64, calib_size: int = 256, seed: int = 0,
                        scale: float = 1 / 255, mean: Sequence[float] | None = None,
                        std: Sequence[float] | None = None,
-                       class_names: Sequence[str] | None = None) -> DataBundle:
+                       class_names: Sequence[str] | None = None,
+                       layout: str = "NCHW") -> DataBundle:
     """Images (uint8 or float) and integer labels → normalised, resized loaders in a bundle.
 
     ``mean``/``std`` default to the per-channel statistics of the training images (after
-    scaling), so the model sees roughly zero-mean, unit-variance inputs.
+    scaling), so the model sees roughly zero-mean, unit-variance inputs. ``layout="NHWC"``
+    gives channels-last batches (what a model converted from Keras takes).
     """
+    if layout not in ("NCHW", "NHWC"):
+        raise DataError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     if len(x_train) == 0 or len(x_val) == 0:
         raise DataError(f"{name}: the train and val splits must both hold samples "
                         f"(got {len(x_train)} and {len(x_val)})")
@@ -64,6 +68,8 @@ def bundle_from_arrays(x_train: np.ndarray | torch.Tensor, y_train: np.ndarray |
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     xt, xv = (xt - m) / s, (xv - m) / s
+    if layout == "NHWC":
+        xt, xv = xt.permute(0, 2, 3, 1).contiguous(), xv.permute(0, 2, 3, 1).contiguous()
     yt = torch.as_tensor(np.array(y_train)).long()
     yv = torch.as_tensor(np.array(y_val)).long()
     num_classes = int(max(int(yt.max()), int(yv.max())) + 1)
@@ -75,6 +81,6 @@ def bundle_from_arrays(x_train: np.ndarray | torch.Tensor, y_train: np.ndarray |
         example_input=xv[:1].clone(),
         num_classes=num_classes if class_names is None else len(class_names),
         class_names=list(class_names) if class_names is not None else None,
-        preprocess=Preprocess(mean=tuple(mean), std=tuple(std), layout="NCHW", scale=scale),
+        preprocess=Preprocess(mean=tuple(mean), std=tuple(std), layout=layout, scale=scale),
         name=name,
     )

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-from .._io import atomic_path, path_size
+from .._io import atomic_path, disk_full_is_clear, ensure_free_space, path_size
 from ..errors import ConfigError, ExportError, ParityError
 from ..formats import FORMATS, FormatSpec
 from ..measure import compressed_sizes
-from ..metadata import base_metadata
+from ..metadata import base_metadata, check_destination
 from ..options import from_options, option, validate_options
 from ..report import ArtifactMetrics
 from ..runtime.base import LatencyStats, Runner
@@ -40,6 +40,8 @@ class ExportOptions:
     benchmark_runs: int = option(30, "Timed runs for the artifact's latency (0: skip).", low=0)
     accuracy_samples: int | None = option(None, "Cap on val samples for accuracy (None: all).", low=1)
     compressed: bool = option(False, "Also measure the xz/zip-compressed size of the file.")
+    overwrite: bool = option(False, "Replace an existing edgecompress artifact of this format at "
+                                    "the path (atomically; anything else there is never replaced).")
 
     def __post_init__(self) -> None:
         validate_options(self)
@@ -59,6 +61,7 @@ class Artifact:
     latency: LatencyStats | None = None
     compressed_bytes: dict[str, int] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    perplexity: float | None = None  # causal LMs, measured through the artifact's runtime
 
     def metrics(self) -> ArtifactMetrics:
         return ArtifactMetrics(
@@ -71,7 +74,8 @@ class Artifact:
             latency_p10_ms=self.latency.p10_ms if self.latency else None,
             latency_p90_ms=self.latency.p90_ms if self.latency else None,
             load_1min=self.latency.load_1min if self.latency else None,
-            compressed_bytes=self.compressed_bytes, notes=dict(self.notes))
+            compressed_bytes=self.compressed_bytes, notes=dict(self.notes),
+            perplexity=self.perplexity)
 
     def load(self, **options: Any) -> Runner:
         from ..runtime import load
@@ -120,21 +124,28 @@ class Exporter:
         opts = from_options(self.Options, options, where=f"export to {self.spec.name}")
         precision, fallback = self.decide_precision(dm, opts)
         self.check_path(path)
+        replace = check_destination(path, self.spec.name, opts.overwrite)
         metadata = base_metadata(dm, self.spec.name, precision)
         if fallback:
             metadata["float_fallback"] = fallback
-        with atomic_path(path) as tmp:
-            notes = self.write(dm, tmp, opts, precision, metadata) or {}
-        metadata.update(notes)
-        self.store_metadata(path, metadata)
-        artifact = Artifact(Path(path), self.spec.name, precision, path_size(path), metadata,
-                            notes=dict(notes, **({"float_fallback": fallback} if fallback else {})))
-        if opts.compressed:
-            artifact.compressed_bytes = _compressed(path)
-        if opts.verify:
-            self.verify(dm, artifact, opts)
-            self.store_metadata(path, artifact.metadata)
-            artifact.size_bytes = path_size(path)  # the parity record adds a few bytes
+        # written, described and verified beside the destination; moved there only when all
+        # of it succeeded, so a failure (parity with on_parity_fail="raise" too) changes nothing
+        # native converters may abort the process on a full disk: refuse before they start
+        ensure_free_space(path.parent, dm.needed_bytes(), f"exporting {self.spec.name}")
+        with atomic_path(path, overwrite=replace) as tmp:
+            with disk_full_is_clear(path):
+                notes = self.write(dm, tmp, opts, precision, metadata) or {}
+            metadata.update(notes)
+            self.store_metadata(tmp, metadata)
+            artifact = Artifact(tmp, self.spec.name, precision, path_size(tmp), metadata,
+                                notes=dict(notes, **({"float_fallback": fallback} if fallback else {})))
+            if opts.compressed:
+                artifact.compressed_bytes = _compressed(tmp)
+            if opts.verify:
+                self.verify(dm, artifact, opts, Path(path))
+                self.store_metadata(tmp, artifact.metadata)
+                artifact.size_bytes = path_size(tmp)  # the parity record adds a few bytes
+        artifact.path = Path(path)
         log.info("exported %s", artifact)
         return artifact
 
@@ -156,12 +167,15 @@ class Exporter:
         recipe = dm.quant_recipe
         if recipe is None:
             return self.float_precision(opts), None
-        wanted = "int8-static" if recipe.scheme == "static" else "int8-dynamic"
+        # weight-only recipes (QuantizeWeights) ask for their own precision, e.g. int4-weight
+        wanted = {"static": "int8-static", "dynamic": "int8-dynamic"}.get(recipe.scheme,
+                                                                          recipe.precision)
         if self.spec.supports(wanted):
             return recipe.precision, None
         able = [s.name for s in FORMATS.values() if s.supports(wanted)]
         if not opts.allow_float_fallback:
-            raise ExportError(f"the model carries an INT8 {recipe.scheme} recipe, which the "
+            kind = f"INT8 {recipe.scheme}" if wanted.startswith("int8-") else wanted
+            raise ExportError(f"the model carries an {kind} recipe, which the "
                               f"{self.spec.name} format cannot hold here. Formats that can: "
                               f"{', '.join(able)}. To export float weights anyway pass "
                               f"allow_float_fallback=True (recorded in the artifact's metadata "
@@ -190,7 +204,8 @@ class Exporter:
 
         return load(path, threads=opts.threads)
 
-    def verify(self, dm: "DeployableModel", artifact: Artifact, opts: Any) -> None:
+    def verify(self, dm: "DeployableModel", artifact: Artifact, opts: Any,
+               destination: Path | None = None) -> None:
         runner = self.open_runner(artifact.path, opts)
         try:
             reference, ref_name = self.reference_model(dm, artifact.precision)
@@ -207,10 +222,11 @@ class Exporter:
         artifact.metadata["parity"] = artifact.parity.to_dict()
         artifact.metadata["accuracy"] = artifact.accuracy
         if not artifact.parity.passed:
-            message = (f"PARITY CHECK FAILED for {artifact.path}: {artifact.parity}. The artifact "
+            dest = destination or artifact.path
+            message = (f"PARITY CHECK FAILED for {dest}: {artifact.parity}. The artifact "
                        f"does not reproduce its reference model within tolerance")
             if opts.on_parity_fail == "raise":
-                raise ParityError(message)
+                raise ParityError(f"{message}; it was not written (nothing at {dest} changed)")
             log.warning(message)
 
 

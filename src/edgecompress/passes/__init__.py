@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .prune_structured import StructuredPrune
     from .prune_unstructured import UnstructuredPrune
     from .quantize import QuantizeDynamic, QuantizePTQ, QuantizeQAT
+    from .quantize_weights import QuantizeWeights
 
 # recipe name -> "module:Class" (relative to edgecompress.passes)
 PASSES: dict[str, Any] = {
@@ -28,6 +29,7 @@ PASSES: dict[str, Any] = {
     "quantize_qat": ".quantize:QuantizeQAT",
     "quantize_dynamic": ".quantize:QuantizeDynamic",
     "distill": ".distill:Distill",
+    "quantize_weights": ".quantize_weights:QuantizeWeights",
 }
 _CLASS_NAMES = {ref.split(":")[1]: name for name, ref in PASSES.items()}
 

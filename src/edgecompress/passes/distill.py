@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data.bundle import same_batches
+from ..data.text import is_text
 from ..errors import ConfigError, DataError
 from ..forms import Form
 from ..losses import DistillLoss, FeatureTap, StudentWithAdapters, make_adapter
@@ -102,6 +103,16 @@ def check_pair(teacher: nn.Module, student: nn.Module, example: torch.Tensor) ->
         raise ConfigError(f"Distill: expected (batch, classes) logits, the models output {t}")
 
 
+def check_models(teacher: nn.Module, student: nn.Module, data: "DataBundle") -> None:
+    """The teacher/student check for ``data``: logits per class, or per token for text."""
+    assert data.example_input is not None
+    if is_text(data):
+        from ..lm.distill import check_lm_pair
+        check_lm_pair(teacher, student, data.example_input)
+    else:
+        check_pair(teacher, student, data.example_input)
+
+
 def _with_adapters(student: nn.Module, teacher: nn.Module, hints: Mapping[str, str],
                    example: torch.Tensor) -> StudentWithAdapters:
     """Probe both models once to size the adapters, then wrap student and adapters together."""
@@ -146,6 +157,10 @@ def distill_into(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg: 
 
     With ``ctx`` the hint adapters are noted in the report and ``ctx.device`` is the default.
     """
+    if is_text(data):  # causal LMs: token-level KD (edgecompress.lm.distill)
+        from ..lm.distill import lm_distill_into
+        with _teacher_restored(teacher):
+            return lm_distill_into(student, teacher, data, cfg, seed=seed, desc=desc, ctx=ctx)
     loader = data.require("train", desc)
     assert data.example_input is not None
     check_pair(teacher, student, data.example_input)
@@ -228,8 +243,7 @@ class Distill(Pass, KDConfig):
             raise DataError("Distill trains the student on DataBundle.train, which was not "
                             "given; pass training batches (e.g. ec.data.idx(..., limit_train=))")
         if isinstance(self.teacher, nn.Module) and isinstance(self.student, nn.Module):
-            assert data.example_input is not None
-            check_pair(self.teacher, self.student, data.example_input)
+            check_models(self.teacher, self.student, data)
 
     def to_recipe(self) -> dict[str, Any]:
         out = super().to_recipe()
@@ -239,8 +253,7 @@ class Distill(Pass, KDConfig):
 
     def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
         teacher, student = self._roles(model, ctx)
-        assert ctx.data.example_input is not None
-        check_pair(teacher, student, ctx.data.example_input)
+        check_models(teacher, student, ctx.data)
         seed = self.seed if self.seed is not None else ctx.seed
         initial = copy.deepcopy(student) if self.baseline else None
         train_loader = ctx.data.require("train", "Distill")
@@ -280,9 +293,15 @@ class Distill(Pass, KDConfig):
                                   else None, device=cfg.device or
                                   (str(ctx.device) if ctx.device is not None else None))
         loader = ctx.data.require("train", "Distill baseline")
-        result = train(student, loader, cross_entropy_loss, cfg, val_loader=ctx.data.val,
-                       desc="baseline", seed=seed)
-        plain = accuracy(student, ctx.data.val) if ctx.data.val is not None else None
+        if is_text(ctx.data):  # language models: next-token loss, next-token accuracy
+            from ..lm.metrics import lm_loss, perplexity
+            result = train(student, loader, lm_loss, cfg, desc="baseline", seed=seed)
+            plain = (perplexity(student, ctx.data.val)["next_token_accuracy"]
+                     if ctx.data.val is not None else None)
+        else:
+            result = train(student, loader, cross_entropy_loss, cfg, val_loader=ctx.data.val,
+                           desc="baseline", seed=seed)
+            plain = accuracy(student, ctx.data.val) if ctx.data.val is not None else None
         ctx.note("baseline_history", result.history)
         ctx.note("baseline_accuracy", plain)
 

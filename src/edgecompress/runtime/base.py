@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,8 +98,13 @@ class Runner:
     """
 
     format: ClassVar[str] = "?"
+    # False: calls are serialised by a lock, so one runner may be shared by threads (most
+    # runtimes keep per-interpreter state: LiteRT's tensors, torch's quantized engine)
+    thread_safe: ClassVar[bool] = False
 
     def __init__(self, path: str | Path, threads: int | None = None, **options: Any):
+        self._lock = threading.Lock()
+        self.verified: bool | None = None  # set by edgecompress.load: sha256 record matched
         self.path = Path(path)
         self.threads = threads
         self.options = options
@@ -119,6 +125,14 @@ class Runner:
     # -- public -----------------------------------------------------------------------------
     def __call__(self, x: Any) -> np.ndarray:
         arr = self.check_input(_to_numpy(x))
+        if self.thread_safe:
+            return self._run_batches(arr)
+        # a plugin runner may override __init__ without calling ours: make the lock here then
+        lock = self.__dict__.get("_lock") or self.__dict__.setdefault("_lock", threading.Lock())
+        with lock:
+            return self._run_batches(arr)
+
+    def _run_batches(self, arr: np.ndarray) -> np.ndarray:
         batch_dim = self.inputs[0].shape[0] if self.inputs else None
         if isinstance(batch_dim, int) and arr.shape[0] != batch_dim:
             if arr.shape[0] % batch_dim:
@@ -176,7 +190,8 @@ class Runner:
         from .._io import path_size
         return {"path": str(self.path), "format": self.format, "size_bytes": path_size(self.path),
                 "inputs": [s.to_dict() for s in self.inputs],
-                "outputs": [s.to_dict() for s in self.outputs], "metadata": self.metadata}
+                "outputs": [s.to_dict() for s in self.outputs], "verified": self.verified,
+                "metadata": self.metadata}
 
     def close(self) -> None:
         """Release the runtime's resources (optional)."""

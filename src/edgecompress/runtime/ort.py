@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from ..onnx_utils import load_onnx, read_metadata, verify_weights
+from . import _unverified
 from .base import Runner, TensorSpec
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
@@ -19,23 +20,33 @@ class OrtRunner(Runner):
     """Runs ``.onnx`` files with ONNX Runtime.
 
     Options: ``threads`` (intra-op threads; None lets ORT choose), ``providers`` (default
-    ``["CPUExecutionProvider"]``), ``verify`` (check the recorded weights sha256, default True).
+    ``["CPUExecutionProvider"]``), ``verify`` (the recorded weights sha256: None checks it when present, True also
+    refuses a file without one, False skips it), ``spinning`` (False: idle intra-op threads sleep
+    instead of spinning, so a runtime timed alternately with this one gets the cores; default
+    ORT's own).
     """
 
     format = "onnx"
+    thread_safe = True  # InferenceSession.run may be called from several threads at once
 
     def _load(self) -> None:
         import onnxruntime as ort
 
         model = load_onnx(self.path)
         self.metadata = read_metadata(model)
-        if self.options.get("verify", True):
+        verify = self.options.get("verify")
+        self.verified = bool(self.metadata.get("weights_sha256")) and verify is not False
+        if verify is not False:
+            if not self.metadata.get("weights_sha256"):
+                _unverified(self.path, verify)
             verify_weights(model, self.metadata, self.path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
             opts.inter_op_num_threads = 1
+        if self.options.get("spinning") is False:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = self.options.get("providers") or ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), opts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ class TorchRunner(Runner):
             self.options = options
             self.metadata = {}
             self.inputs, self.outputs = [], []
+            self.verified = None
+            self._lock = threading.Lock()
             self._setup()
         else:
             super().__init__(path, threads, **options)
@@ -43,7 +46,8 @@ class TorchRunner(Runner):
     def _load(self) -> None:
         from ..deployable import DeployableModel
 
-        dm = DeployableModel.load(self.path)
+        dm = DeployableModel.load(self.path, verify=self.options.get("verify") is not False)
+        self.verified = dm.verified
         self._module = dm.model
         self._example = dm.example_input()
         self.metadata = dm.manifest_metadata()

@@ -1,0 +1,203 @@
+"""Models from other tools, in: keras.applications MobileNetV2 and EfficientNetB0
+(``weights=None``: nothing downloaded), a two-input Keras model, a tf2onnx file and a
+model-zoo-style ONNX file (torchvision ResNet-18 exported by ``torch.onnx``, opset 13) →
+``ec.from_keras`` / ``ec.from_onnx`` → FP32 ONNX parity and INT8 (prune + INT8 for the ONNX
+files) through the pipeline, each export verified through ONNX Runtime.
+
+Random-init models on seeded random inputs: these are conversion and export checks (parity),
+not accuracy measurements. The Keras models are built in a child process (this one never
+imports TensorFlow).
+
+    nice -n 10 python benchmarks/keras_in_zoo.py --keras-h5 ../shared/data/mlperf-tiny-resnet8/pretrainedResnet.h5 \\
+        --out benchmarks/results
+
+Writes keras_in_zoo.json and keras_in_zoo.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import edgecompress as ec
+from edgecompress.data.bundle import Preprocess
+
+log = logging.getLogger("keras_in_zoo")
+
+BUILD = """
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras
+keras.utils.set_random_seed(0)
+out, size = sys.argv[1], int(sys.argv[2])
+shape = (size, size, 3)  # logits out: a random-init 1000-class softmax is nearly flat
+keras.applications.MobileNetV2(weights=None, input_shape=shape, classifier_activation=None).save(
+    out + "/mobilenet_v2.keras")
+keras.applications.EfficientNetB0(weights=None, input_shape=shape, classifier_activation=None).save(
+    out + "/efficientnet_b0.keras")
+img, vec = keras.Input((32, 32, 3), name="image"), keras.Input((8,), name="features")
+h = keras.layers.Conv2D(8, 3, activation="relu")(img)
+h = keras.layers.GlobalAveragePooling2D()(h)
+h = keras.layers.Concatenate()([h, keras.layers.Dense(8, activation="relu")(vec)])
+keras.Model([img, vec], keras.layers.Dense(10)(h)).save(out + "/two_inputs.keras")
+"""
+
+
+def random_bundle(shape: tuple[int, ...], n: int = 96, layout: str = "NCHW") -> ec.DataBundle:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((n, *shape), generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    ld = DataLoader(TensorDataset(x, y), batch_size=16)
+    return ec.DataBundle(train=ld, val=ld, calib=ld, example_input=x[:1], num_classes=10,
+                         preprocess=Preprocess(layout=layout), name="random")
+
+
+def int8_onnx(model: torch.nn.Module, data: ec.DataBundle, out: Path,
+              passes: list[ec.Pass]) -> dict[str, Any]:
+    dm = ec.Pipeline([*passes, ec.passes.QuantizePTQ(samples=64)], measure=False).run(model, data)
+    m = dm.export("onnx", out, benchmark_runs=5).metrics()
+    return {"bytes": m.size_bytes, "precision": m.precision, "max_abs_diff_vs_sim": m.max_abs_diff,
+            "top1_agreement_vs_sim": m.top1_agreement, "parity_ok": m.parity_ok,
+            "params_after": dm.report.stages[-1].params, "params_before": dm.report.stages[0].params}
+
+
+def fp32_onnx(model: torch.nn.Module, data: ec.DataBundle, out: Path) -> dict[str, Any]:
+    dm = ec.Pipeline([], measure=False).run(model, data)
+    m = dm.export("onnx", out, benchmark_runs=5).metrics()
+    return {"bytes": m.size_bytes, "max_abs_diff_vs_torch": m.max_abs_diff, "parity_ok": m.parity_ok}
+
+
+def keras_app(path: Path, size: int, work: Path) -> dict[str, Any]:
+    data = random_bundle((size, size, 3), n=64, layout="NHWC")
+    x = data.samples("val", 16)
+    model = ec.from_keras(path, x)  # built with logits out; their spread shows they are not flat
+    src = model.edgecompress_source
+    with torch.no_grad():
+        logits = model(x)
+    row = {"conversion_max_abs_diff_vs_keras": src["conversion_max_abs_diff"],
+           "logit_std_across_samples": float(logits.std(0).mean()),
+           "logit_range": [float(logits.min()), float(logits.max())],
+           "parity_le_1e-4": src["conversion_max_abs_diff"] <= 1e-4,
+           "layout": src["layout"], "converter": src["converter"]}
+    row["onnx_fp32"] = fp32_onnx(model, data, work / f"{path.stem}_fp32.onnx")
+    row["onnx_int8"] = int8_onnx(model, data, work / f"{path.stem}_int8.onnx", [])
+    return row
+
+
+def two_inputs(path: Path, work: Path) -> dict[str, Any]:
+    """Converted and checked against Keras; ``Pipeline.run`` takes single-input models, so FP32
+    ONNX is written with torch.onnx directly and checked through ONNX Runtime against Keras."""
+    import onnxruntime as ort
+
+    g = np.random.default_rng(0)
+    xs = [g.standard_normal((8, 32, 32, 3)).astype(np.float32), g.standard_normal((8, 8)).astype(np.float32)]
+    model = ec.from_keras(path, xs)
+    src = model.edgecompress_source
+    onnx_path = work / "two_inputs_fp32.onnx"
+    torch.onnx.export(model, tuple(torch.from_numpy(x) for x in xs), str(onnx_path), dynamo=False,
+                      opset_version=17, input_names=["image", "features"])
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(x) for x in xs)).numpy()
+    got = sess.run(None, dict(zip(["image", "features"], xs)))[0]
+    return {"conversion_max_abs_diff_vs_keras": src["conversion_max_abs_diff"],
+            "parity_le_1e-4": src["conversion_max_abs_diff"] <= 1e-4,
+            "onnx_fp32_max_abs_diff_vs_torch": float(np.abs(ref - got).max()),
+            "int8": "not run: Pipeline.run takes single-input models"}
+
+
+def onnx_file(path: Path, data: ec.DataBundle, work: Path, layout: str | None) -> dict[str, Any]:
+    model = ec.from_onnx(path, data.samples("val", 16), layout=layout)
+    prune = ec.passes.StructuredPrune(ratio=0.25)
+    return {"conversion_max_abs_diff_vs_ort": model.edgecompress_source["conversion_max_abs_diff"],
+            "prune_int8_onnx": int8_onnx(model, data, work / f"{path.stem}_pruned_int8.onnx", [prune])}
+
+
+def torchvision_onnx(work: Path) -> Path:
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    path = work / "resnet18_torchvision_opset13.onnx"
+    torch.onnx.export(net, torch.randn(1, 3, 64, 64), str(path), opset_version=13, dynamo=False,
+                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    return path
+
+
+def tf2onnx_file(h5: Path, work: Path) -> Path:
+    """MLPerf's ResNet-8 as tf2onnx writes it (the converter child process, used as a tool)."""
+    out = work / "tf2onnx"
+    out.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "edgecompress.convert._tf_worker", str(h5), str(out)],
+                   check=True, capture_output=True)
+    target = work / "resnet8_tf2onnx.onnx"
+    (out / "model.onnx").rename(target)
+    return target
+
+
+def attempt(results: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]]) -> None:
+    t0 = time.perf_counter()
+    try:
+        results[name] = fn()
+    except Exception as exc:  # noqa: BLE001 - one failing model must not hide the others
+        results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:600]}"}
+        log.error("%s failed:\n%s", name, traceback.format_exc())
+    results[name]["seconds"] = round(time.perf_counter() - t0, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keras-h5", type=Path, required=True, help="MLPerf's ResNet-8 (for the tf2onnx file)")
+    ap.add_argument("--size", type=int, default=224, help="input size of the keras.applications models")
+    ap.add_argument("--only", default=None, help="comma-separated subset of the checks")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        subprocess.run([sys.executable, "-c", BUILD, str(work), str(args.size)], check=True)
+        checks = {
+            "mobilenet_v2": lambda: keras_app(work / "mobilenet_v2.keras", args.size, work),
+            "efficientnet_b0": lambda: keras_app(work / "efficientnet_b0.keras", args.size, work),
+            "two_inputs": lambda: two_inputs(work / "two_inputs.keras", work),
+            "tf2onnx_resnet8": lambda: onnx_file(tf2onnx_file(args.keras_h5, work),
+                                                 random_bundle((32, 32, 3), layout="NHWC"), work, "NHWC"),
+            "torchvision_resnet18_onnx": lambda: onnx_file(torchvision_onnx(work),
+                                                           random_bundle((3, 64, 64)), work, None)}
+        wanted = args.only.split(",") if args.only else list(checks)
+        for name in wanted:
+            attempt(results, name, checks[name])
+    results.update(command=" ".join(sys.argv), seconds=time.perf_counter() - t0,
+                   load_average_start=load0, load_average_end=os.getloadavg()[0])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "keras_in_zoo.json").write_text(json.dumps(results, indent=2, default=str))
+    (args.out / "keras_in_zoo.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = ["# Models from other tools, in: conversion parity and INT8 export", "",
+             f"Command: `{r['command']}`", "", "```json"]
+    lines += [json.dumps({k: v for k, v in r.items() if isinstance(v, dict)}, indent=2, default=str), "```", "",
+              f"{r['seconds']:.0f} s; load average {r['load_average_start']:.1f} → "
+              f"{r['load_average_end']:.1f} (2 cores)."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

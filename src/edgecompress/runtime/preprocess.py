@@ -1,0 +1,63 @@
+"""Turn an image into a model input the way the artifact's metadata says (no torch needed).
+
+Every artifact records its preprocessing (``scale``, per-channel ``mean``/``std``, ``layout``)
+and its input shape; the server and the camera examples rebuild the model's input from those,
+so the device needs only Pillow and numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import TensorSpec
+
+
+def image_geometry(spec: TensorSpec, layout: str) -> tuple[int, int, int]:
+    """(channels, height, width) of an image input, or an InputError when it is not an image."""
+    shape = spec.shape
+    if len(shape) != 4:
+        raise InputError(f"input '{spec.name}' has shape {list(shape)}: not an image input "
+                         f"(expected 4 dimensions); send a tensor instead of an image")
+    c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+    if not all(isinstance(d, int) for d in (c, h, w)):
+        raise InputError(f"input '{spec.name}' has dynamic image dimensions {list(shape)}; "
+                         f"send a tensor of the size you want instead of an image")
+    if c not in (1, 3):
+        raise InputError(f"input '{spec.name}' has {c} channels; images have 1 or 3")
+    return int(c), int(h), int(w)
+
+
+def image_to_input(image: Any, spec: TensorSpec, preprocess: dict[str, Any] | None) -> np.ndarray:
+    """A Pillow image → a batch of one, resized, scaled and normalised for ``spec``.
+
+    ``preprocess`` is the artifact's ``preprocess`` metadata (``scale``, ``mean``, ``std``,
+    ``layout``); without it pixels are scaled to [0, 1] and the layout is NCHW.
+    """
+    meta = preprocess or {}
+    layout = meta.get("layout", "NCHW")
+    c, h, w = image_geometry(spec, layout)
+    img = image.convert("L" if c == 1 else "RGB").resize((w, h))
+    x = np.asarray(img, dtype=np.float32).reshape(h, w, c) * float(meta.get("scale", 1 / 255))
+    mean = np.asarray(meta.get("mean") or [0.0] * c, np.float32)
+    std = np.asarray(meta.get("std") or [1.0] * c, np.float32)
+    x = (x - mean) / std
+    x = x.transpose(2, 0, 1) if layout == "NCHW" else x
+    return np.ascontiguousarray(x[None].astype(spec.dtype))
+
+
+def top_k(scores: np.ndarray, k: int, class_names: list[str] | None) -> list[list[dict[str, Any]]]:
+    """Per sample, the ``k`` highest scores with their class index, name and softmax probability."""
+    flat = np.asarray(scores, dtype=np.float64).reshape(scores.shape[0], -1)
+    z = flat - flat.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    k = max(1, min(int(k), flat.shape[1]))
+    rows = []
+    for p, s in zip(probs, flat):
+        order = np.argsort(-s)[:k]
+        rows.append([{"index": int(i), "label": class_names[i] if class_names and i < len(class_names)
+                      else str(int(i)), "score": float(s[i]), "probability": float(p[i])}
+                     for i in order])
+    return rows

@@ -1,0 +1,255 @@
+"""The HTTP API: ``/health``, ``/model`` (GET: metadata; POST: swap), ``/predict``, ``/metrics``,
+``/events``. Every client error is a JSON ``{"error": ..., "status": ...}`` that says what was
+wrong; an unexpected failure inside a request is a 500 for that request, never a dead server.
+"""
+
+from __future__ import annotations
+
+import hmac
+import shutil
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..errors import EdgeCompressError, InputError
+from ..runtime.preprocess import top_k
+from .admission import Rejected
+from .config import ServeConfig
+from .health import health
+from .inputs import TENSOR_TYPES, RequestError, decode_image, decode_tensor, media_type
+from .state import ServerState, build_state
+
+log = logging.getLogger("edgecompress")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None,
+           **detail: Any) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status, **detail}, status_code=status,
+                        headers=headers)
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds ``limit_bytes`` (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit_bytes:
+        raise RequestError(413, f"body of {int(declared):,} bytes exceeds the limit of "
+                                f"{limit_bytes:,} bytes", limit_bytes=limit_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise RequestError(413, f"body exceeds the limit of {limit_bytes:,} bytes",
+                               limit_bytes=limit_bytes)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # lets request.form() parse what was already read
+    return body
+
+
+async def _predict_input(request: Request, body: bytes, model: Any) -> tuple[Any, bool]:
+    kind = media_type(request.headers.get("content-type"))
+    if kind == "multipart/form-data":
+        form = await request.form()
+        upload = form.get("file") or form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise RequestError(400, "the multipart form needs a file field named 'file'")
+        return decode_image(await upload.read(), model), True
+    if kind.startswith("image/"):
+        return decode_image(body, model), True
+    if kind in TENSOR_TYPES:
+        return decode_tensor(body, kind, request.headers, model), False
+    raise RequestError(415, f"unsupported content type '{kind or '(none)'}': send an image "
+                            f"(multipart field 'file' or image/*), application/json "
+                            f'{{"inputs": [...]}}, application/x-npy or application/octet-stream '
+                            f"with an X-Shape header")
+
+
+def _predict_payload(model: Any, out: Any, k: int, seconds: float, as_image: bool) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model_version": model.version, "sha256": model.sha256,
+                               "inference_ms": round(seconds * 1000, 4),
+                               "output_shape": list(out.shape)}
+    if out.ndim == 2:
+        payload["top_k"] = top_k(out, k, model.metadata.get("class_names"))
+    if not as_image or out.ndim != 2:
+        payload["outputs"] = out.tolist()
+    return payload
+
+
+def _run_timed(model: Any, x: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = model.run(x)
+    return out, time.perf_counter() - t0
+
+
+def _check_declared_size(request: Request, limit_bytes: int) -> None:
+    """Model uploads must say their size up front; the multipart parser then spools to disk."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        raise RequestError(411, "POST /model needs a Content-Length header")
+    if int(declared) > limit_bytes:
+        raise RequestError(413, f"upload of {int(declared):,} bytes exceeds the limit of "
+                                f"{limit_bytes:,} bytes", limit_bytes=limit_bytes)
+
+
+def _authorised(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "")
+    given = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-token", "")
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+async def _save_upload(form: Any, folder: Path) -> Path:
+    upload = form.get("artifact")
+    if upload is None or isinstance(upload, str) or not upload.filename:
+        raise RequestError(400, "the multipart form needs the artifact file in a field named "
+                                "'artifact' (optional: 'sidecar', 'check', 'sha256')")
+    name = Path(upload.filename).name  # never a path the client chose
+    if not name or name.startswith("."):
+        raise RequestError(400, f"bad artifact file name {upload.filename!r}")
+    target = folder / name
+    parts = [(upload, target)]
+    for field, suffix in (("sidecar", ".json"), ("check", ".check.npz")):
+        part = form.get(field)
+        if part is not None and not isinstance(part, str):
+            parts.append((part, folder / (name + suffix)))
+    for part, path in parts:  # the parser spooled them to disk; copy without reading them whole
+        with open(path, "wb") as fh:
+            await run_in_threadpool(shutil.copyfileobj, part.file, fh, 1 << 20)
+    return target
+
+
+ENDPOINTS = frozenset({"/health", "/model", "/predict", "/metrics", "/events"})
+
+
+class CountRequests:
+    """Pure ASGI middleware counting responses by endpoint and status (Starlette's
+    ``BaseHTTPMiddleware`` costs more per request than a small model's inference). Unknown paths
+    share one label, so a scan of random URLs cannot grow the metrics without bound."""
+
+    def __init__(self, app: Any, metrics: Any):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            self.metrics.requests.labels(path, str(status[0])).inc()
+
+
+def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI:
+    """The FastAPI application serving ``config.artifact`` (the model is loaded and verified
+    here, before the server accepts a connection)."""
+    s = state or build_state(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        s.start()
+        try:
+            yield
+        finally:
+            s.stop()
+
+    app = FastAPI(title="edgecompress serve", lifespan=lifespan)
+    app.state.server = s
+
+    app.add_middleware(CountRequests, metrics=s.metrics)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # one request's failure is that request's 500; the server carries on
+        log.error("request %s %s failed: %r", request.method, request.url.path, exc)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        s.metrics.errors.labels(request.url.path, str(exc.status)).inc()
+        s.stats.add(None, error=True)
+        return _error(exc.status, exc.message, **exc.detail)
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, exc: Rejected) -> JSONResponse:
+        s.metrics.errors.labels(request.url.path, "503").inc()
+        s.stats.add(None, rejected=True)
+        return _error(503, exc.reason, headers={"Retry-After": str(exc.retry_after)},
+                      retry_after=exc.retry_after)
+
+    @app.get("/health")
+    async def get_health() -> dict[str, Any]:
+        return await run_in_threadpool(health, s)
+
+    @app.get("/model")
+    async def get_model() -> dict[str, Any]:
+        return {**s.slot.current.describe(), **s.slot.describe()}
+
+    @app.post("/predict")
+    async def predict(request: Request, top: int | None = None) -> JSONResponse:
+        t0 = time.perf_counter()
+        body = await read_body(request, int(s.config.max_body_mb * 1024 * 1024))
+        with s.slot.acquire() as model:  # in flight on this model, even across a swap
+            x, as_image = await _predict_input(request, body, model)
+            try:
+                out, seconds = await s.admission.submit(_run_timed, model, x)
+            except InputError as exc:
+                raise RequestError(400, str(exc)) from exc
+            except (Rejected, RequestError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a runtime failure on one input is a 500
+                log.error("the model failed on a request: %r", exc)
+                raise RequestError(500, f"the model failed on this input: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+        s.metrics.latency.observe(seconds)
+        s.metrics.request_latency.observe(time.perf_counter() - t0)
+        s.stats.add(seconds)
+        # a JSONResponse directly: FastAPI's jsonable_encoder walk costs more than the model
+        return JSONResponse(_predict_payload(model, out, top or s.config.top_k, seconds, as_image))
+
+    @app.post("/model")
+    async def post_model(request: Request) -> JSONResponse:
+        if s.config.token is None:
+            raise RequestError(403, "model swapping is disabled: start the server with "
+                                    "--token-file FILE or EDGECOMPRESS_SERVE_TOKEN set")
+        if not _authorised(request, s.config.token):
+            raise RequestError(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'")
+        _check_declared_size(request, int(s.config.max_model_mb * 1024 * 1024))
+        if media_type(request.headers.get("content-type")) != "multipart/form-data":
+            raise RequestError(415, "POST /model takes multipart/form-data with the file in "
+                                    "field 'artifact'")
+        form = await request.form(max_part_size=64 * 1024 * 1024)
+        with s.slot.store.staging() as folder:
+            path = await _save_upload(form, folder)
+            sha = form.get("sha256")
+            try:
+                new = await run_in_threadpool(s.slot.swap, path,
+                                              sha if isinstance(sha, str) else None, "upload")
+            except (EdgeCompressError, OSError, ValueError) as exc:
+                return _error(422, f"the new model was refused and version "
+                                   f"{s.slot.primary.version} keeps serving: {exc}",
+                              rolled_back=True, serving_version=s.slot.primary.version)
+        return JSONResponse({"swapped": True, **new.describe()})
+
+    @app.get("/events")
+    async def get_events(kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return await run_in_threadpool(s.events.query, kind, None, min(max(1, limit), 1000))
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,86 @@
+"""Arguments and handlers of ``edgecompress serve`` and ``edgecompress events`` (registered
+by :mod:`edgecompress.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+DEFAULT_STATE = "edgecompress-serve"
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", type=Path, help="the artifact to serve (.onnx, .tflite, ncnn folder…)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: the network)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="inference threads (one process, one copy of the model)")
+    p.add_argument("--queue", type=int, default=16,
+                   help="requests that may wait for a worker; more get 503 + Retry-After")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads per call")
+    p.add_argument("--token-file", default=None,
+                   help="file holding the token for POST /model (else EDGECOMPRESS_SERVE_TOKEN; "
+                        "neither: swapping over HTTP is disabled)")
+    p.add_argument("--watch", type=Path, default=None,
+                   help="folder to watch: an artifact copied there is verified and swapped in")
+    p.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE),
+                   help="where versions and the event log live")
+    p.add_argument("--keep", type=int, default=3, help="versions kept on disk")
+    p.add_argument("--fallback", type=Path, default=None,
+                   help="a lighter artifact served while the device is too hot")
+    p.add_argument("--hot", type=float, default=None,
+                   help="°C above which the thermal policy acts (omit: no watchdog)")
+    p.add_argument("--cool", type=float, default=None, help="°C below which it goes back "
+                                                            "(default: hot - 10)")
+    p.add_argument("--thermal-action", choices=("throttle", "fallback"), default=None,
+                   help="default: fallback when --fallback is given, else throttle")
+    p.add_argument("--max-rps", type=float, default=5.0, help="request rate while throttled")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="largest /predict body")
+    p.add_argument("--max-latency-ms", type=float, default=None,
+                   help="refuse a swapped-in model whose measured p50 is slower")
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    from .config import ServeConfig, read_token
+    from .server import run
+    from .watchdog import ThermalPolicy
+
+    thermal = None
+    if args.hot is not None:
+        action = args.thermal_action or ("fallback" if args.fallback else "throttle")
+        thermal = ThermalPolicy(hot_c=args.hot, cool_c=args.cool if args.cool is not None
+                                else args.hot - 10, action=action, max_rps=args.max_rps)
+    config = ServeConfig(args.artifact, host=args.host, port=args.port, workers=args.workers,
+                         queue=args.queue, threads=args.threads, token=read_token(args.token_file),
+                         max_body_mb=args.max_body_mb, state_dir=args.state_dir, keep=args.keep,
+                         watch=args.watch, fallback=args.fallback, thermal=thermal,
+                         max_latency_ms=args.max_latency_ms)
+    run(config)
+    return 0
+
+
+def add_events_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE),
+                   help="the server's --state-dir (its events.db is read)")
+    p.add_argument("--kind", default=None,
+                   help="only this kind: swap, rollback, thermal, fallback, stats, start, stop")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+
+
+def events_from_args(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from .events import EventLog, format_events
+
+    db = args.state_dir / "events.db"
+    if not db.exists():
+        raise ConfigError(f"no event log at {db}; pass the --state-dir the server ran with")
+    log = EventLog(db)
+    try:
+        rows = log.query(kind=args.kind, limit=args.limit)
+    finally:
+        log.close()
+    print(json.dumps(rows, indent=2) if args.json else (format_events(rows) or "(no events)"))
+    return 0
