@@ -47,11 +47,13 @@ class InputSpec:
     layout: str = "NCHW"
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (JSON-safe)."""
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
                 "layout": self.layout}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+        """The spec from :meth:`to_dict`'s output."""
         return cls(shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"),
                    name=d.get("name", "input"), layout=d.get("layout", "NCHW"))
 
@@ -68,6 +70,7 @@ class InputSpec:
 
     @classmethod
     def from_tensor(cls, x: torch.Tensor, layout: str = "NCHW") -> "InputSpec":
+        """The spec of an example input tensor (shape, dtype, layout)."""
         return cls(shape=(1, *x.shape[1:]), dtype=str(x.numpy().dtype) if x.device.type == "cpu"
                    else "float32", layout=layout)
 
@@ -137,6 +140,7 @@ class DeployableModel:
         return 3 * weights + (256 << 10)
 
     def manifest_metadata(self) -> dict[str, Any]:
+        """The facts every artifact's metadata carries (version, input, history, data info)."""
         return {"edgecompress_version": __version__, "input": self.input_spec.to_dict(),
                 "history": [h.get("pass") for h in self.history], **self.info}
 
@@ -257,6 +261,7 @@ class DeployableModel:
                    builder=manifest.get("builder"), verified=verified)
 
     def copy(self) -> "DeployableModel":
+        """A deep copy (model, float model, recipe, report)."""
         return copy.deepcopy(self)
 
     def __repr__(self) -> str:

@@ -182,10 +182,12 @@ class Report:
         return "\n\n".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (stages, artifacts, info)."""
         return {"stages": [{**asdict(s), "measured_on": s.measured_on} for s in self.stages],
                 "artifacts": [asdict(a) for a in self.artifacts], "info": self.info}
 
     def to_json(self, indent: int = 2) -> str:
+        """The report as JSON text."""
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
     def to_markdown(self, level: int = 2) -> str:
@@ -207,11 +209,13 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Report":
+        """A report from :meth:`to_dict`'s output (unknown keys ignored)."""
         return cls(stages=[_known(StageMetrics, s) for s in d.get("stages", [])],
                    artifacts=[_known(ArtifactMetrics, a) for a in d.get("artifacts", [])],
                    info=dict(d.get("info", {})))
 
     def add_artifact(self, metrics: ArtifactMetrics) -> None:
+        """Add an artifact row, replacing an earlier row of the same path."""
         self.artifacts = [a for a in self.artifacts if a.path != metrics.path] + [metrics]
 
 

@@ -64,6 +64,7 @@ class Artifact:
     perplexity: float | None = None  # causal LMs, measured through the artifact's runtime
 
     def metrics(self) -> ArtifactMetrics:
+        """The report row of this artifact (what was measured of it)."""
         return ArtifactMetrics(
             format=self.format, path=str(self.path), size_bytes=self.size_bytes,
             precision=self.precision,
@@ -78,6 +79,7 @@ class Artifact:
             perplexity=self.perplexity)
 
     def load(self, **options: Any) -> Runner:
+        """A Runner for this artifact (``ec.load(self.path, **options)``)."""
         from ..runtime import load
 
         return load(self.path, **options)

@@ -60,6 +60,7 @@ class LatencyStats:
     load_1min: float | None = None  # the machine's load average right after the timed runs
 
     def to_dict(self) -> dict[str, Any]:
+        """The statistics as plain data (JSON-safe)."""
         return asdict(self)
 
     def __str__(self) -> str:
@@ -72,6 +73,7 @@ class LatencyStats:
     @classmethod
     def from_times(cls, times_s: Sequence[float], warmup: int, batch_size: int,
                    threads: int | None, with_system: bool = True) -> "LatencyStats":
+        """Statistics of per-call wall times in seconds (percentiles, FPS, peak RSS, load)."""
         ms = np.asarray(times_s, dtype=np.float64) * 1000.0
         mean = float(ms.mean())
         pct = {p: float(np.percentile(ms, p)) for p in (10, 50, 90, 95, 99)}
@@ -187,6 +189,7 @@ class Runner:
         return LatencyStats.from_times(times, warmup, arr.shape[0], self.threads, with_system)
 
     def info(self) -> dict[str, Any]:
+        """Path, format, size, inputs, outputs and metadata of the loaded artifact."""
         from .._io import path_size
         return {"path": str(self.path), "format": self.format, "size_bytes": path_size(self.path),
                 "inputs": [s.to_dict() for s in self.inputs],
