@@ -2,8 +2,9 @@
 
 Each page's ``python`` blocks run in order in one namespace that starts with these names (your
 own model and data take their place in real use). ``EDGECOMPRESS_DOCS_FAST=1`` (the default in
-the test) caps training in the blocks to 1 epoch of 2 batches and timed runs to 5, so every
-block runs in seconds; ``EDGECOMPRESS_DOCS_FAST=0`` runs them exactly as written.
+the test) caps training in the blocks (every ``epochs=`` and ``Distill.recover()``) to 1 epoch
+of 2 batches and timed runs to 5, so every block runs in seconds; ``EDGECOMPRESS_DOCS_FAST=0``
+runs them exactly as written.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ FAST = os.environ.get("EDGECOMPRESS_DOCS_FAST", "1") not in ("0", "", "false", "
 # fast settings: (pattern, replacement) applied to a block's source before it runs
 FAST_REWRITES = (
     (re.compile(r"\bepochs=\d+"), "epochs=1, max_batches=2"),
+    (re.compile(r"\.recover\(\)"), ".recover(epochs=1, max_batches=2)"),
     (re.compile(r"\bruns=\d+"), "runs=5"),
     (re.compile(r"\bwarmup=\d+"), "warmup=1"),
 )
