@@ -153,7 +153,7 @@ def _add_serve_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _add_compress_parser(sub: argparse._SubParsersAction, command: str | None) -> None:
     if command != "compress":  # its arguments import torch: only for the compress command itself
-        sub.add_parser("compress", help="run a recipe on a model and export")
+        sub.add_parser("compress", help="compress a model (a recipe file or pass flags) and export it")
         return
     try:
         from .compress import add_compress_arguments
