@@ -152,3 +152,16 @@ def test_fresh_venv_device_install_serves_int8_onnx_and_tflite(tmp_path, int8_on
         assert one["status"] == 200 and one["format"] == fmt and one["body"]["top_k"][0][0]["label"]
     assert res["edgecompress_file"].startswith(str(venv)), "edgecompress must come from the venv"
     print(f"device install took {time.monotonic() - t0:.0f} s")
+
+
+def test_openvino_loads_and_serves_without_torch(_cnn_weights, digits, tmp_path):
+    pytest.importorskip("openvino")
+    dm = ec.Pipeline([ec.passes.Fuse()], measure=False).run(copy.deepcopy(_cnn_weights), digits)
+    art = dm.export("openvino", tmp_path / "ov", benchmark_runs=0, accuracy_samples=32)
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + SERVE_AND_PREDICT, str(art.path)],
+                         capture_output=True, text=True, timeout=240, env=_src_env(),
+                         cwd=str(TESTS))
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.splitlines()[-1])
+    one = res[str(art.path)]
+    assert one["format"] == "openvino" and one["status"] == 200 and res["torch_loaded"] is False

@@ -144,7 +144,7 @@ def test_nhwc_model_with_nchw_data_says_which_layout_to_build(tmp_path, digits):
     class NHWC(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
+            self.conv = nn.Conv2d(1, 10, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x.permute(0, 3, 1, 2)).mean((2, 3))

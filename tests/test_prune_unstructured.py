@@ -97,7 +97,7 @@ def test_bad_options(options):
 
 
 def test_model_without_weights_fails_cleanly(digits):
-    model = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
+    model = nn.Sequential(nn.AdaptiveAvgPool2d((10, 1)), nn.Flatten())
     with pytest.raises(ec.PassError, match="no Conv or Linear"):
         _run(model, digits)
 

@@ -35,11 +35,11 @@ FORMATS = {"onnx": "m.onnx", "tflite": "m.tflite", "torchscript": "m.ptl", "ncnn
 @pytest.fixture(scope="session")
 def artifacts(tiny_dm, tmp_path_factory) -> dict[str, Path]:
     """``tiny_dm`` exported once to every installed format (read-only for the tests)."""
-    import edgecompress as ec
+    from edgecompress.formats import get_format
 
     out = tmp_path_factory.mktemp("artifacts")
     paths = {}
     for fmt, name in FORMATS.items():
-        if ec.formats.get_format(fmt).available():
+        if get_format(fmt).available():
             paths[fmt] = tiny_dm.export(fmt, out / name, benchmark_runs=0, parity_samples=16).path
     return paths

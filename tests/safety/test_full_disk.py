@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import edgecompress as ec
 from edgecompress._io import atomic_write_bytes
 from edgecompress.errors import WriteError
+from edgecompress.formats import get_format
 
 FORMATS = {"onnx": "m.onnx", "tflite": "m.tflite", "torchscript": "m.ptl", "ncnn": "m_ncnn",
            "torch": "m.ecm"}
@@ -49,7 +49,7 @@ def read_only(tmp_path):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_full_disk_export_is_a_clear_error(tiny_dm, small_disk, fmt):
-    if not ec.formats.get_format(fmt).available():
+    if not get_format(fmt).available():
         pytest.skip(f"{fmt} is not installed here")
     dest = small_disk / FORMATS[fmt]
     with pytest.raises(WriteError, match="free space") as err:

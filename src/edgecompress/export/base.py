@@ -144,7 +144,11 @@ class Exporter:
             if opts.compressed:
                 artifact.compressed_bytes = _compressed(tmp)
             if opts.verify:
-                self.verify(dm, artifact, opts, Path(path))
+                try:
+                    self.verify(dm, artifact, opts)
+                except ParityError as exc:  # name the destination, not the temporary
+                    raise ParityError(f"{str(exc).replace(str(tmp), str(path))}; it was not "
+                                      f"written (nothing at {path} changed)") from None
                 self.store_metadata(tmp, artifact.metadata)
                 artifact.size_bytes = path_size(tmp)  # the parity record adds a few bytes
         artifact.path = Path(path)
@@ -206,8 +210,7 @@ class Exporter:
 
         return load(path, threads=opts.threads)
 
-    def verify(self, dm: "DeployableModel", artifact: Artifact, opts: Any,
-               destination: Path | None = None) -> None:
+    def verify(self, dm: "DeployableModel", artifact: Artifact, opts: Any) -> None:
         runner = self.open_runner(artifact.path, opts)
         try:
             reference, ref_name = self.reference_model(dm, artifact.precision)
@@ -224,11 +227,10 @@ class Exporter:
         artifact.metadata["parity"] = artifact.parity.to_dict()
         artifact.metadata["accuracy"] = artifact.accuracy
         if not artifact.parity.passed:
-            dest = destination or artifact.path
-            message = (f"PARITY CHECK FAILED for {dest}: {artifact.parity}. The artifact "
+            message = (f"PARITY CHECK FAILED for {artifact.path}: {artifact.parity}. The artifact "
                        f"does not reproduce its reference model within tolerance")
             if opts.on_parity_fail == "raise":
-                raise ParityError(f"{message}; it was not written (nothing at {dest} changed)")
+                raise ParityError(message)
             log.warning(message)
 
 

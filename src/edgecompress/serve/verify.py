@@ -26,8 +26,9 @@ from ..runtime import Runner, load
 log = logging.getLogger("edgecompress")
 
 CHECK_SUFFIX = ".check.npz"
-# formats whose runtime session may be called from several threads at once
-THREAD_SAFE_FORMATS = frozenset({"onnx", "openvino"})
+# formats whose runner may be called from several threads at once (ONNX Runtime's session.run
+# is; LiteRT's interpreter, ncnn's net and the OpenVINO runner's single infer request are not)
+THREAD_SAFE_FORMATS = frozenset({"onnx"})
 
 
 class VerificationError(ArtifactError):
@@ -54,7 +55,7 @@ def write_check(artifact: Any, dm: Any, samples: int = 32) -> Path:
     with torch.no_grad():
         ref = reference.eval()(x).float().cpu().numpy()
     target = check_path(path)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, overwrite=True) as tmp:  # our own companion file of the artifact
         with open(tmp, "wb") as fh:
             np.savez(fh, inputs=x.numpy(), reference=ref)
     return target
