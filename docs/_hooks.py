@@ -3,7 +3,12 @@
 - ``<!-- options: NAME -->`` → the option table of pass NAME, from its single declaration.
 - ``<!-- formats-table -->`` → the format table (edgecompress.formats.FORMATS).
 - ``<!-- targets-table -->`` → the device profiles (edgecompress.targets.TARGETS).
-- ``<!-- include: PATH -->`` → the contents of a file from the repository (benchmark results).
+- ``<!-- include: PATH -->`` → the contents of a file from the repository (benchmark results);
+  a results table ``X.md`` is followed by its plot ``X.png`` when the benchmark drew one.
+- ``<!-- benchmark-plots -->`` → every other plot in ``benchmarks/results/``.
+- Sphinx roles left in docstrings (``:meth:`x```) are shown as plain code on the API page.
+
+The plots are added to the site as ``results/NAME.png`` (see :func:`on_files`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+_embedded: set[str] = set()
 
 
 def _options_table(name: str) -> str:
@@ -60,13 +67,62 @@ def _targets_table() -> str:
     return "\n".join(rows)
 
 
+def _include(m: re.Match[str]) -> str:
+    rel = m.group(1).strip()
+    path = ROOT / rel
+    if not path.exists():
+        return f"*({rel} has not been produced yet)*"
+    # older results files wrote the max|diff| header unescaped, which ends a table cell
+    text = _demoted(path.read_text().replace("max|diff|", "max\\|diff\\|"))
+    plot = path.with_suffix(".png")
+    if path.parent == RESULTS and plot.exists():
+        _embedded.add(plot.name)
+        text += f"\n\n![{plot.stem}: measured size, accuracy and latency per stage](results/{plot.name})\n"
+    return text
+
+
+def _demoted(text: str, top: int = 3) -> str:
+    """Headings of an included file nest under the page's ``##`` section: its highest heading
+    becomes ``###`` (a results file's ``# Title`` would otherwise end the page's contents)."""
+    lines, fenced, heads = text.splitlines(), False, []
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            heads.append(i)
+    if not heads:
+        return text
+    by = max(0, top - min(len(lines[i]) - len(lines[i].lstrip("#")) for i in heads))
+    for i in heads:
+        lines[i] = "#" * by + lines[i]
+    return "\n".join(lines)
+
+
+def _all_plots() -> str:
+    rest = [p for p in sorted(RESULTS.glob("*.png")) if p.name not in _embedded]
+    return "\n\n".join(f"**{p.stem}** (`benchmarks/results/{p.stem}.md`)\n\n"
+                         f"![{p.stem}](results/{p.name})" for p in rest)
+
+
 def on_page_markdown(markdown: str, **kwargs) -> str:
     markdown = re.sub(r"<!-- options: (\w+) -->", lambda m: _options_table(m.group(1)), markdown)
     markdown = markdown.replace("<!-- formats-table -->", _formats_table())
     markdown = markdown.replace("<!-- targets-table -->", _targets_table())
+    markdown = re.sub(r"<!-- include: (.+?) -->", _include, markdown)
+    return markdown.replace("<!-- benchmark-plots -->", _all_plots())
 
-    def include(m: re.Match[str]) -> str:
-        path = ROOT / m.group(1).strip()
-        return path.read_text() if path.exists() else f"*({m.group(1)} has not been produced yet)*"
 
-    return re.sub(r"<!-- include: (.+?) -->", include, markdown)
+def on_page_content(html: str, **kwargs) -> str:
+    """Sphinx cross-reference roles mean nothing to Markdown: show ``:meth:`x``` as ``x``."""
+    html = re.sub(r":(?:meth|func|class|mod|attr|data|exc|obj):(<code[^>]*>)~?", r"\1", html)
+    return html
+
+
+def on_files(files, config):
+    """Put the benchmark plots into the site as results/NAME.png, beside benchmarks.md."""
+    from mkdocs.structure.files import File
+
+    for png in sorted(RESULTS.glob("*.png")):
+        files.append(File(f"results/{png.name}", src_dir=str(RESULTS.parent),
+                          dest_dir=config["site_dir"], use_directory_urls=config["use_directory_urls"]))
+    return files

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import edgecompress as ec
@@ -57,10 +58,15 @@ def main(argv: list[str] | None = None) -> object:
     r.add_argument("engine", type=Path)
     r.add_argument("--runs", type=int, default=500)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.cmd == "prepare":
-        return prepare(args.out, args.fast)
-    return run(args.engine, args.runs)
+    logging.basicConfig(format="%(message)s")  # other libraries: warnings only
+    logging.getLogger("edgecompress").setLevel(logging.INFO)
+    try:
+        if args.cmd == "prepare":
+            return prepare(args.out, args.fast)
+        return run(args.engine, args.runs)
+    except ec.EdgeCompressError as exc:  # our errors say what to do: no traceback needed
+        print(f"jetson_tensorrt.py {args.cmd}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -96,3 +96,21 @@ def test_unquantizable_format_in_compress_is_listed_and_exits_1(tmp_path, capsys
     assert code == 1
     out = capsys.readouterr().out
     assert "✗ ncnn" in out and "Formats that can" in out and "✓ onnx" in out
+
+
+def test_compress_to_a_relative_out_folder_with_every_format(tmp_path, monkeypatch, capsys):
+    """`--out rel/` works for every format that runs here (pnnx runs in a scratch folder)."""
+    # every image-model format that runs here (gguf holds language models: not this model)
+    formats = [s.name for s in ec.FORMATS.values()
+               if s.available() and not s.needs_gpu and s.name != "gguf"]
+    assert {"onnx", "tflite", "torchscript", "ncnn", "torch"} <= set(formats)
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, [{"pass": "fuse"}])
+    code = main(["compress", "--model", "edgecompress.models:small_cnn", "--data", "digits",
+                 "--image-size", "16", "--recipe", str(recipe), "--export", ",".join(formats),
+                 "--out", "rel/out/", "--benchmark-runs", "2"])
+    assert code == 0, capsys.readouterr()
+    report = json.loads((tmp_path / "rel/out/report.json").read_text())
+    assert sorted(a["format"] for a in report["artifacts"]) == sorted(formats)
+    assert all(a["parity_ok"] for a in report["artifacts"])
+    assert (tmp_path / "rel/out/model_ncnn/model.param").is_file()

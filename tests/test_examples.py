@@ -24,8 +24,9 @@ def _module(name: str):
     return mod
 
 
-def test_quickstart_fast(tmp_path):
+def test_quickstart_fast(tmp_path, capsys):
     dm = _module("quickstart").main(["--fast", "--out", str(tmp_path)])
+    assert "Run without --fast" in capsys.readouterr().out  # says why its accuracy is low
     assert (tmp_path / "model.onnx").exists() and (tmp_path / "model.ecm").exists()
     stages = [s.stage for s in dm.report.stages]
     assert stages == ["input", "structured_prune", "fuse", "quantize_ptq"]
@@ -94,3 +95,11 @@ def test_jetson_prepare_writes_a_build_bundle(tmp_path):
     command = (bundle / "build_engine.sh").read_text()
     assert "trtexec" in command and "--fp16" in command and "--int8" in command
     assert (bundle / "model.onnx").exists() and (bundle / "build_engine.py").exists()
+
+
+def test_jetson_run_without_an_engine_is_an_error_not_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "jetson_tensorrt.py"), "run",
+                           str(tmp_path / "model.engine")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -168,3 +168,10 @@ def test_structured_pruned_model_exports_smaller_with_parity(trained_resnet, dig
         sum(p.numel() for p in trained_resnet.parameters())
     assert ratio < 0.8 and abs(ratio - params) < 0.05
     assert dense_art.parity is not None and dense_art.parity.passed
+
+
+def test_export_to_a_relative_path(cnn_dm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    art = cnn_dm.export("ncnn", "out/model_ncnn", benchmark_runs=0)
+    assert (tmp_path / "out/model_ncnn/model.param").is_file() and art.parity.passed
+    assert ec.load("out/model_ncnn")(cnn_dm.sample_inputs(4).numpy()).shape == (4, 10)

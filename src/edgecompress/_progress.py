@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Iterable, TypeVar
 
 from tqdm.auto import tqdm
@@ -19,12 +20,17 @@ def set_progress(enabled: bool) -> None:
 
 
 def progress_enabled() -> bool:
+    """Whether bars are drawn: :func:`set_progress`, else ``EDGECOMPRESS_PROGRESS``, else TTY.
+
+    A bar redraws itself with carriage returns, so stderr redirected to a file or a CI log
+    would get one ever-growing line: without a terminal there are no bars.
+    """
     if _enabled is not None:
         return _enabled
     env = os.environ.get("EDGECOMPRESS_PROGRESS")
     if env is not None:
         return env not in ("0", "false", "no", "")
-    return True
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, **kw: Any) -> "tqdm[T]":

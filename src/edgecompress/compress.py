@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -16,36 +16,64 @@ from ._io import atomic_write_bytes
 from .data import DataBundle
 from .errors import ConfigError, DataError, EdgeCompressError
 
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
 log = logging.getLogger("edgecompress")
 
 
 def add_compress_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="'package.module:function' returning the model, a saved .ecm file, an "
-                        ".onnx file, or a Keras .keras/.h5 file or TensorFlow SavedModel folder "
-                        "(converted to torch; parity vs the original goes in the report)")
-    p.add_argument("--weights", help="state dict to load into the model (torch.save file; "
-                                     "loaded with weights_only=True)")
-    p.add_argument("--data", default="digits",
-                   help="'digits' (bundled), an IDX folder (MNIST-style) or an image folder/.tar")
+    """The ``compress`` flags: model and data, the recipe (a file, or pass flags that build it),
+    target, exports and measurement. Pass, export and measurement options are derived from
+    their declarations (see :mod:`edgecompress.compress_flags`)."""
+    from .compress_flags import add_export_flags, add_pass_flags
+    from .formats import FORMATS
+    from .pipeline import Measure
+    from .targets import TARGETS
+
+    io = p.add_argument_group("model, data and output")
     from .cli import non_negative_int, positive_int
 
-    p.add_argument("--image-size", type=positive_int, default=None, help="resize inputs to this size")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="force 1 or 3 input channels")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--recipe", required=True, help="recipe file (.yaml or .json)")
-    p.add_argument("--target", default=None, help="device profile (see ec.targets), e.g. rpi5")
-    p.add_argument("--export", default=None,
-                   help="comma-separated formats (default: the target's preferred, else onnx)")
-    p.add_argument("--out", default="edgecompress-out", help="output folder")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--benchmark-runs", type=non_negative_int, default=50)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace edgecompress artifacts already in --out (never other files)")
-    p.add_argument("--select", action="store_true",
-                   help="also export every format/precision the target can run, time each on "
-                        "this machine and report the fastest verified one (select.md)")
+    io.add_argument("--model", required=True,
+                    help="'package.module:function' returning the model, a saved .ecm file, an "
+                         ".onnx file, or a Keras .keras/.h5 file or TensorFlow SavedModel folder "
+                         "(converted to torch; parity vs the original goes in the report)")
+    io.add_argument("--weights", help="state dict to load into the model (torch.save file; "
+                                      "loaded with weights_only=True)")
+    io.add_argument("--data", default="digits",
+                    help="'digits' (bundled), an IDX folder (MNIST-style) or an image "
+                         "folder/.tar [default: digits]")
+    io.add_argument("--image-size", type=positive_int, default=None,
+                    help="resize inputs to this size [default: 32 for digits, else as stored]")
+    io.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                    help="force 1 or 3 input channels")
+    io.add_argument("--batch-size", type=positive_int, default=64, help="[default: 64]")
+    io.add_argument("--out", default="edgecompress-out", help="output folder "
+                    "[default: edgecompress-out]")
+    io.add_argument("--seed", type=non_negative_int, default=0, help="[default: 0]")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace edgecompress artifacts already in --out (never other files)")
+    io.add_argument("--select", action="store_true",
+                    help="also export every format/precision the target can run, time each on "
+                         "this machine and report the fastest verified one (select.md)")
+    io.add_argument("--threads", type=positive_int, default=None,
+                    help="torch and runtime threads [default: the target's, else torch's]")
+    rec = p.add_argument_group("recipe", "a recipe file, or the pass flags below, which build it")
+    rec.add_argument("--recipe", default=None, help="recipe file (.yaml or .json); see "
+                     "'edgecompress schema' for its JSON Schema")
+    rec.add_argument("--save-recipe", default=None, metavar="FILE",
+                     help="write the recipe (built from the flags) to FILE (.yaml or .json)")
+    rec.add_argument("--target", default=None, metavar="TARGET",
+                     help="device profile: " + ", ".join(TARGETS) + " (see 'edgecompress "
+                          "targets')")
+    rec.add_argument("--export", default=None, metavar="FORMATS",
+                     help="comma-separated formats: " + ", ".join(FORMATS) + " [default: the "
+                          "target's two preferred formats, else onnx]")
+    p.set_defaults(_pass_flags=add_pass_flags(p), _export_flags=add_export_flags(p))
+    from .cli_options import add_option_flags
+
+    group = p.add_argument_group("measurement of each stage (Measure)")
+    p.set_defaults(_measure_flags=add_option_flags(group, Measure, "measure", skip=("threads",)))
 
 
 def foreign_kind(spec: str) -> str | None:
@@ -133,26 +161,33 @@ def load_data(spec: str, image_size: int | None, channels: int | None, batch_siz
 
 @dataclass
 class CompressResult:
+    """What :func:`compress` made: the DeployableModel, the artifacts, the failed exports
+    (format → reason) and the other files written (report, recipe, plot)."""
+
     dm: Any
     artifacts: list[Any] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
 
-def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, Any], out: Path,
-             formats: list[str] | None = None, target: str | None = None, seed: int = 0,
+def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str, Any] | Pipeline",
+             out: Path, formats: list[str] | None = None, target: str | None = None, seed: int = 0,
              builder: str | None = None, threads: int | None = None,
-             benchmark_runs: int = 50, overwrite: bool = False, select: bool = False) -> CompressResult:
-    """Run ``recipe`` on ``model``, export to ``formats``, write report.json/md and plot.png.
+             benchmark_runs: int = 50, overwrite: bool = False, select: bool = False,
+             export_options: dict[str, dict[str, Any]] | None = None) -> CompressResult:
+    """Run ``recipe`` (a recipe file or dict, or a Pipeline) on ``model``, export to
+    ``formats``, write report.json/md, recipe.yaml and plot.png into ``out``.
 
-    Artifacts already in ``out`` are replaced only with ``overwrite`` (checked before the
-    pipeline runs, so a refusal costs nothing)."""
+    ``export_options`` maps a format to options for its exporter; they override the target
+    profile's defaults and ``threads``/``benchmark_runs``. Artifacts already in ``out`` are
+    replaced only with ``overwrite`` (checked before the pipeline runs, so a refusal costs
+    nothing)."""
     from .metadata import check_destination
     from .formats import get_format
     from .pipeline import Pipeline
     from .targets import get_target
 
-    pipe = Pipeline.from_recipe(recipe)
+    pipe = recipe if isinstance(recipe, Pipeline) else Pipeline.from_recipe(recipe)
     pipe.seed = seed
     tgt = get_target(target) if target else None
     formats = formats or (list(tgt.formats[:2]) if tgt else ["onnx"])
@@ -170,6 +205,7 @@ def compress(model: nn.Module, data: DataBundle, recipe: str | Path | dict[str, 
         options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
         options.update(threads=threads or (tgt.threads if tgt else None),
                        benchmark_runs=benchmark_runs, overwrite=overwrite)
+        options.update((export_options or {}).get(fmt, {}))
         try:
             result.artifacts.append(dm.export(fmt, out / _artifact_name(spec), **options))
         except EdgeCompressError as exc:
@@ -218,7 +254,7 @@ def _markdown(dm: Any, tgt: Any) -> str:
         if chosen:
             head += ["Choices taken from the target profile:", ""]
             head += [f"- `{k}` = `{v}`" for k, v in chosen.items()] + [""]
-    return "\n".join(head) + dm.report.to_markdown()
+    return "\n".join(head) + "\n" + dm.report.to_markdown(level=2)
 
 
 def summary(result: CompressResult, out: Path, seconds: float) -> str:
@@ -233,17 +269,51 @@ def summary(result: CompressResult, out: Path, seconds: float) -> str:
 
 
 def compress_from_args(args: argparse.Namespace) -> int:
+    """``edgecompress compress``: build the pipeline (recipe file or pass flags), run, export."""
+    from .cli_options import given
+    from .compress_flags import export_options, formats_given_options, passes_from_args
+    from .formats import get_format
+    from .pipeline import Measure, Pipeline
+
     t0 = time.perf_counter()
+    from .targets import get_target
+
+    formats = [f.strip() for f in args.export.split(",") if f.strip()] if args.export else \
+        (list(get_target(args.target).formats[:2]) if args.target else ["onnx"])
+    for fmt in formats:
+        get_format(fmt)  # unknown formats fail before any work
+    formats_given_options(args, args._export_flags, formats)
+    passes = passes_from_args(args, args._pass_flags, load_teacher=load_model)
+    if args.recipe and passes:
+        raise ConfigError("give either --recipe FILE or pass flags (--prune, --int8, ...), not "
+                          "both; --save-recipe writes the flags' recipe to a file")
+    if not args.recipe and not passes:
+        raise ConfigError("nothing to do: give --recipe FILE or pass flags, e.g. --prune 0.3 "
+                          "--int8 (see 'edgecompress compress --help')")
+    measure = Measure(**given(args, args._measure_flags), threads=args.threads)
+    pipe = Pipeline.from_recipe(args.recipe) if args.recipe else Pipeline(passes)
+    pipe.measure, pipe.seed = measure, args.seed
+    pipe.check()
+    if args.save_recipe:
+        _warn_python_only(pipe)
+        log.info("recipe written to %s", pipe.save_recipe(args.save_recipe))
     if args.threads:
         torch.set_num_threads(args.threads)
-    formats = [f.strip() for f in args.export.split(",") if f.strip()] if args.export else None
     data = load_data(args.data, args.image_size, args.channels, args.batch_size, args.seed,
                      input_layout(args.model))
     samples = data.samples("val", 16) if foreign_kind(args.model) else None
     model, builder = load_model(args.model, args.weights, samples)
     out = Path(args.out)
-    result = compress(model, data, args.recipe, out, formats, args.target, args.seed, builder,
-                      args.threads, args.benchmark_runs, getattr(args, "overwrite", False),
-                      getattr(args, "select", False))
+    options = {fmt: export_options(args, args._export_flags, fmt) for fmt in formats}
+    result = compress(model, data, pipe, out, formats, args.target, args.seed, builder,
+                      args.threads, overwrite=args.overwrite, select=args.select,
+                      export_options=options)
     print(summary(result, out, time.perf_counter() - t0))
     return 1 if result.failures else 0
+
+
+def _warn_python_only(pipe: Any) -> None:
+    """A teacher model given with --distill-from is no recipe value: say the file lacks it."""
+    if any(getattr(p, "teacher", None) is not None for p in pipe.passes):
+        log.warning("the recipe file cannot hold the --distill-from teacher (a model object); "
+                    "give --distill-from again when running it")

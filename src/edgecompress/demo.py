@@ -48,7 +48,8 @@ def run_demo(out: Path, epochs: int = 4, image_size: int = 32, seed: int = 0,
     dm.save(out / "model.ecm", overwrite=True)
     stats = art.load(threads=threads).benchmark(warmup=10, runs=100)
     atomic_write_bytes(out / "report.json", dm.report.to_json().encode())
-    atomic_write_bytes(out / "report.md", dm.report.to_markdown().encode())
+    atomic_write_bytes(out / "report.md",
+                       ("# edgecompress demo report\n\n" + dm.report.to_markdown()).encode())
     print()
     print(dm.report)
     print()

@@ -47,11 +47,13 @@ class InputSpec:
     layout: str = "NCHW"
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (JSON-safe)."""
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
                 "layout": self.layout}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
+        """The spec from :meth:`to_dict`'s output."""
         return cls(shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"),
                    name=d.get("name", "input"), layout=d.get("layout", "NCHW"))
 
@@ -68,6 +70,7 @@ class InputSpec:
 
     @classmethod
     def from_tensor(cls, x: torch.Tensor, layout: str = "NCHW") -> "InputSpec":
+        """The spec of an example input tensor (shape, dtype, layout)."""
         return cls(shape=(1, *x.shape[1:]), dtype=str(x.numpy().dtype) if x.device.type == "cpu"
                    else "float32", layout=layout)
 
@@ -137,13 +140,21 @@ class DeployableModel:
         return 3 * weights + (256 << 10)
 
     def manifest_metadata(self) -> dict[str, Any]:
+        """The facts every artifact's metadata carries (version, input, history, data info)."""
         return {"edgecompress_version": __version__, "input": self.input_spec.to_dict(),
                 "history": [h.get("pass") for h in self.history], **self.info}
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path, builder: str | None = None, portable: bool = True,
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, keep_samples: bool = False) -> Path:
         """Write an ``.ecm`` file: JSON manifest + tensors only, no pickled code.
+
+        The file holds the manifest (input spec, history, report, structure, the quantization
+        recipe's settings and ranges), the weights, the float weights of a quantized model and,
+        with ``portable``, a ``torch.export`` program. The calibration samples a static INT8
+        recipe was calibrated on are the user's data: they are kept only with
+        ``keep_samples=True`` (needed to re-export static INT8 to ONNX or TensorRT from the
+        reloaded file without attaching data again).
 
         The structure of every layer (widths after pruning, fused layers) is recorded so
         :meth:`load` rebuilds the model from ``builder`` — a ``"module:function"`` that returns
@@ -172,7 +183,8 @@ class DeployableModel:
         files = {"weights.pt": _tensor_bytes(_model_state(self.model, self.quant_recipe))}
         if self.float_model is not None:
             files["float_weights.pt"] = _tensor_bytes(self.float_model.state_dict())
-        if self.quant_recipe is not None and self.quant_recipe.calib_samples is not None:
+        if keep_samples and self.quant_recipe is not None \
+                and self.quant_recipe.calib_samples is not None:
             files["calib_samples.pt"] = _tensor_bytes({"x": self.quant_recipe.calib_samples})
         if portable:
             program, static_batch = _export_program(self.model, self.example_input())
@@ -249,6 +261,7 @@ class DeployableModel:
                    builder=manifest.get("builder"), verified=verified)
 
     def copy(self) -> "DeployableModel":
+        """A deep copy (model, float model, recipe, report)."""
         return copy.deepcopy(self)
 
     def __repr__(self) -> str:

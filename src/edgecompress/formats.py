@@ -43,12 +43,14 @@ class FormatSpec:
         return all(available(m) for m in self.modules)
 
     def supports(self, precision: str) -> bool:
+        """Whether this format can hold ``precision`` ('fp32', 'fp16', 'int8-static', 'int8-dynamic')."""
         if precision.endswith("-weight"):
             return self.weight_only
         return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8_static,
                 "int8-static": self.int8_static, "int8-dynamic": self.int8_dynamic}.get(precision, False)
 
     def row(self) -> dict[str, Any]:
+        """The format as one row of plain data (``edgecompress formats``, the docs)."""
         return {"format": self.name, "suffix": "/".join(self.suffixes) + ("/ (folder)" if self.directory else ""),
                 "extra": self.extra or "(core)", "fp16": self.fp16, "int8 static": self.int8_static,
                 "int8 dynamic": self.int8_dynamic, "dynamic batch": self.dynamic_batch,

@@ -67,9 +67,14 @@ def measure_stage(model: Any, form: Form, data: DataBundle, cfg: Measure, name: 
     if cfg.latency:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         runner = TorchRunner.from_module(model, data.example_input[:1].to(device), cfg.threads)
-        m.latency_ms = runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
-                                        with_system=False).p50_ms
+        _record_latency(m, runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
+                                            with_system=False))
     return m
+
+
+def _record_latency(m: StageMetrics, stats: Any) -> None:
+    m.latency_ms, m.latency_p10_ms, m.latency_p90_ms = stats.p50_ms, stats.p10_ms, stats.p90_ms
+    m.load_1min = stats.load_1min
 
 
 def _measure_onnx(model: Any, data: DataBundle, cfg: Measure, name: str) -> StageMetrics:
@@ -88,8 +93,8 @@ def _measure_onnx(model: Any, data: DataBundle, cfg: Measure, name: str) -> Stag
             from .export.parity import artifact_accuracy
             m.accuracy = artifact_accuracy(runner, data, cfg.accuracy_samples)
         if cfg.latency:
-            m.latency_ms = runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
-                                            with_system=False).p50_ms
+            _record_latency(m, runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
+                                                with_system=False))
     return m
 
 

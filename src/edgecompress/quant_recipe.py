@@ -30,6 +30,7 @@ class QuantRecipe:
 
     @property
     def precision(self) -> str:
+        """The artifact precision this recipe asks for ('int8-static' or 'int8-dynamic')."""
         return f"int{self.bits}-{self.scheme}"
 
     def to_metadata(self, compact: bool = False) -> dict[str, Any]:
@@ -51,6 +52,7 @@ class QuantRecipe:
 
     @classmethod
     def from_metadata(cls, d: dict[str, Any], calib_samples: torch.Tensor | None = None) -> "QuantRecipe":
+        """A recipe from :meth:`to_metadata`'s output (+ calibration samples, if kept)."""
         data = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "calib_samples"}
         data["skip"] = tuple(data.get("skip", ()))
         data["layers"] = tuple(data.get("layers", ()))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._extras import require
 from .errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -74,8 +75,7 @@ def torchvision_student(name: str, in_channels: int, num_classes: int, image_siz
     if name not in TORCHVISION_STUDENTS:
         raise ConfigError(f"torchvision_student: unknown model '{name}'. "
                           f"Known: {', '.join(TORCHVISION_STUDENTS)}")
-    from torchvision import models
-
+    models = require("torchvision.models", "vision", f"The torchvision student '{name}'")
     try:
         model = models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as exc:

@@ -273,6 +273,7 @@ class Recovery:
     }
 
     def recover(self, model: nn.Module, ctx: "PassContext", desc: str = "recover") -> nn.Module:
+        """Train ``model`` back after a pass changed it; returns it."""
         raise NotImplementedError
 
     def check_data(self, data: Any) -> None:
@@ -284,10 +285,12 @@ class Recovery:
                             f"finetune=")
 
     def to_recipe(self) -> dict[str, Any]:
+        """The recovery as recipe data (``{'kind': ..., option: value}``)."""
         return {"kind": self.kind, **options_dict(self)}
 
     @classmethod
     def from_recipe(cls, value: dict[str, Any], where: str = "finetune") -> "Recovery":
+        """A Recovery from recipe data; ``kind`` picks the class (default finetune)."""
         from .options import from_options
         from .plugins import load_object
 
@@ -308,6 +311,7 @@ class FineTune(TrainConfig, Recovery):
     label: ClassVar[str] = "fine-tuning recovery"
 
     def recover(self, model: nn.Module, ctx: "PassContext", desc: str = "finetune") -> nn.Module:
+        """Fine-tune ``model`` on ``ctx.data.train`` with cross-entropy; returns it."""
         loader = ctx.data.require("train", desc)
         result = train(model, loader, cross_entropy_loss, with_device(self, ctx),
                        val_loader=ctx.data.val, desc=desc, seed=ctx.seed)

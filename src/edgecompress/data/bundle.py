@@ -192,6 +192,7 @@ class DataBundle:
         return torch.cat(xs)
 
     def num_batches(self, role: str) -> int | None:
+        """How many batches ``role`` ('train', 'val', 'calib') yields, when the loader knows."""
         loader = getattr(self, role)
         return None if loader is None else _length(loader)
 
@@ -209,6 +210,7 @@ class DataBundle:
             yield
 
     def describe(self) -> dict[str, Any]:
+        """A short description of the data (name, splits, shapes) for reports."""
         return {"name": self.name, "input_shape": list(self.input_shape),
                 "num_classes": self.num_classes,
                 "class_names": list(self.class_names) if self.class_names else None,

@@ -64,6 +64,7 @@ class Artifact:
     perplexity: float | None = None  # causal LMs, measured through the artifact's runtime
 
     def metrics(self) -> ArtifactMetrics:
+        """The report row of this artifact (what was measured of it)."""
         return ArtifactMetrics(
             format=self.format, path=str(self.path), size_bytes=self.size_bytes,
             precision=self.precision,
@@ -71,10 +72,14 @@ class Artifact:
             top1_agreement=self.parity.top1_agreement if self.parity else None,
             parity_ok=self.parity.passed if self.parity else None, accuracy=self.accuracy,
             latency_ms=self.latency.p50_ms if self.latency else None,
+            latency_p10_ms=self.latency.p10_ms if self.latency else None,
+            latency_p90_ms=self.latency.p90_ms if self.latency else None,
+            load_1min=self.latency.load_1min if self.latency else None,
             compressed_bytes=self.compressed_bytes, notes=dict(self.notes),
             perplexity=self.perplexity)
 
     def load(self, **options: Any) -> Runner:
+        """A Runner for this artifact (``ec.load(self.path, **options)``)."""
         from ..runtime import load
 
         return load(self.path, **options)

@@ -20,6 +20,9 @@ class EcmOptions(ExportOptions):
     builder: str | None = option(None, "'module:function' returning the uncompressed model, "
                                        "recorded so the file reloads as the original class.")
     portable: bool = option(True, "Also store a torch.export program (reloads without builder).")
+    keep_samples: bool = option(False, "Also store the INT8 recipe's calibration samples (the "
+                                       "user's data; needed to re-export static INT8 to ONNX or "
+                                       "TensorRT from the file alone).")
 
 
 class EcmExporter(Exporter):
@@ -41,7 +44,7 @@ class EcmExporter(Exporter):
 
     def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
               metadata: dict[str, Any]) -> dict[str, Any]:
-        dm.save(tmp, builder=opts.builder, portable=opts.portable)
+        dm.save(tmp, builder=opts.builder, portable=opts.portable, keep_samples=opts.keep_samples)
         if not precision.endswith("-simulated"):
             return {}
         return {"int8": "simulated: float weights with the recipe's INT8 ranges (fake "

@@ -82,6 +82,8 @@ def trace_to_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Pa
 def run_pnnx(torchscript: Path, shape: tuple[int, ...], out_dir: Path, work: Path, fp16: bool,
              optlevel: int) -> None:
     """Convert ``torchscript`` with the pnnx binary; ncnn files go to ``out_dir``."""
+    # pnnx runs in ``work``: a relative output path would land (or fail to open) under it
+    torchscript, out_dir, work = torchscript.absolute(), out_dir.absolute(), work.absolute()
     cmd = [str(pnnx_executable()), str(torchscript),
            "inputshape=[" + ",".join(str(d) for d in shape) + "]f32", "device=cpu",
            f"optlevel={optlevel}", f"fp16={int(fp16)}",

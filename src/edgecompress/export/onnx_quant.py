@@ -165,7 +165,9 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
 
     if recipe.calib_samples is None or recipe.calib_samples.shape[0] == 0:
         raise ExportError("the static INT8 recipe carries no calibration samples, so ONNX "
-                          "Runtime cannot calibrate; re-run QuantizePTQ/QuantizeQAT with data")
+                          "Runtime cannot calibrate; re-run QuantizePTQ/QuantizeQAT with data, "
+                          "or save the model with DeployableModel.save(..., keep_samples=True) "
+                          "to re-export it from the .ecm file")
     mapping, missing = _layer_nodes(proto, recipe)
     exclude = _excluded_nodes(mapping, recipe)
     overrides = _overrides(proto, mapping, recipe) if recipe.extra.get("ranges_kind") == "learned" else {}

@@ -46,6 +46,7 @@ class PassContext:
         self.notes[key] = value
 
     def resolved_device(self) -> "torch.device":
+        """The device passes train on (``device``, else CUDA when available)."""
         from ..training import pick_device
         return pick_device(self.device)
 
@@ -88,6 +89,7 @@ class Pass:
         """Raise DataError before anything runs when ``data`` lacks what this pass needs."""
 
     def run(self, model: Any, ctx: PassContext) -> Any:  # pragma: no cover - abstract
+        """Transform ``model`` (the pipeline's working copy) and return the result."""
         raise NotImplementedError(f"{type(self).__name__}.run is not implemented")
 
     # -- recipes ------------------------------------------------------------------------------
@@ -97,10 +99,12 @@ class Pass:
 
     @classmethod
     def from_recipe(cls, options: dict[str, Any], where: str = "") -> "Pass":
+        """The pass from recipe options, validated like the constructor."""
         return from_options(cls, options, where or f"pass '{cls.name}'")
 
     @classmethod
     def schema(cls) -> dict[str, dict[str, Any]]:
+        """Option name → type, default, doc, choices and range (docs, recipes)."""
         return options_schema(cls)
 
     def replace(self, **changes: Any) -> "Pass":
@@ -108,6 +112,7 @@ class Pass:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def describe(self) -> str:
+        """``name(option=value, ...)`` for logs."""
         opts = ", ".join(f"{k}={v!r}" for k, v in options_dict(self, recipe_only=False).items()
                          if not _is_heavy(v))
         return f"{self.name}({opts})"

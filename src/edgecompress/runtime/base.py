@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import threading
 import time
@@ -30,6 +31,13 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
+def _load_1min() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform (Windows)
+        return None
+
+
 @dataclass
 class LatencyStats:
     """Latency of repeated single calls, in milliseconds, with the system's state alongside."""
@@ -48,12 +56,16 @@ class LatencyStats:
     batch_size: int
     threads: int | None = None
     system: dict[str, Any] = field(default_factory=dict)
+    p10_ms: float | None = None
+    load_1min: float | None = None  # the machine's load average right after the timed runs
 
     def to_dict(self) -> dict[str, Any]:
+        """The statistics as plain data (JSON-safe)."""
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"p50 {self.p50_ms:.3f} ms | mean {self.mean_ms:.3f} ms | p90 {self.p90_ms:.3f} | "
+        spread = f" (p10 {self.p10_ms:.3f})" if self.p10_ms is not None else ""
+        return (f"p50 {self.p50_ms:.3f} ms{spread} | mean {self.mean_ms:.3f} ms | p90 {self.p90_ms:.3f} | "
                 f"p99 {self.p99_ms:.3f} | min {self.min_ms:.3f} | max {self.max_ms:.3f} | "
                 f"{self.fps:.1f} FPS (batch {self.batch_size}, {self.runs} runs) | "
                 f"peak RSS {self.peak_rss_mb:.0f} MB")
@@ -61,15 +73,17 @@ class LatencyStats:
     @classmethod
     def from_times(cls, times_s: Sequence[float], warmup: int, batch_size: int,
                    threads: int | None, with_system: bool = True) -> "LatencyStats":
+        """Statistics of per-call wall times in seconds (percentiles, FPS, peak RSS, load)."""
         ms = np.asarray(times_s, dtype=np.float64) * 1000.0
         mean = float(ms.mean())
-        pct = {p: float(np.percentile(ms, p)) for p in (50, 90, 95, 99)}
+        pct = {p: float(np.percentile(ms, p)) for p in (10, 50, 90, 95, 99)}
         return cls(mean_ms=mean, min_ms=float(ms.min()), max_ms=float(ms.max()),
                    p50_ms=pct[50], p90_ms=pct[90], p95_ms=pct[95], p99_ms=pct[99],
                    fps=batch_size * 1000.0 / mean if mean > 0 else float("inf"),
                    peak_rss_mb=peak_rss_mb(), runs=len(ms), warmup=warmup,
                    batch_size=batch_size, threads=threads,
-                   system=system_status(cpu_interval=0.05) if with_system else {})
+                   system=system_status(cpu_interval=0.05) if with_system else {},
+                   p10_ms=pct[10], load_1min=_load_1min())
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -175,6 +189,7 @@ class Runner:
         return LatencyStats.from_times(times, warmup, arr.shape[0], self.threads, with_system)
 
     def info(self) -> dict[str, Any]:
+        """Path, format, size, inputs, outputs and metadata of the loaded artifact."""
         from .._io import path_size
         return {"path": str(self.path), "format": self.format, "size_bytes": path_size(self.path),
                 "inputs": [s.to_dict() for s in self.inputs],

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..._extras import require
 from ...errors import PassError
 from . import adapters
 from .importance import accumulate_gradients, make_importance
@@ -50,7 +51,7 @@ def channels_to_prune(n_pruned: int, current: int, round_to: int) -> int:
 
 
 def _pruner_class() -> type:
-    import torch_pruning as tp
+    tp = require("torch_pruning", "prune", "Structured pruning (Torch-Pruning)")
 
     class _Pruner(tp.pruner.BasePruner):
         """BasePruner whose round_to keeps the nearest multiple (ties keep more), at least
@@ -68,9 +69,10 @@ def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: Ste
     extra = adapters.pruner_options(model)
     modules = dict(model.named_modules())
     ignored = [modules[name] for name in cfg.ignored]
+    pruner_class = _pruner_class()  # a missing extra is named, not called a graph failure
     try:
         with adapters.graph_build_guards(model):
-            return _pruner_class()(
+            return pruner_class(
                 model, example, importance=make_importance(cfg.importance),
                 global_pruning=cfg.global_scope, pruning_ratio=ratio,
                 max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,

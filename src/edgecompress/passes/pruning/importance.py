@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._extras import require
 from ...data.bundle import iter_batches
 from ...errors import DataError
 
@@ -24,8 +25,7 @@ NEEDS_GRADIENTS = ("taylor",)
 
 def make_importance(name: str) -> Any:
     """A Torch-Pruning importance estimator for ``name`` (one of :data:`IMPORTANCES`)."""
-    import torch_pruning as tp
-
+    tp = require("torch_pruning", "prune", "Structured pruning (Torch-Pruning)")
     imp = tp.importance
     if name == "l1":
         return imp.GroupMagnitudeImportance(p=1)
