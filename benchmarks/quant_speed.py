@@ -13,8 +13,6 @@ Writes benchmarks/results/quant_speed.json and quant_speed.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
@@ -28,18 +26,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import edgecompress as ec  # noqa: E402
 from edgecompress.quant.simulate import cpu_has_vnni  # noqa: E402
+from _harness import Run, parser, table  # noqa: E402
 from quantize import interleaved_latency  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--calib", type=int, default=32)
     args = ap.parse_args()
+    run = Run("quant_speed", args)
     os.environ.setdefault("EDGECOMPRESS_PROGRESS", "0")
     import torchvision
 
@@ -47,7 +45,7 @@ def main() -> None:
     images = torch.randn(args.calib + 1, 3, 224, 224)
     data = ec.DataBundle(calib=DataLoader(TensorDataset(images[1:]), batch_size=16),
                          example_input=images[:1])
-    result = {"load_start": os.getloadavg()[0], "threads": args.threads,
+    result = {"threads": args.threads,
               "cpu": platform.processor() or platform.machine(), "vnni": cpu_has_vnni(),
               "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,18 +65,14 @@ def main() -> None:
                 "fp32_bytes": paths["fp32"].stat().st_size, "int8_bytes": paths["int8"].stat().st_size,
                 "ort_kernels": art.notes["ort_kernels"], "weights": art.notes["weight_type"]}
             print(name, result["models"][name], flush=True)
-    result["load_end"] = os.getloadavg()[0]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quant_speed.json").write_text(json.dumps(result, indent=1))
     lines = ["# INT8 vs FP32 latency in ONNX Runtime (batch 1, 224×224)", "",
-             f"{args.threads} threads; CPU {result['cpu']}, VNNI: {result['vnni']}; load average "
-             f"{result['load_start']:.1f} → {result['load_end']:.1f} (2 shared cores).", "",
-             "| model | FP32 p50 ms | INT8 p50 ms | speed-up | FP32 bytes | INT8 bytes | int8 kernels |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in result["models"].items():
-        lines.append(f"| {name} | {r['fp32_ms']} | {r['int8_ms']} | {r['speedup_x']}× | "
-                     f"{r['fp32_bytes']:,} | {r['int8_bytes']:,} | {r['ort_kernels']} |")
-    (RESULTS / "quant_speed.md").write_text("\n".join(lines) + "\n")
+             f"{args.threads} threads; CPU {result['cpu']}, VNNI: {result['vnni']}; "
+             f"{run.describe_load()}.", "", f"Command: `{run.command}`", ""]
+    lines += table(("model", "FP32 p50 ms", "INT8 p50 ms", "speed-up", "FP32 bytes", "INT8 bytes",
+                    "int8 kernels"),
+                   [(name, r["fp32_ms"], r["int8_ms"], f"{r['speedup_x']}×", f"{r['fp32_bytes']:,}",
+                     f"{r['int8_bytes']:,}", r["ort_kernels"]) for name, r in result["models"].items()])
+    run.write(result, lines)
     print("\n".join(lines))
 
 

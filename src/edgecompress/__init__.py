@@ -14,6 +14,7 @@ Typical use::
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 from . import data, passes
@@ -24,11 +25,11 @@ from .deployable import DeployableModel, InputSpec
 from .errors import (ArtifactError, ChainError, ConfigError, DataError, EdgeCompressError,
                      ExportError, InputError, MissingExtraError, ParityError, PassError)
 from .export import Artifact
-from .formats import FORMATS, FormatSpec, register_format
+from .formats import FORMATS, FormatSpec, register_format  # also registers the built-in rows
 from .forms import Form
-from .passes import Pass, PassContext, register_pass
+from .passes import Pass, PassContext, StageOutput, register_pass
 from .pipeline import Measure, Pipeline
-from .quant_recipe import QuantRecipe
+from .quant_recipe import DynamicRecipe, QuantRecipe, StaticRecipe
 from .report import Report
 from .runtime import LatencyStats, Runner, load, system_status
 from .training import FineTune, Recovery
@@ -40,18 +41,17 @@ def __getattr__(name: str):  # lazy: these pull optional or heavier modules
     if name == "Distill":
         from .passes.distill import Distill
         return Distill
-    if name == "targets":
-        from . import targets
-        return targets
-    if name == "students":
-        from . import students
-        return students
+    if name in ("targets", "students"):
+        # import_module, not `from . import x`: that form asks this __getattr__ for the
+        # not-yet-imported submodule again and recursed until RecursionError
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'edgecompress' has no attribute '{name}'")
 
 
 __all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "DataBundle", "DataError",
-           "DeployableModel", "EdgeCompressError", "ExportError", "FORMATS", "FineTune", "Form",
-           "FormatSpec", "InputError", "InputSpec", "LatencyStats", "Measure",
+           "DeployableModel", "DynamicRecipe", "EdgeCompressError", "ExportError", "FORMATS",
+           "FineTune", "Form", "FormatSpec", "InputError", "InputSpec", "LatencyStats", "Measure",
            "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
-           "QuantRecipe", "Recovery", "Report", "Runner", "__version__", "data", "load", "passes",
-           "register_format", "register_pass", "set_progress", "system_status"]
+           "QuantRecipe", "Recovery", "Report", "Runner", "StageOutput", "StaticRecipe",
+           "__version__", "data", "load", "passes", "register_format", "register_pass",
+           "set_progress", "system_status"]

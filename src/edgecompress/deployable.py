@@ -3,59 +3,29 @@
 from __future__ import annotations
 
 import copy
-import io
-import json
 import logging
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ._io import atomic_path
+from . import ecm_file, registry
 from ._version import __version__
-from .errors import ArtifactError
+from .ecm_file import ECM_FORMAT, ECM_VERSION, Builder, ExportedProgramModule
 from .forms import Form
+from .job import ExportJob
 from .quant_recipe import QuantRecipe
 from .report import Report
-from .structure import apply_snapshot, snapshot
+from .signature import InputSpec, Signature
 
 if TYPE_CHECKING:
+    from .artifact import Artifact
     from .data.bundle import DataBundle
-    from .export.base import Artifact
 
 log = logging.getLogger("edgecompress")
-
-ECM_FORMAT = "edgecompress-model"
-ECM_VERSION = 1
-Builder = Callable[[], nn.Module]
-
-
-@dataclass
-class InputSpec:
-    """Name, shape (with a batch of 1), dtype and layout of the model's input."""
-
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    name: str = "input"
-    layout: str = "NCHW"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "layout": self.layout}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
-        return cls(shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"),
-                   name=d.get("name", "input"), layout=d.get("layout", "NCHW"))
-
-    @classmethod
-    def from_tensor(cls, x: torch.Tensor, layout: str = "NCHW") -> "InputSpec":
-        return cls(shape=(1, *x.shape[1:]), dtype=str(x.numpy().dtype) if x.device.type == "cpu"
-                   else "float32", layout=layout)
 
 
 @dataclass
@@ -104,18 +74,13 @@ class DeployableModel:
 
         See :mod:`edgecompress.formats` for the formats and each exporter for its options.
         """
-        from .formats import get_format
-        from .plugins import load_object
-
-        spec = get_format(format)
-        exporter = load_object(spec.exporter)(spec)
-        artifact = exporter.export(self, Path(path), **options)
+        spec = registry.formats.spec(format)
+        exporter = registry.load_object(spec.exporter)(spec)
+        plan = exporter.plan(self.quant_recipe, options)
+        job = export_job(self, plan.precision, plan.opts.parity_samples)
+        artifact = exporter.export(job, Path(path), plan)
         self.report.add_artifact(artifact.metrics())
         return artifact
-
-    def manifest_metadata(self) -> dict[str, Any]:
-        return {"edgecompress_version": __version__, "input": self.input_spec.to_dict(),
-                "history": [h.get("pass") for h in self.history], **self.info}
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path, builder: str | None = None, portable: bool = True) -> Path:
@@ -127,32 +92,11 @@ class DeployableModel:
         ``portable`` the model is also saved as a ``torch.export`` program, which reloads
         without any builder (as an inference ``GraphModule``).
         """
-        builder = builder or self.builder
-        manifest = {
-            "format": ECM_FORMAT, "version": ECM_VERSION, "edgecompress_version": __version__,
-            "form": self.form.value, "input_spec": self.input_spec.to_dict(),
-            "history": self.history, "report": self.report.to_dict(), "info": self.info,
-            "builder": builder, "structure": snapshot(self.model),
-            "model_class": f"{type(self.model).__module__}:{type(self.model).__qualname__}",
-            "quant_recipe": self.quant_recipe.to_metadata() if self.quant_recipe else None,
-            "float_structure": snapshot(self.float_model) if self.float_model is not None else None,
-        }
-        files = {"weights.pt": _tensor_bytes(_model_state(self.model, self.quant_recipe))}
-        if self.float_model is not None:
-            files["float_weights.pt"] = _tensor_bytes(self.float_model.state_dict())
-        if self.quant_recipe is not None and self.quant_recipe.calib_samples is not None:
-            files["calib_samples.pt"] = _tensor_bytes({"x": self.quant_recipe.calib_samples})
-        if portable:
-            program, static_batch = _export_program(self.model, self.example_input())
-            if program is not None:
-                files["program.pt2"] = program
-                manifest["portable"] = True
-                manifest["program_static_batch"] = static_batch
-        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=str))
-            for name, data in files.items():
-                zf.writestr(name, data)
-        return Path(path)
+        return ecm_file.write(path, self.model, self.float_model, self.quant_recipe,
+                              {"form": self.form.value, "input_spec": self.input_spec.to_dict(),
+                               "history": self.history, "report": self.report.to_dict(),
+                               "info": self.info, "builder": builder or self.builder},
+                              self.example_input() if portable else None)
 
     @classmethod
     def load(cls, path: str | Path, builder: Builder | str | None = None) -> "DeployableModel":
@@ -161,46 +105,14 @@ class DeployableModel:
         The model is rebuilt from ``builder`` (argument, else the one recorded at save time)
         when it can be imported; otherwise from the saved ``torch.export`` program.
         """
-        p = Path(path)
-        if not p.exists():
-            raise ArtifactError(f"{p} does not exist")
-        try:
-            with zipfile.ZipFile(p) as zf:
-                names = set(zf.namelist())
-                if "manifest.json" not in names or "weights.pt" not in names:
-                    raise ArtifactError(f"{p} is not an edgecompress model (.ecm): "
-                                        f"manifest.json or weights.pt is missing")
-                manifest = json.loads(zf.read("manifest.json"))
-                blobs = {n: zf.read(n) for n in names if n != "manifest.json"}
-        except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as exc:
-            raise ArtifactError(f"{p} is not a readable .ecm file (truncated or corrupt?): "
-                                f"{exc}") from exc
-        if manifest.get("format") != ECM_FORMAT or int(manifest.get("version", 0)) > ECM_VERSION:
-            raise ArtifactError(f"{p}: unsupported model file (format {manifest.get('format')!r}, "
-                                f"version {manifest.get('version')!r}); this edgecompress reads "
-                                f"{ECM_FORMAT} up to version {ECM_VERSION}")
-        weights = _safe_tensors(blobs["weights.pt"], p, "weights.pt")
-        float_model = None
-        if "float_weights.pt" in blobs and manifest.get("float_structure"):
-            float_model = _rebuild_with_builder(builder or manifest.get("builder"),
-                                                manifest["float_structure"],
-                                                _safe_tensors(blobs["float_weights.pt"], p,
-                                                              "float_weights.pt"), p)
-        recipe = None
-        if manifest.get("quant_recipe"):
-            calib = None
-            if "calib_samples.pt" in blobs:
-                calib = _safe_tensors(blobs["calib_samples.pt"], p, "calib_samples.pt")["x"]
-            recipe = QuantRecipe.from_metadata(manifest["quant_recipe"], calib)
-        model = _rebuild_from_recipe(recipe, float_model, weights)
-        if model is None:
-            model = _rebuild(manifest, weights, blobs, builder, p)
-        return cls(model=model.eval(), input_spec=InputSpec.from_dict(manifest["input_spec"]),
-                   form=Form(manifest.get("form", Form.TORCH_FLOAT.value)),
-                   report=Report.from_dict(manifest.get("report", {})),
-                   history=list(manifest.get("history", [])), quant_recipe=recipe,
-                   float_model=float_model, info=dict(manifest.get("info", {})),
-                   builder=manifest.get("builder"))
+        saved = ecm_file.read(path, builder)
+        m = saved.manifest
+        return cls(model=saved.model, input_spec=InputSpec.from_dict(m["input_spec"]),
+                   form=Form(m.get("form", Form.TORCH_FLOAT.value)),
+                   report=Report.from_dict(m.get("report", {})),
+                   history=list(m.get("history", [])), quant_recipe=saved.recipe,
+                   float_model=saved.float_model, info=dict(m.get("info", {})),
+                   builder=m.get("builder"))
 
     def copy(self) -> "DeployableModel":
         return copy.deepcopy(self)
@@ -211,151 +123,63 @@ class DeployableModel:
                 f"recipe={self.quant_recipe.precision if self.quant_recipe else None})")
 
 
-class ExportedProgramModule(nn.Module):
-    """An inference-only model reloaded from a ``torch.export`` program (no builder needed).
-
-    The exported graph is frozen in eval mode, so ``train()``/``eval()`` only flip the flag.
-    """
-
-    def __init__(self, program_module: nn.Module, static_batch: int | None = None):
-        super().__init__()
-        self.program = program_module
-        self.static_batch = static_batch  # larger batches run in calls of this size
-
-    def forward(self, x: Any, *rest: Any) -> Any:
-        # a static program's guards reject any other batch size (not only in runners: also
-        # dm.model(x) after DeployableModel.load), so run a bigger batch in pieces
-        n = self.static_batch
-        if rest or n is None or x.shape[0] == n:
-            return self.program(x, *rest)
-        return torch.cat([self.program(part) for part in x.split(n)])
-
-    def train(self, mode: bool = True) -> "ExportedProgramModule":
-        self.training = mode
-        return self
+# -- the job an exporter receives: every choice about models, samples and calibration, made once --
+CALIBRATION_FALLBACK = 256  # samples drawn from the bundle when a static recipe carries none
 
 
-def _model_state(model: nn.Module, recipe: QuantRecipe | None) -> dict[str, Any]:
-    """The state dict to save; a model rebuilt from its recipe keeps plain tensors only
-    (torch's packed int8 modules hold objects ``weights_only`` loading refuses)."""
-    state = model.state_dict()
-    if recipe is None or not recipe.extra.get("rebuild"):
-        return state
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and not v.is_quantized}
+def export_job(dm: DeployableModel, precision: str, parity_samples: int) -> ExportJob:
+    """The job to export ``dm`` at ``precision`` (decided by the exporter from the recipe)."""
+    realised = precision.startswith("int8")
+    recipe = dm.quant_recipe if realised else None
+    source = dm.float_model if dm.quant_recipe is not None and dm.float_model is not None else dm.model
+    if realised:
+        reference, name = dm.model, "simulated INT8 torch model"
+    elif dm.quant_recipe is not None and dm.float_model is not None:
+        reference, name = dm.float_model, "float torch model (float fallback)"
+    else:
+        reference, name = dm.model, "torch model"
+    example = dm.example_input(1).cpu()
+    return ExportJob(
+        source=source, reference=reference, reference_name=name, recipe=recipe,
+        signature=Signature.of(dm.model, example, dm.input_spec.name, layout=dm.input_spec.layout),
+        example=example, parity_inputs=dm.sample_inputs(parity_samples),
+        eval_data=dm.data.val if dm.data is not None else None,
+        calibration=_calibration(dm, recipe), metadata=MappingProxyType(model_metadata(dm)),
+        saved=MappingProxyType(saved_fields(dm)), float_model=dm.float_model)
 
 
-def _rebuild_from_recipe(recipe: QuantRecipe | None, float_model: nn.Module | None,
-                         weights: dict[str, Any]) -> nn.Module | None:
-    """A quantized model rebuilt by the recipe's own hook from the float model (None: no hook)."""
-    hook = recipe.extra.get("rebuild") if recipe is not None else None
-    if not hook or float_model is None:
+def _calibration(dm: DeployableModel, recipe: QuantRecipe | None) -> torch.Tensor | None:
+    if recipe is None or recipe.scheme != "static":
         return None
-    if not str(hook).startswith("edgecompress."):  # the name comes from the file: import ours only
-        raise ArtifactError(f"refusing to rebuild the model with {hook!r}: only edgecompress's "
-                            f"own rebuild functions are imported from a model file")
-    from .plugins import load_object
-
-    return load_object(hook)(float_model, recipe, weights)
-
-
-def _tensor_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _safe_tensors(data: bytes, path: Path, member: str) -> dict[str, Any]:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
-            TypeError) as exc:
-        raise ArtifactError(f"refused to load {path} ({member}): it holds something other than "
-                            f"tensors (a pickled object that could run code) or is corrupt. "
-                            f"Nothing from it was executed. Detail: {str(exc)[:300]}") from exc
-
-
-def _export_program(model: nn.Module, example: torch.Tensor) -> tuple[bytes | None, bool]:
-    """Serialize ``model`` as a torch.export program (None when the model does not export),
-    and whether the program only takes a batch of 1.
-
-    The batch dimension is exported as dynamic (from a batch of 2: torch specialises size-1
-    dimensions); a model that only works at one batch size falls back to a static export.
-    """
-    model = model.eval()
-    batch2 = torch.cat([example[:1], example[:1]])
-    attempts = (((batch2,), ({0: torch.export.Dim("batch", min=1, max=4096)},)),
-                ((example[:1],), None))
-    last: Exception | None = None
-    for args, dynamic in attempts:
-        try:
-            with torch.no_grad():
-                ep = torch.export.export(model, args, dynamic_shapes=dynamic, strict=False)
-            buf = io.BytesIO()
-            torch.export.save(ep, buf)
-            return buf.getvalue(), dynamic is None
-        except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds of errors
-            last = exc
-    log.info("model not saved as a torch.export program (%s); reloading it will need a builder",
-             str(last).splitlines()[0][:200] if str(last) else type(last).__name__)
-    return None, False
-
-
-def _load_program(data: bytes, path: Path, static_batch: bool = False) -> nn.Module:
-    """Load a torch.export program only after proving every pickle inside is tensors-only.
-
-    ``torch.export.load`` retries with ``weights_only=False`` when a safe load fails; checking
-    each member first with ``weights_only=True`` means that fallback can never run code.
-    """
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        for name in zf.namelist():
-            if name.endswith(".pt"):
-                _safe_tensors(zf.read(name), path, f"program.pt2/{name}")
-    try:
-        return ExportedProgramModule(torch.export.load(io.BytesIO(data)).module(),
-                                     1 if static_batch else None)
-    except Exception as exc:  # noqa: BLE001
-        raise ArtifactError(f"{path}: the saved torch.export program cannot be loaded by this "
-                            f"torch ({torch.__version__}): {exc}") from exc
-
-
-def _resolve_builder(builder: Builder | str | None) -> Builder | None:
-    if builder is None or callable(builder):
-        return builder
-    from .plugins import load_object
-
-    try:
-        return load_object(builder)
-    except (ImportError, AttributeError) as exc:
-        log.info("builder %s is not importable here (%s)", builder, exc)
+    if recipe.calib_samples is not None:
+        return recipe.calib_samples.detach().float().cpu()
+    if dm.data is None:
         return None
+    log.warning("the INT8 recipe carries no calibration samples; calibrating on %d samples of "
+                "the attached DataBundle", CALIBRATION_FALLBACK)
+    return dm.data.calibration_inputs(CALIBRATION_FALLBACK)
 
 
-def _rebuild_with_builder(builder: Builder | str | None, structure: dict[str, Any],
-                          weights: dict[str, Any], path: Path) -> nn.Module | None:
-    fn = _resolve_builder(builder)
-    if fn is None:
-        return None
-    model = fn()
-    apply_snapshot(model, structure)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path}: the weights do not fit the model the builder made: "
-                            f"{str(exc)[:500]}") from exc
-    return model
+def model_metadata(dm: DeployableModel) -> dict[str, Any]:
+    """The fields every artifact carries; the exporter adds ``format`` and ``precision``."""
+    # the per-tensor ranges stay in the .ecm manifest; the artifact holds them as scales
+    recipe = dm.quant_recipe.to_metadata(compact=True) if dm.quant_recipe else None
+    return {
+        "edgecompress_version": __version__,
+        "input": dm.input_spec.to_dict(),
+        "num_classes": dm.info.get("num_classes"),
+        "class_names": dm.info.get("class_names"),
+        "preprocess": dm.info.get("preprocess"),
+        "quant_recipe": recipe,
+        "history": [h.get("pass") for h in dm.history],
+    }
 
 
-def _rebuild(manifest: dict[str, Any], weights: dict[str, Any], blobs: dict[str, bytes],
-             builder: Builder | str | None, path: Path) -> nn.Module:
-    model = _rebuild_with_builder(builder or manifest.get("builder"), manifest["structure"],
-                                  weights, path)
-    if model is not None:
-        return model
-    if "program.pt2" in blobs:
-        return _load_program(blobs["program.pt2"], path,
-                             bool(manifest.get("program_static_batch", False)))
-    raise ArtifactError(f"{path}: cannot rebuild the model: it was saved without a "
-                        f"torch.export program and no builder is importable. Pass "
-                        f"builder='package.module:function' (a function returning the "
-                        f"uncompressed model) to DeployableModel.load")
+def saved_fields(dm: DeployableModel) -> dict[str, Any]:
+    """The ``.ecm`` manifest fields of ``dm`` besides its weights."""
+    return {"form": dm.form.value, "input_spec": dm.input_spec.to_dict(), "history": dm.history,
+            "report": dm.report.to_dict(), "info": dm.info, "builder": dm.builder}
+
+
+
+__all__ = ["ECM_FORMAT", "ECM_VERSION", "DeployableModel", "ExportedProgramModule", "InputSpec", "export_job"]

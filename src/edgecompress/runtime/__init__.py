@@ -19,16 +19,14 @@ def load(path: str | Path, threads: int | None = None, providers: list[str] | No
         providers: ONNX Runtime execution providers (ONNX only).
         **options: runner-specific options (e.g. ``verify=False`` to skip the sha256 check).
     """
-    from ..formats import format_for_path
-    from ..plugins import load_object
-
+    from .. import registry
     from ..metadata import read_sidecar, verify_sidecar
 
-    spec = format_for_path(path)
+    spec = registry.formats.for_path(path)
     sidecar = read_sidecar(path)
     if sidecar and options.get("verify", True):
         verify_sidecar(path, sidecar)  # refuse weights altered after export
-    runner_cls = load_object(spec.runner)
+    runner_cls = registry.load_object(spec.runner)
     if providers is not None:
         options["providers"] = providers
     runner = runner_cls(path, threads=threads, **options)

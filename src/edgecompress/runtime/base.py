@@ -89,8 +89,9 @@ class Runner:
     def __init__(self, path: str | Path, threads: int | None = None, **options: Any):
         self.path = Path(path)
         self.threads = threads
+        # an exporter verifying a fresh artifact passes its metadata, which is stored afterwards
+        self.metadata: dict[str, Any] = dict(options.pop("metadata", None) or {})
         self.options = options
-        self.metadata: dict[str, Any] = {}
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         if not self.path.exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -28,7 +27,7 @@ class OrtRunner(Runner):
         import onnxruntime as ort
 
         model = load_onnx(self.path)
-        self.metadata = read_metadata(model)
+        self.metadata = read_metadata(model) or self.metadata
         if self.options.get("verify", True):
             verify_weights(model, self.metadata, self.path)
         opts = ort.SessionOptions()
@@ -53,7 +52,3 @@ class OrtRunner(Runner):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self._output_name], {self._input_name: x})[0]
-
-    def run_all(self, feeds: dict[str, Any]) -> list[np.ndarray]:
-        """Run with several named inputs and return every output."""
-        return self.session.run(None, feeds)

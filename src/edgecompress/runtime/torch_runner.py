@@ -41,12 +41,14 @@ class TorchRunner(Runner):
         return cls(name, threads=threads, module=module, example_input=example_input)
 
     def _load(self) -> None:
-        from ..deployable import DeployableModel
+        from .. import ecm_file
+        from ..signature import InputSpec
 
-        dm = DeployableModel.load(self.path)
-        self._module = dm.model
-        self._example = dm.example_input()
-        self.metadata = dm.manifest_metadata()
+        saved = ecm_file.read(self.path)
+        spec = InputSpec.from_dict(saved.manifest["input_spec"])
+        self._module = saved.model
+        self._example = torch.zeros((1, *spec.shape[1:]))
+        self.metadata = ecm_file.runtime_metadata(saved.manifest)
         self._setup()
 
     def _setup(self) -> None:
