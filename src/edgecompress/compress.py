@@ -230,7 +230,7 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
 
 
 def _artifact_name(spec: Any) -> str:
-    return "model_ncnn" if spec.directory else f"model{spec.suffixes[0]}"
+    return f"model_{spec.name}" if spec.directory else f"model{spec.suffixes[0]}"  # ncnn, openvino: folders
 
 
 def _select(dm: Any, tgt: Any, out: Path, threads: int | None) -> list[Path]:
