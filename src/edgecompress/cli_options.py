@@ -14,7 +14,7 @@ import types
 from typing import Any, Callable, Literal, Sequence, Union, get_args, get_origin
 
 from .errors import ConfigError
-from .options import OptionSpec, _hints, _range_text, _type_name, option_fields
+from .options import OptionSpec, _hints, _range_text, _type_name, field_default, option_fields
 
 _NONE_WORDS = ("none", "null")
 
@@ -61,14 +61,6 @@ def _optional(conv: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
-
-
 def _help(spec: OptionSpec, tp: Any, default: Any) -> str:
     text = spec.doc.rstrip(".").replace("%", "%%")
     allowed = ""
@@ -112,7 +104,7 @@ def add_option_flags(parser: argparse.ArgumentParser | Any, cls: type, prefix: s
         name = "--" + "-".join(p for p in (prefix, f.name.replace("_", "-")) if p)
         dest = name[2:].replace("-", "_")
         kwargs: dict[str, Any] = {"dest": dest, "default": None,
-                                  "help": _help(spec, tp, _default(f))}
+                                  "help": _help(spec, tp, field_default(f))}
         if is_bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

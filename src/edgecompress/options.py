@@ -179,18 +179,21 @@ def options_dict(obj: Any, recipe_only: bool = True) -> dict[str, Any]:
     return out
 
 
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    """A declared option's default (a fresh one from its factory; None when it has none)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
 def options_schema(cls: type) -> dict[str, dict[str, Any]]:
     """Name → {type, default, doc, choices, range, recipe} for each declared option (docs, recipes)."""
     hints = _hints(cls)
     schema: dict[str, dict[str, Any]] = {}
     for f, spec in option_fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = None
-        entry: dict[str, Any] = {"type": _type_name(hints.get(f.name, Any)), "default": default,
+        entry: dict[str, Any] = {"type": _type_name(hints.get(f.name, Any)), "default": field_default(f),
                                  "doc": spec.doc, "recipe": spec.recipe}
         if spec.choices is not None:
             entry["choices"] = list(spec.choices)

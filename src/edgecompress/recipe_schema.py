@@ -9,12 +9,11 @@ first line of checking; :meth:`edgecompress.Pipeline.from_recipe` still validate
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
-from .options import OptionSpec, _hints, option_fields
+from .options import OptionSpec, _hints, field_default, option_fields
 
 SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 
@@ -58,7 +57,7 @@ def options_properties(cls: type) -> dict[str, Any]:
             continue
         schema = value_schema(hints.get(f.name, Any), spec)
         schema["description"] = spec.doc
-        default = _default(f)
+        default = field_default(f)
         if _is_json(default):
             schema["default"] = list(default) if isinstance(default, tuple) else default
         out[f.name] = schema
@@ -128,14 +127,6 @@ def _choices(schema: dict[str, Any], spec: OptionSpec | None) -> dict[str, Any]:
     if spec is not None and spec.choices is not None:
         return {**schema, "enum": list(spec.choices)}
     return schema
-
-
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
 
 
 def _is_json(value: Any) -> bool:
