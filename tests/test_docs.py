@@ -2,7 +2,9 @@
 
 The names the blocks take as given come from ``docs/_snippets.py``; ``EDGECOMPRESS_DOCS_FAST``
 (on by default here) caps their training and timing. A block preceded by
-``<!-- docs-test: skip REASON -->`` is not run (hardware this machine lacks).
+``<!-- docs-test: skip REASON -->`` is not run (hardware this machine lacks, files only the reader
+has); one preceded by ``<!-- docs-test: needs MODULE ... -->`` runs only where those modules
+import (extras outside ``[all]``, such as executorch and llama_cpp).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"(<!-- docs-test: skip[^>]*-->\s*)?```python\n(.*?)```", re.S)
+BLOCK = re.compile(r"(?:<!-- docs-test: (skip|needs) ([^>]*?)\s*-->\s*)?```python\n(.*?)```", re.S)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
@@ -29,12 +31,19 @@ def _snippets():
 
 def blocks(page: Path) -> list[str]:
     """The page's python blocks that are meant to run here."""
-    return [m.group(2) for m in BLOCK.finditer(page.read_text()) if not m.group(1)]
+    return [code for kind, arg, code in BLOCK.findall(page.read_text()) if _runs_here(kind, arg)]
+
+
+def _runs_here(kind: str, arg: str) -> bool:
+    if kind == "skip":
+        return False
+    return kind != "needs" or all(importlib.util.find_spec(m) is not None for m in arg.split())
 
 
 def test_every_page_with_code_is_collected():
     with_code = [p for p in PAGES if "```python" in p.read_text()]
-    assert len(with_code) >= 15 and all(blocks(p) for p in with_code)
+    marked = {p for p in with_code if not blocks(p) and "docs-test:" in p.read_text()}
+    assert len(with_code) >= 15 and all(blocks(p) for p in with_code if p not in marked)
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)],

@@ -161,7 +161,7 @@ def test_qat_matches_or_beats_ptq_and_its_ranges_reach_onnx(trained_cnn, digits,
 
 
 def test_save_load_quantized_model(ptq, tmp_path):
-    path = ptq.save(tmp_path / "q.ecm", portable=False)
+    path = ptq.save(tmp_path / "q.ecm", portable=False, keep_samples=True)
     loaded = DeployableModel.load(path, builder=lambda: small_cnn(width=32))
     x = ptq.sample_inputs(32)
     with torch.no_grad():
