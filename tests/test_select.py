@@ -46,3 +46,15 @@ def test_refused_candidates_keep_their_reason(selection):
     # only the CPU provider here: refused with the reason, not silently written or timed
     assert "fp16_on_cpu" in fp16.error and fp16.p50_ms is None and not fp16.usable
     assert not (out / "model_onnx_fp16.onnx").exists()
+
+
+def test_a_rerun_with_overwrite_replaces_the_candidates(selection, _cnn_weights, digits):
+    sel, out = selection
+    dm = ec.Pipeline([], measure=False).run(copy.deepcopy(_cnn_weights), digits)
+    again = ec.select(dm, formats=["onnx"], out_dir=out, threads=1, runs=3, parity_samples=16,
+                      overwrite=True)
+    fp32 = next(c for c in again.candidates if c.name == "onnx fp32")
+    assert fp32.error is None and fp32.usable, fp32.error
+    refused = ec.select(dm, formats=["onnx"], out_dir=out, threads=1, runs=3, parity_samples=16)
+    fp32 = next(c for c in refused.candidates if c.name == "onnx fp32")
+    assert "overwrite" in (fp32.error or "")  # without it the earlier candidate is kept

@@ -212,7 +212,7 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
     if select:
-        result.files += _select(dm, tgt, out, threads)
+        result.files += _select(dm, tgt, out, threads, overwrite)
     if not any(a.format == "torch" for a in result.artifacts):
         dm.save(out / "model.ecm", builder=builder, overwrite=overwrite)
     dm.report.info["export_failures"] = result.failures
@@ -233,13 +233,16 @@ def _artifact_name(spec: Any) -> str:
     return f"model_{spec.name}" if spec.directory else f"model{spec.suffixes[0]}"
 
 
-def _select(dm: Any, tgt: Any, out: Path, threads: int | None) -> list[Path]:
-    """Run :func:`edgecompress.select.select`; write select.md/json; note the winner in the report."""
+def _select(dm: Any, tgt: Any, out: Path, threads: int | None, overwrite: bool) -> list[Path]:
+    """Run :func:`edgecompress.select.select`; write select.md/json; note the winner in the report.
+
+    ``overwrite`` reaches the candidates' exports: a rerun with ``--overwrite`` replaces the
+    previous candidates instead of recording every one of them as refused."""
     import json
 
     from .select import select
 
-    chosen = select(dm, target=tgt, out_dir=out / "select", threads=threads)
+    chosen = select(dm, target=tgt, out_dir=out / "select", threads=threads, overwrite=overwrite)
     dm.report.info["fastest_artifact"] = chosen.best.name if chosen.best else None
     dm.report.info["select_notes"] = chosen.notes
     return [atomic_write_bytes(out / "select.md", chosen.to_markdown().encode()),
