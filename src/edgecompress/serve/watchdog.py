@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from ..runtime.system import cpu_temperature_c
 from .admission import Admission
 from .events import EventLog
+from .periodic import Periodic
 from .swap import ModelSlot
 
 log = logging.getLogger("edgecompress")
@@ -83,8 +83,10 @@ class ThermalPolicy:
             raise ValueError(f"cool_c ({self.cool_c}) must not exceed hot_c ({self.hot_c})")
 
 
-class ThermalWatchdog:
+class ThermalWatchdog(Periodic):
     """A daemon thread applying a :class:`ThermalPolicy` to the slot and the admission."""
+
+    label = "thermal watchdog: reading failed"
 
     def __init__(self, policy: ThermalPolicy, slot: ModelSlot, admission: Admission,
                  events: EventLog, source: TemperatureSource = auto_temperature):
@@ -95,24 +97,11 @@ class ThermalWatchdog:
         self.source = source
         self.hot = False
         self.last_c: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="ec-thermal", daemon=True)
+        self.interval_s = policy.interval_s
+        self._start_thread("ec-thermal")
 
-    def start(self) -> "ThermalWatchdog":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check()
-            except Exception as exc:  # noqa: BLE001 - a sensor hiccup must not stop the watch
-                log.warning("thermal watchdog: reading failed: %s", exc)
-            self._stop.wait(self.policy.interval_s)
+    def step(self) -> None:
+        self.check()
 
     def check(self) -> None:
         """One reading and, when it crosses a threshold, the policy's action."""

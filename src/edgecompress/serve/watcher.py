@@ -9,11 +9,11 @@ copy still in progress is never loaded. Files in the folder are only read, never
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 from ..errors import EdgeCompressError
 from ..formats import format_for_path
+from .periodic import Periodic
 from .swap import ModelSlot, companions, read_manifest_sha
 
 log = logging.getLogger("edgecompress")
@@ -42,8 +42,10 @@ def _signature(p: Path) -> tuple[float, int]:
     return max((s.st_mtime for s in stats), default=0.0), sum(s.st_size for s in stats)
 
 
-class FolderWatcher:
+class FolderWatcher(Periodic):
     """Polls ``folder`` every ``interval_s`` seconds and swaps in each new, settled artifact."""
+
+    label = "model folder watcher"
 
     def __init__(self, folder: str | Path, slot: ModelSlot, interval_s: float = 2.0):
         self.folder = Path(folder)
@@ -55,23 +57,10 @@ class FolderWatcher:
         # what is already there when the server starts is not an update
         for p in candidates(self.folder):
             self._seen[p] = _signature(p)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="ec-watch", daemon=True)
+        self._start_thread("ec-watch")
 
-    def start(self) -> "FolderWatcher":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.poll()
-            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a bad file
-                log.warning("model folder watcher: %s", exc)
+    def step(self) -> None:
+        self.poll()
 
     def poll(self) -> list[Path]:
         """One scan; returns the artifacts it tried to swap in."""
