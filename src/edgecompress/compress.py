@@ -196,6 +196,7 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
         check_destination(out / _artifact_name(spec), fmt, overwrite)
     if "torch" not in formats:  # else the torch export itself writes model.ecm
         check_destination(out / "model.ecm", "torch", overwrite)
+    _check_report_files(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     dm = pipe.run(model, data, target=tgt, builder=builder)
     result = CompressResult(dm)
@@ -227,6 +228,18 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
     except ImportError as exc:
         log.warning("no plot: %s", exc)
     return result
+
+
+REPORT_FILES = ("report.json", "report.md", "recipe.yaml", "plot.png", "select.md", "select.json")
+
+
+def _check_report_files(out: Path, overwrite: bool) -> None:
+    """The report files compress writes replace files of the same names only with ``overwrite``
+    (checked before any work: a user's own report.md in --out must survive a run)."""
+    taken = [name for name in REPORT_FILES if (out / name).exists()]
+    if taken and not overwrite:
+        raise ConfigError(f"{out} already holds {', '.join(taken)}, which compress writes; pass "
+                          f"--overwrite (overwrite=True) to replace them, or choose another --out")
 
 
 def _artifact_name(spec: Any) -> str:

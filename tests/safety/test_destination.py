@@ -167,3 +167,18 @@ def test_compress_refuses_taken_destinations_before_any_work(tmp_path, capsys):
     assert code == 2 and "did not write" in capsys.readouterr().err
     assert (out / "model.onnx").read_text() == "my own notes, not a model"
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
+
+
+def test_compress_keeps_a_users_report_file_without_overwrite(tmp_path, capsys):
+    from edgecompress.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("passes: [{pass: fuse}]\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("my own report")
+    code = main(["compress", "--model", "edgecompress.models:small_cnn", "--recipe", str(recipe),
+                 "--export", "onnx", "--out", str(out)])
+    assert code == 2 and "report.md" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "my own report"
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]
