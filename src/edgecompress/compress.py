@@ -118,7 +118,7 @@ def load_model(spec: str, weights: str | None,
         dm = DeployableModel.load(spec)
         model, builder = dm.model, dm.builder
     else:
-        from .plugins import load_object
+        from .registry import load_object
 
         if ":" not in spec:
             raise ConfigError(f"--model must be 'package.module:function' or a .ecm file, got "
