@@ -36,11 +36,19 @@ class QuantRecipe:
     skip: tuple[str, ...] = ()  # layer names the user kept in float
     source: str = "ptq"  # ptq / qat / dynamic
     skipped_layers: tuple[str, ...] = ()  # the layers kept in float, resolved
-    layer_order: tuple[tuple[str, str], ...] = ()  # (layer, type) in execution order: node matching
+    layer_order: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (layer, weight shape) in execution
+    # order: how exporters match layers to graph nodes
     reduce_range: bool = False  # 7-bit weights (x86 CPUs without VNNI saturate ORT's u8s8 kernels)
     rebuild: str | None = None  # "module:function" rebuilding the quantized model of a saved file
     calib_samples: torch.Tensor | None = field(default=None, compare=False, repr=False)
     ranges: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # one canonical form (tuples), whether built by a pass or read back from JSON lists
+        object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "skipped_layers", tuple(self.skipped_layers))
+        object.__setattr__(self, "layer_order",
+                           tuple((str(name), tuple(shape)) for name, shape in self.layer_order))
 
     @property
     def precision(self) -> str:
@@ -78,11 +86,9 @@ class QuantRecipe:
             data = _from_v1(data)
         names = {f.name for f in dataclasses.fields(target)} - {"calib_samples"}
         kw = {k: v for k, v in data.items() if k in names}
-        for key in ("skip", "skipped_layers", "layers", "calibrated_after_training"):
+        for key in ("layers", "calibrated_after_training"):
             if kw.get(key) is not None:
                 kw[key] = tuple(kw[key])
-        if "layer_order" in kw:
-            kw["layer_order"] = tuple(tuple(x) for x in kw["layer_order"])
         return target(**kw, calib_samples=calib_samples)
 
     def _artifact_view(self) -> dict[str, Any]:

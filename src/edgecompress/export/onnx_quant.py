@@ -71,7 +71,7 @@ def _prepare(float_path: Path, out: Path) -> Path:
 
 
 def _layer_nodes(proto: Any, recipe: "QuantRecipe") -> tuple[dict[str, Any], list[str]]:
-    order = [list(x) for x in recipe.layer_order]
+    order = [[name, list(shape)] for name, shape in recipe.layer_order]
     mapping = map_layers(proto, order)
     missing = [name for name, _ in order if name not in mapping]
     return mapping, missing

@@ -68,7 +68,7 @@ def _static_recipe(p: Any, source: str, method: str, calib: torch.Tensor,
         bits=8, per_channel=p.per_channel, method=method, backend=p.backend,
         skip=tuple(p.skip), source=source, calib_samples=calib.detach().cpu(),
         ranges=ranges_of(sim), skipped_layers=tuple(sorted(skipped)),
-        layer_order=tuple(tuple(x) for x in order), rebuild=REBUILD, ranges_kind=ranges_kind,
+        layer_order=tuple(order), rebuild=REBUILD, ranges_kind=ranges_kind,
         outputs=dict(outputs or {}), weight_qmax=_weight_qmax(p),
         reduce_range=_weight_qmax(p) != W_QMAX, one_quantizer_per_tensor=shared,
         calibrated_after_training=calibrated)
@@ -307,7 +307,7 @@ class QuantizeDynamic(Pass):
         quantized = quantize_dynamic_torch(float_model, self.layers, skipped)
         recipe = DynamicRecipe(
             bits=8, method="minmax", skip=tuple(self.skip), layers=tuple(self.layers),
-            skipped_layers=tuple(sorted(skipped)), layer_order=tuple(tuple(x) for x in order),
+            skipped_layers=tuple(sorted(skipped)), layer_order=tuple(order),
             rebuild=REBUILD,
             # ORT's u8·s8 kernels saturate without VNNI: 7-bit weights there
             reduce_range=not cpu_has_vnni())
