@@ -22,13 +22,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaf types", ("errors", "options", "forms", "_io", "registry", "signature", "_version",
                     "_extras", "_progress", "data", "report", "measure", "quant", "quant_recipe",
                     "structure", "onnx_utils", "models", "losses", "training", "metadata", "context",
-                    "job", "fold",
-                    "targets")),
-    ("runtime", ("runtime", "artifact", "ecm_file")),
+                    "job", "fold", "targets", "_checkpoint", "_yaml", "_ecm_archive")),
+    ("runtime", ("runtime", "artifact", "ecm_file", "lm")),
     ("deployable", ("deployable",)),
     ("export", ("export",)),
-    ("passes and pipeline", ("passes", "pipeline", "stages", "formats", "students")),
-    ("facade", ("__init__", "__main__", "api", "cli", "compress", "demo", "plot")),
+    ("passes and pipeline", ("passes", "pipeline", "stages", "formats", "students", "convert")),
+    ("facade", ("__init__", "__main__", "api", "cli", "compress", "demo", "plot", "select", "serve",
+                "cli_options", "compress_flags", "recipe_schema")),
 ]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 50

@@ -61,8 +61,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve throu
     from .pipeline import Measure, Pipeline
     from .quant_recipe import DynamicRecipe, QuantRecipe, StaticRecipe
     from .report import Report
-    from .signature import InputSpec
     from .runtime import LatencyStats, Runner, load, system_status
+    from .signature import InputSpec
     from .training import FineTune, Recovery
 
 
@@ -84,9 +84,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "ConversionError",
-           "DataBundle", "DataError", "DeployableModel", "DynamicRecipe", "EdgeCompressError", "ExportError",
-           "FORMATS", "FineTune", "Form", "FormatSpec", "InputError", "InputSpec", "LatencyStats",
-           "Measure", "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
-           "QuantRecipe", "Recovery", "Report", "Runner", "StageOutput", "StaticRecipe", "__version__", "data", "load", "passes",
-           "from_keras", "from_onnx", "register_format", "register_pass", "select", "set_progress",
-           "system_status"]
+           "DataBundle", "DataError", "DeployableModel", "DynamicRecipe", "EdgeCompressError",
+           "ExportError", "FORMATS", "FineTune", "Form", "FormatSpec", "InputError", "InputSpec",
+           "LatencyStats", "Measure", "MissingExtraError", "ParityError", "Pass", "PassContext",
+           "PassError", "Pipeline", "QuantRecipe", "Recovery", "Report", "Runner", "StageOutput",
+           "StaticRecipe", "__version__", "data", "from_keras", "from_onnx", "load", "passes",
+           "register_format", "register_pass", "select", "set_progress", "system_status"]

@@ -149,11 +149,12 @@ CALIBRATION_FALLBACK = 256  # samples drawn from the bundle when a static recipe
 
 def export_job(dm: DeployableModel, precision: str, parity_samples: int) -> ExportJob:
     """The job to export ``dm`` at ``precision`` (decided by the exporter from the recipe)."""
-    realised = precision.startswith("int8")
+    realised = dm.quant_recipe is not None and precision.startswith(("int8", "int4"))
     recipe = dm.quant_recipe if realised else None
     source = dm.float_model if dm.quant_recipe is not None and dm.float_model is not None else dm.model
     if realised:
-        reference, name = dm.model, "simulated INT8 torch model"
+        kind = "weight-quantized" if precision.endswith("-weight") else "INT8"
+        reference, name = dm.model, f"simulated {kind} torch model"
     elif dm.quant_recipe is not None and dm.float_model is not None:
         reference, name = dm.float_model, "float torch model (float fallback)"
     else:
@@ -165,7 +166,8 @@ def export_job(dm: DeployableModel, precision: str, parity_samples: int) -> Expo
         example=example, parity_inputs=dm.sample_inputs(parity_samples),
         eval_data=dm.data.val if dm.data is not None else None,
         calibration=_calibration(dm, recipe), metadata=MappingProxyType(model_metadata(dm)),
-        saved=MappingProxyType(saved_fields(dm)), float_model=dm.float_model)
+        saved=MappingProxyType(saved_fields(dm)), float_model=dm.float_model,
+        tokenizer=getattr(dm.data, "tokenizer", None))
 
 
 def _calibration(dm: DeployableModel, recipe: QuantRecipe | None) -> torch.Tensor | None:

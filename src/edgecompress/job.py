@@ -38,6 +38,7 @@ class ExportJob:
         metadata: the model-level metadata every artifact carries (input, classes, recipe...).
         saved: what a ``.ecm`` file records besides the weights (history, report, info...).
         float_model: the float model a recipe was derived from (``.ecm`` files keep it).
+        tokenizer: the data's tokenizer (formats that embed one, e.g. GGUF; None otherwise).
     """
 
     source: nn.Module
@@ -52,6 +53,7 @@ class ExportJob:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     saved: Mapping[str, Any] = field(default_factory=dict)
     float_model: nn.Module | None = None
+    tokenizer: Any = None
 
     def example_batch(self, n: int) -> torch.Tensor:
         """``n`` copies of the example input (for tracers that specialise a batch of 1)."""

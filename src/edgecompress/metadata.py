@@ -109,10 +109,9 @@ def _onnx_format(path: Path) -> str | None:
     try:
         import onnx
 
-        from .onnx_utils import read_metadata
-
         model = onnx.load(str(path), load_external_data=False)
-        fmt = read_metadata(model).get("format")
+        props = {p.key: p.value for p in model.metadata_props}
+        fmt = json.loads(props.get(METADATA_KEY, "{}")).get("format")
         return fmt if isinstance(fmt, str) else None
     except Exception:  # noqa: BLE001 - anything unreadable is simply not one of ours
         return None

@@ -127,7 +127,7 @@ class Exporter:
         checked: Verification | None = None
         try:
             if opts.verify:
-                checked = verify(self.open_runner(tmp, opts, metadata), job, precision, opts)
+                checked = self.check(self.open_runner(tmp, opts, metadata), job, precision, opts)
                 self.record(artifact, checked)
         finally:  # stored once, also when verification fails, so the file describes itself
             self.store_metadata(tmp, artifact.metadata)
@@ -135,8 +135,18 @@ class Exporter:
         if opts.compressed:
             artifact.compressed_bytes = _compressed(tmp)
         if checked is not None:
-            _judge(artifact, opts)
+            _judge(artifact, opts, self.failure_message(artifact))
         return artifact
+
+    def check(self, runner: Runner, job: ExportJob, precision: str, opts: Any) -> Verification:
+        """Verify the fresh artifact through ``runner`` (closed afterwards): parity, accuracy,
+        latency. A format for another task (e.g. GGUF language models) measures its own."""
+        return verify(runner, job, precision, opts)
+
+    def failure_message(self, artifact: Artifact) -> str:
+        """What a failed parity check says (the artifact's path is the temporary's here)."""
+        return (f"PARITY CHECK FAILED for {artifact.path}: {artifact.parity}. The artifact "
+                f"does not reproduce its reference model within tolerance")
 
     def record(self, artifact: Artifact, checked: Verification) -> None:
         """Put what verification measured into the artifact and its metadata."""
@@ -144,6 +154,10 @@ class Exporter:
                                                                 checked.latency)
         artifact.metadata["parity"] = checked.parity.to_dict()
         artifact.metadata["accuracy"] = checked.accuracy
+        if checked.perplexity is not None:
+            artifact.perplexity = artifact.metadata["perplexity"] = checked.perplexity
+        artifact.metadata.update(checked.records)
+        artifact.notes.update(checked.records)
 
     def check_path(self, path: Path) -> None:
         if self.spec.directory:
@@ -187,12 +201,10 @@ class Exporter:
         return load_object(self.spec.runner)(path, threads=opts.threads, metadata=metadata)
 
 
-def _judge(artifact: Artifact, opts: Any) -> None:
+def _judge(artifact: Artifact, opts: Any, message: str) -> None:
     assert artifact.parity is not None
     if artifact.parity.passed:
         return
-    message = (f"PARITY CHECK FAILED for {artifact.path}: {artifact.parity}. The artifact "
-               f"does not reproduce its reference model within tolerance")
     if opts.on_parity_fail == "raise":
         raise ParityError(message)
     log.warning(message)

@@ -3,7 +3,7 @@ on the evaluation data, latency. Exporters do not verify themselves; the base cl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -87,6 +87,8 @@ class Verification:
     parity: Parity
     accuracy: float | None
     latency: LatencyStats | None
+    perplexity: float | None = None  # causal LMs, through the artifact's runtime
+    records: dict[str, Any] = field(default_factory=dict)  # task-specific records (metadata + notes)
 
 
 def verify(runner: Runner, job: "ExportJob", precision: str, opts: Any) -> Verification:
