@@ -15,6 +15,7 @@ from torch import nn
 from . import ecm_file, registry
 from ._version import __version__
 from .ecm_file import ECM_FORMAT, ECM_VERSION, Builder, ExportedProgramModule
+from .errors import ArtifactError
 from .forms import Form
 from .job import ExportJob
 from .quant_recipe import QuantRecipe
@@ -121,6 +122,14 @@ class DeployableModel:
         with ``torch.load(weights_only=True)``.
         """
         saved = ecm_file.read(path, builder, verify)
+        try:
+            return cls._from_saved(saved)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ArtifactError(f"{path}: the manifest is malformed ({type(exc).__name__}: "
+                                f"{str(exc)[:200]}); the file is corrupt or crafted") from exc
+
+    @classmethod
+    def _from_saved(cls, saved: "ecm_file.SavedModel") -> "DeployableModel":
         m = saved.manifest
         return cls(model=saved.model, input_spec=saved.input_spec,
                    form=Form(m.get("form", Form.TORCH_FLOAT.value)),

@@ -7,7 +7,7 @@ those names) and parity checks. ``None`` in a shape is a dimension of any size (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     import torch
@@ -60,14 +60,36 @@ class Signature:
     @classmethod
     def of(cls, model: "torch.nn.Module", example: "torch.Tensor", input_name: str = "input",
            output_name: str = "output", layout: str | None = "NCHW") -> "Signature":
-        """The signature of a single-input model, by running it once on ``example``."""
+        """The signature of a single-input model, by running it once on ``example``; its
+        outputs are named by :func:`flatten_outputs`."""
         import torch
 
         with torch.no_grad():
             out = model.eval()(example)
         dtype = str(example.numpy().dtype) if example.device.type == "cpu" else "float32"
-        return cls((TensorSig(input_name, (None, *example.shape[1:]), dtype, layout),),
-                   (TensorSig(output_name, (None, *out.shape[1:]), "float32"),))
+        outputs = tuple(TensorSig(name, (None, *t.shape[1:]), str(t.dtype).replace("torch.", ""))
+                        for name, t in flatten_outputs(out, output_name))
+        return cls((TensorSig(input_name, (None, *example.shape[1:]), dtype, layout),), outputs)
+
+
+def flatten_outputs(out: Any, name: str = "output") -> list[tuple[str, "torch.Tensor"]]:
+    """A model's outputs as named tensors, by one rule for every format and runner.
+
+    A tensor is ``name``; a mapping (a dict, a Hugging Face ``ModelOutput``) gives its keys, in
+    order, skipping ``None`` values; a tuple or list gives ``name_0``, ``name_1``...; nested
+    containers join the names with ``_`` (``output_0_boxes``). Anything else is left out.
+    """
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [(name, out)]
+    if isinstance(out, Mapping):
+        top = name == "output"  # a model's own keys name its outputs (``logits``)
+        return [pair for key, value in out.items() if value is not None
+                for pair in flatten_outputs(value, str(key) if top else f"{name}_{key}")]
+    if isinstance(out, (tuple, list)):
+        return [pair for i, value in enumerate(out) for pair in flatten_outputs(value, f"{name}_{i}")]
+    return []
 
 
 @dataclass
@@ -109,4 +131,4 @@ class InputSpec:
                    else "float32", layout=layout)
 
 
-__all__ = ["InputSpec", "Signature", "TensorSig"]
+__all__ = ["InputSpec", "Signature", "TensorSig", "flatten_outputs"]

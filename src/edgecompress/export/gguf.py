@@ -24,7 +24,7 @@ from ..options import option
 from ..runtime.base import Runner
 from .base import Exporter, ExportOptions
 from .gguf_convert import TYPES, convert, plan, tensor_types
-from .verify import Verification
+from .verify import Verification, artifact_latency
 
 log = logging.getLogger("edgecompress")
 
@@ -35,7 +35,7 @@ class GgufOptions(ExportOptions):
 
     type: str = option("auto", "GGUF weight type (auto: the one that realises the recipe).",
                        choices=("auto", *TYPES))
-    tokenizer: Any = option(None, "tokenizers.Tokenizer to embed (None: the bundle's).",
+    tokenizer: Any = option(None, "The tokenizers.Tokenizer to embed (None: the data's).",
                             recipe=False)
     context: int | None = option(None, "Context length written to the file (None: the model's).",
                                  low=1)
@@ -90,10 +90,7 @@ class GgufExporter(Exporter):
             if job.eval_data is not None:
                 s = score(lambda x: runner(x.numpy()), job.eval_data, opts.accuracy_samples)
                 perplexity, accuracy = s["perplexity"], s["next_token_accuracy"]
-            latency = None
-            if opts.benchmark_runs:
-                latency = runner.benchmark(warmup=min(3, opts.benchmark_runs),
-                                           runs=opts.benchmark_runs, with_system=False)
+            latency = artifact_latency(runner, opts.benchmark_runs, warmup=3)
         finally:
             runner.close()
         return Verification(parity, accuracy, latency, perplexity, {"lm_parity": record})

@@ -273,7 +273,7 @@ class TensorRTExporter(Exporter):
             write_metadata(proto, metadata)
             import onnx
 
-            with atomic_path(path / ONNX_FILE) as tmp:
+            with atomic_path(path / ONNX_FILE, overwrite=True) as tmp:  # our own file
                 onnx.save(proto, str(tmp))
             write_sidecar(path, metadata, [path / ONNX_FILE])
         else:

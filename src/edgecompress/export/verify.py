@@ -98,10 +98,14 @@ def verify(runner: Runner, job: "ExportJob", precision: str, opts: Any) -> Verif
         parity = check_parity(runner, job.reference, job.parity_inputs, precision,
                               job.reference_name, opts.tolerance)
         acc = artifact_accuracy(runner, job.eval_data, opts.accuracy_samples)
-        latency = None
-        if opts.benchmark_runs:
-            latency = runner.benchmark(warmup=min(5, opts.benchmark_runs),
-                                       runs=opts.benchmark_runs, with_system=False)
+        latency = artifact_latency(runner, opts.benchmark_runs)
     finally:
         runner.close()
     return Verification(parity, acc, latency)
+
+
+def artifact_latency(runner: Runner, runs: int, warmup: int = 5) -> LatencyStats | None:
+    """p50 (p10–p90) of ``runs`` single calls after up to ``warmup`` untimed ones (0: skip)."""
+    if not runs:
+        return None
+    return runner.benchmark(warmup=min(warmup, runs), runs=runs, with_system=False)

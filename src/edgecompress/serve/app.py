@@ -170,7 +170,14 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
     app.state.server = s
 
     app.add_middleware(CountRequests, metrics=s.metrics)
+    _add_error_handlers(app, s)
+    _add_info_routes(app, s)
+    _add_predict_route(app, s)
+    _add_swap_route(app, s)
+    return app
 
+
+def _add_error_handlers(app: FastAPI, s: ServerState) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         # one request's failure is that request's 500; the server carries on
@@ -190,6 +197,8 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
         return _error(503, exc.reason, headers={"Retry-After": str(exc.retry_after)},
                       retry_after=exc.retry_after)
 
+
+def _add_info_routes(app: FastAPI, s: ServerState) -> None:
     @app.get("/health")
     async def get_health() -> dict[str, Any]:
         return await run_in_threadpool(health, s)
@@ -198,6 +207,16 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
     async def get_model() -> dict[str, Any]:
         return {**s.slot.current.describe(), **s.slot.describe()}
 
+    @app.get("/events")
+    async def get_events(kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return await run_in_threadpool(s.events.query, kind, None, min(max(1, limit), 1000))
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_predict_route(app: FastAPI, s: ServerState) -> None:
     @app.post("/predict")
     async def predict(request: Request, top: int | None = None) -> JSONResponse:
         t0 = time.perf_counter()
@@ -220,6 +239,8 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
         # a JSONResponse directly: FastAPI's jsonable_encoder walk costs more than the model
         return JSONResponse(_predict_payload(model, out, top or s.config.top_k, seconds, as_image))
 
+
+def _add_swap_route(app: FastAPI, s: ServerState) -> None:
     @app.post("/model")
     async def post_model(request: Request) -> JSONResponse:
         if s.config.token is None:
@@ -243,13 +264,3 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
                                    f"{s.slot.primary.version} keeps serving: {exc}",
                               rolled_back=True, serving_version=s.slot.primary.version)
         return JSONResponse({"swapped": True, **new.describe()})
-
-    @app.get("/events")
-    async def get_events(kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return await run_in_threadpool(s.events.query, kind, None, min(max(1, limit), 1000))
-
-    @app.get("/metrics")
-    async def get_metrics() -> Response:
-        return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
