@@ -15,7 +15,14 @@ from .runtime.base import LatencyStats, Runner
 
 @dataclass
 class Parity:
-    """How closely an artifact's outputs follow its reference model on real samples."""
+    """How closely an artifact's outputs follow its reference model on real samples.
+
+    ``task`` says what the outputs are (classify, detect, segment, causal_lm, embedding) and
+    ``metric`` which task metric judged them (``metric_value`` against ``min_metric``);
+    ``outputs`` holds one record per named output (max |diff|, relative error, cosine, the
+    bound it was held to); ``user_metric`` the user's ``metric=`` callable, when given.
+    ``top1_agreement`` is the classification top-1 agreement (for other tasks: the task metric).
+    """
 
     max_abs_diff: float
     mean_abs_diff: float
@@ -25,6 +32,14 @@ class Parity:
     max_allowed_diff: float | None
     min_agreement: float
     passed: bool
+    task: str = "classify"
+    metric: str = "top1_agreement"
+    metric_value: float | None = None
+    min_metric: float | None = None
+    metric_extra: dict[str, Any] = field(default_factory=dict)  # e.g. mIoU, detection counts
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    user_metric: dict[str, Any] | None = None
+    failures: list[str] = field(default_factory=list)  # why it failed, one line per reason
 
     def to_dict(self) -> dict[str, Any]:
         """The parity record as plain data (stored in the artifact's metadata)."""
@@ -32,8 +47,13 @@ class Parity:
 
     def __str__(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"{verdict}: max|diff| {self.max_abs_diff:.3g}, top-1 agreement "
-                f"{100 * self.top1_agreement:.2f}% on {self.samples} samples vs {self.reference}")
+        value = self.top1_agreement if self.metric_value is None else self.metric_value
+        text = (f"{verdict} ({self.task}): max|diff| {self.max_abs_diff:.3g}, "
+                f"{self.metric.replace('_', ' ')} {100 * value:.2f}%")
+        if self.user_metric is not None:
+            text += f", {self.user_metric['name']} {self.user_metric['value']:.4g}"
+        text += f" on {self.samples} samples vs {self.reference}"
+        return text + (f" [{'; '.join(self.failures)}]" if self.failures else "")
 
 
 @dataclass

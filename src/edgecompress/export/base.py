@@ -6,10 +6,11 @@ back an :class:`~edgecompress.artifact.Artifact`; the caller records it in the r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from .. import ecm_file
 from .._io import atomic_path, disk_full_is_clear, ensure_free_space, path_size
@@ -18,9 +19,11 @@ from ..errors import ConfigError, ExportError, ParityError
 from ..job import ExportJob, artifact_metadata
 from ..measure import compressed_sizes
 from ..metadata import check_destination
-from ..options import from_options, option, validate_options
+from ..options import from_options, option, option_fields, validate_options
 from ..registry import FormatSpec, formats
 from ..runtime.base import Runner
+from .failure import failure_advice, judge, mark_failed
+from .tasks import TASKS
 from .verify import Verification, verify
 
 if TYPE_CHECKING:
@@ -35,7 +38,19 @@ class ExportOptions:
 
     verify: bool = option(True, "Run the artifact through its Runner and record parity.")
     parity_samples: int = option(256, "Validation samples used for the parity check.", low=1)
-    on_parity_fail: str = option("warn", "What a failed parity check does.", choices=("warn", "raise"))
+    on_parity_fail: str = option("refuse", "What an artifact that fails verification does: "
+                                 "refuse (not written, nothing at the path changes) or keep "
+                                 "(written, marked FAIL in its metadata and the report; ec.load "
+                                 "warns). raise and warn are the older names of refuse and keep.",
+                                 choices=("refuse", "keep", "raise", "warn"))
+    task: str = option("auto", "What the model does, for the task metric verification uses "
+                               "(auto: inferred from the outputs).", choices=("auto", *TASKS))
+    metric: Callable[..., float] | None = option(
+        None, "Your metric(reference_outputs, artifact_outputs) -> float (dicts of named numpy "
+              "outputs; higher is better), measured and reported; with metric_threshold it also "
+              "decides the verdict.", recipe=False)
+    metric_threshold: float | None = option(None, "Minimum of metric= for the artifact to pass "
+                                                  "(None: reported only).")
     tolerance: float | None = option(None, "Max |diff| relative to the output scale "
                                            "(None: the precision's default).", low=0)
     allow_float_fallback: bool = option(False, "Export float weights when the format cannot hold "
@@ -90,7 +105,11 @@ class Exporter:
     # -- the export ---------------------------------------------------------------------------------
     def plan(self, recipe: "QuantRecipe | None", options: dict[str, Any]) -> ExportPlan:
         """Validate ``options`` and decide the precision for a model carrying ``recipe``."""
-        opts = from_options(self.Options, options, where=f"export to {self.spec.name}")
+        objects = {k: options[k] for k in python_objects(self.Options) if k in options}
+        plain = {k: v for k, v in options.items() if k not in objects}
+        opts = from_options(self.Options, plain, where=f"export to {self.spec.name}")
+        if objects:  # callables, tokenizers: Python objects no recipe holds
+            opts = dataclasses.replace(opts, **objects)
         precision, fallback = self.decide_precision(recipe, opts)
         return ExportPlan(opts, precision, fallback)
 
@@ -98,8 +117,8 @@ class Exporter:
         """Write, verify and describe the artifact of ``job`` at ``path``.
 
         It is written, described and verified beside the destination and moved there only when
-        all of that succeeded, so a failure (a parity failure with ``on_parity_fail="raise"``
-        too) changes nothing at ``path``.
+        all of that succeeded, so a failure (a failed verification too, unless
+        ``on_parity_fail="keep"``) changes nothing at ``path``.
         """
         self.check_path(path)
         replace = check_destination(path, self.spec.name, plan.opts.overwrite)
@@ -129,13 +148,14 @@ class Exporter:
             if opts.verify:
                 checked = self.check(self.open_runner(tmp, opts, metadata), job, precision, opts)
                 self.record(artifact, checked)
+                if not judge(artifact, opts, self.failure_message(artifact)
+                             + failure_advice(artifact, job.recipe)):
+                    mark_failed(artifact)
         finally:  # stored once, also when verification fails, so the file describes itself
             self.store_metadata(tmp, artifact.metadata)
         artifact.size_bytes = path_size(tmp)
         if opts.compressed:
             artifact.compressed_bytes = _compressed(tmp)
-        if checked is not None:
-            _judge(artifact, opts, self.failure_message(artifact))
         return artifact
 
     def check(self, runner: Runner, job: ExportJob, precision: str, opts: Any) -> Verification:
@@ -201,13 +221,10 @@ class Exporter:
         return load_object(self.spec.runner)(path, threads=opts.threads, metadata=metadata)
 
 
-def _judge(artifact: Artifact, opts: Any, message: str) -> None:
-    assert artifact.parity is not None
-    if artifact.parity.passed:
-        return
-    if opts.on_parity_fail == "raise":
-        raise ParityError(message)
-    log.warning(message)
+def python_objects(options_cls: type) -> list[str]:
+    """The options that take Python objects (``metric=``, a tokenizer): set after the plain
+    options are read, as no recipe can hold them."""
+    return [f.name for f, spec in option_fields(options_cls) if not spec.recipe]
 
 
 def _compressed(path: Path) -> dict[str, int]:

@@ -1,10 +1,12 @@
-"""Verification of an artifact through its Runner: parity with the reference model, accuracy
-on the evaluation data, latency. Exporters do not verify themselves; the base class calls this."""
+"""Verification of an artifact through its Runner: parity with the reference model (every
+named output within its precision's bound, the task metric, the user's ``metric=``), accuracy
+on the evaluation data, latency. Exporters do not verify themselves; the base class calls this.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -13,70 +15,114 @@ from torch import nn
 from ..artifact import Parity
 from ..data.bundle import DataBundle, iter_batches
 from ..runtime.base import LatencyStats, Runner
+from ..signature import flatten_outputs
+from .compare import compare
+from .output_parity import FLOAT_BOUNDS, precision_class
+from .tasks import MIN_METRIC
 
 if TYPE_CHECKING:
     from ..job import ExportJob
 
-# (max |diff| allowed relative to the reference's largest |output|, min top-1 agreement)
-TOLERANCES: dict[str, tuple[float | None, float]] = {
-    "fp32": (1e-3, 1.0),
-    "fp16": (2e-2, 0.98),
-    "int8": (None, 0.98),  # INT8 artifacts are held to agreement with the simulated model
-}
-
-
 def tolerance_for(precision: str) -> tuple[float | None, float]:
-    key = "int8" if precision.startswith("int8") else precision
-    return TOLERANCES.get(key, TOLERANCES["fp32"])
+    """(max |diff| relative to the output scale, min top-1 agreement) of a classifier at
+    ``precision`` (INT8: None, its bound is in quantization steps, see :mod:`.output_parity`)."""
+    kind = precision_class(precision)
+    rel = FLOAT_BOUNDS.get(kind) if kind != "int8" else None
+    return rel, MIN_METRIC["classify"][1][kind]
+
+
+def _to_torch(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, Mapping):
+        return {k: _to_torch(v, device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_torch(v, device) for v in x)
+    return x
+
+
+def call_model(model: nn.Module, x: Any) -> Any:
+    """``model`` on one batch of inputs: a tensor, a tuple (positional) or a dict (by name)."""
+    if isinstance(x, Mapping):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    return (t.float() if t.is_floating_point() else t).numpy()
 
 
 @torch.no_grad()
-def reference_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+def reference_outputs(model: nn.Module, x: Any) -> dict[str, np.ndarray]:
+    """The reference model's named outputs on ``x`` (named by :func:`flatten_outputs`)."""
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return model(x.to(device)).float().cpu().numpy()
+    return {name: _numpy(t) for name, t in flatten_outputs(call_model(model, _to_torch(x, device)))}
 
 
-def compare(ref: np.ndarray, out: np.ndarray, precision: str, reference: str,
-            tolerance: float | None = None) -> Parity:
-    """Parity of ``out`` against ``ref`` under the tolerances of ``precision``."""
-    if ref.shape != out.shape:
-        return Parity(float("inf"), float("inf"), 0.0, int(ref.shape[0]), reference, None, 1.0, False)
-    rel, min_agree = tolerance_for(precision)
-    if tolerance is not None:
-        rel = tolerance
-    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
-    scale = max(1.0, float(np.abs(ref).max()))
-    allowed = None if rel is None else rel * scale
-    flat_ref, flat_out = ref.reshape(ref.shape[0], -1), out.reshape(out.shape[0], -1)
-    agree = float((flat_ref.argmax(1) == flat_out.argmax(1)).mean())
-    max_diff = float(diff.max()) if diff.size else 0.0
-    passed = agree >= min_agree and (allowed is None or max_diff <= allowed)
-    return Parity(max_diff, float(diff.mean()) if diff.size else 0.0, agree, int(ref.shape[0]),
-                  reference, allowed, min_agree, passed)
+def runner_inputs(runner: Runner, x: Any) -> Any:
+    """``x`` as the numpy arrays ``runner`` takes (a tensor at its first input's dtype)."""
+    if isinstance(x, torch.Tensor):
+        return x.cpu().numpy().astype(runner.inputs[0].dtype if runner.inputs else np.float32)
+    if isinstance(x, Mapping):
+        return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return tuple(v.cpu().numpy() if isinstance(v, torch.Tensor) else v for v in x)
+    return x
 
 
-def check_parity(runner: Runner, reference: nn.Module, x: torch.Tensor, precision: str,
-                 reference_name: str, tolerance: float | None = None) -> Parity:
+def artifact_outputs(runner: Runner, x: Any) -> dict[str, np.ndarray]:
+    """The artifact's named outputs on ``x`` (its first output only when the runner cannot
+    name them)."""
+    inputs = runner_inputs(runner, x)
+    if hasattr(runner, "run_named"):
+        return {k: np.asarray(v) for k, v in runner.run_named(inputs).items()}
+    return {"output": np.asarray(runner(inputs))}
+
+
+def _batch_size(x: Any) -> int:
+    if isinstance(x, Mapping):
+        x = next(iter(x.values()))
+    elif isinstance(x, (tuple, list)):
+        x = x[0]
+    return int(x.shape[0])
+
+
+def check_parity(runner: Runner, reference: nn.Module, x: Any, precision: str,
+                 reference_name: str, tolerance: float | None = None, task: str = "auto",
+                 recipe: Any = None, metric: Callable[..., float] | None = None,
+                 metric_threshold: float | None = None) -> Parity:
+    """Parity of ``runner``'s artifact with ``reference`` on the inputs ``x``."""
     ref = reference_outputs(reference, x)
-    out = runner(x.numpy().astype(runner.inputs[0].dtype if runner.inputs else np.float32))
-    return compare(ref, np.asarray(out), precision, reference_name, tolerance)
+    out = artifact_outputs(runner, x)
+    return compare(ref, out, precision, reference_name, tolerance, task=task, recipe=recipe,
+                   metric=metric, metric_threshold=metric_threshold, samples=_batch_size(x))
 
 
 def artifact_accuracy(runner: Runner, data: DataBundle | Iterable[Any] | None,
                       limit: int | None = None) -> float | None:
-    """Top-1 accuracy of an artifact on labelled batches (or a bundle's ``val``) via its runner."""
+    """Top-1 accuracy of an artifact on labelled batches (or a bundle's ``val``) via its runner:
+    per sample for (N, C) logits against (N,) labels, per pixel for (N, C, H, W) maps against
+    (N, H, W) masks; None when the labels are neither."""
     loader = data.val if isinstance(data, DataBundle) else data
     if loader is None:
         return None
     correct = total = 0
-    dtype = runner.inputs[0].dtype if runner.inputs else "float32"
     for x, y in iter_batches(loader, limit):
         if y is None:
             return None
-        out = np.asarray(runner(x.numpy().astype(dtype)))
-        correct += int((out.reshape(out.shape[0], -1).argmax(1) == y.numpy()).sum())
-        total += int(y.numel())
+        out = np.asarray(runner(runner_inputs(runner, x)))
+        labels = y.numpy()
+        predicted = out.argmax(1) if out.ndim >= 2 else out
+        if predicted.shape != labels.shape:
+            predicted = out.reshape(out.shape[0], -1).argmax(1)
+            if predicted.shape != labels.shape:
+                return None
+        correct += int((predicted == labels).sum())
+        total += int(labels.size)
     return correct / total if total else None
 
 
@@ -96,8 +142,11 @@ def verify(runner: Runner, job: "ExportJob", precision: str, opts: Any) -> Verif
     ``runner`` (closed afterwards)."""
     try:
         parity = check_parity(runner, job.reference, job.parity_inputs, precision,
-                              job.reference_name, opts.tolerance)
-        acc = artifact_accuracy(runner, job.eval_data, opts.accuracy_samples)
+                              job.reference_name, opts.tolerance, task=getattr(opts, "task", "auto"),
+                              recipe=job.recipe, metric=getattr(opts, "metric", None),
+                              metric_threshold=getattr(opts, "metric_threshold", None))
+        acc = (artifact_accuracy(runner, job.eval_data, opts.accuracy_samples)
+               if parity.task in ("classify", "segment") else None)
         latency = artifact_latency(runner, opts.benchmark_runs)
     finally:
         runner.close()

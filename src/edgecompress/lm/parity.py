@@ -60,5 +60,7 @@ def lm_parity(artifact_logits: np.ndarray, windows: torch.Tensor, reference: nn.
         abs(record["perplexity_delta"]) <= max_delta
     record.update(min_agreement=min_agree, max_perplexity_delta=max_delta, passed=passed)
     parity = Parity(float(diff.max()), float(diff.mean()), record["next_token_agreement"],
-                    record["tokens"], reference_name, None, min_agree, passed)
+                    record["tokens"], reference_name, None, min_agree, passed, task="causal_lm",
+                    metric="next_token_agreement", metric_value=record["next_token_agreement"],
+                    min_metric=min_agree)
     return parity, record

@@ -1,0 +1,154 @@
+"""Per-output parity: how far each named output of an artifact is from its reference.
+
+Every output is compared element-wise (max and mean |diff|), relative to its spread (max |diff|
+over max − min of the reference) and by cosine similarity, and is held to a bound per precision:
+
+- ``fp32`` / ``fp16``: max |diff| ≤ ``rel`` × max(1, max |reference|) (``tolerance=`` overrides
+  ``rel``);
+- INT8: max |diff| ≤ ``INT8_MAX_STEPS`` steps and mean |diff| ≤ ``INT8_MEAN_STEPS`` steps of the
+  output's own quantization step — the recipe's range of the layer producing it when the recipe
+  has one that covers the reference, else the reference output's range / 255. An INT8 artifact
+  differs from its simulated model by rounding (one step at a time, accumulated through the
+  layers); a wrong scale or a broken layer costs many steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+# (relative bound on max |diff| for float precisions)
+FLOAT_BOUNDS: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
+# measured on the digits CNN / ResNet: ONNX ≤ 1.04 steps max, TFLite ≤ 3.1 max and 0.58 mean
+INT8_MAX_STEPS = 8.0
+INT8_MEAN_STEPS = 1.5
+
+
+@dataclass
+class OutputParity:
+    """The comparison of one named output."""
+
+    name: str
+    shape: list[int]
+    max_abs_diff: float
+    mean_abs_diff: float
+    rel_error: float  # max |diff| / (max − min of the reference)
+    cosine: float
+    bound: float | None  # max |diff| allowed (None: not bounded, e.g. detection boxes)
+    step: float | None = None  # INT8: the output's quantization step
+    step_source: str | None = None
+    passed: bool = True
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def precision_class(precision: str) -> str:
+    """``fp32``, ``fp16`` or ``int8`` (weight-only and static/dynamic INT8 alike)."""
+    if precision.startswith("int"):
+        return "int8"
+    return precision if precision in FLOAT_BOUNDS else "fp32"
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two tensors, flattened (1.0 for two all-zero tensors)."""
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(a @ b / (na * nb))
+
+
+def output_step(ref: np.ndarray, recipe_range: Any = None) -> tuple[float, str]:
+    """The quantization step of an output and where it came from.
+
+    ``recipe_range`` ((lo, hi) of the layer producing the output) is used when the reference
+    lies inside it (the simulated model clamps its quantized outputs to that range).
+    """
+    lo, hi = float(np.min(ref)), float(np.max(ref))
+    if recipe_range is not None:
+        r_lo, r_hi = (float(v) for v in recipe_range)
+        slack = 1e-3 * max(1.0, r_hi - r_lo)
+        if r_hi > r_lo and lo >= r_lo - slack and hi <= r_hi + slack:
+            return (r_hi - r_lo) / 255.0, "recipe range"
+    return max(hi - lo, 1e-12) / 255.0, "reference range / 255"
+
+
+def compare_output(name: str, ref: np.ndarray, out: np.ndarray, precision: str,
+                   tolerance: float | None = None, recipe_range: Any = None,
+                   bounded: bool = True) -> OutputParity:
+    """One output of the artifact against the reference, judged by the precision's bound."""
+    if ref.shape != out.shape:
+        return OutputParity(name, list(ref.shape), float("inf"), float("inf"), float("inf"), 0.0,
+                            None, passed=not bounded,
+                            reason=f"shape {list(out.shape)} != reference {list(ref.shape)}")
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    diff = np.abs(ref64 - out64)
+    finite = bool(np.isfinite(out64).all() or not np.isfinite(ref64).all())
+    max_diff = float(diff.max()) if diff.size else 0.0
+    mean_diff = float(diff.mean()) if diff.size else 0.0
+    spread = float(ref64.max() - ref64.min()) if ref.size else 0.0
+    record = OutputParity(name, list(ref.shape), max_diff, mean_diff,
+                          max_diff / spread if spread > 0 else (0.0 if max_diff == 0 else
+                                                                float("inf")),
+                          cosine(ref64, out64), None)
+    if not bounded or not ref.size:
+        return record
+    _bound(record, ref64, precision, tolerance, recipe_range)
+    if not finite:
+        record.passed, record.reason = False, "the artifact gives non-finite values"
+    return record
+
+
+def _bound(record: OutputParity, ref: np.ndarray, precision: str, tolerance: float | None,
+           recipe_range: Any) -> None:
+    kind = precision_class(precision)
+    if kind != "int8" or tolerance is not None:
+        rel = FLOAT_BOUNDS.get(kind, FLOAT_BOUNDS["fp32"]) if tolerance is None else tolerance
+        record.bound = rel * max(1.0, float(np.abs(ref).max()))
+        if record.max_abs_diff > record.bound:
+            record.passed = False
+            record.reason = f"max|diff| {record.max_abs_diff:.3g} > {record.bound:.3g}"
+        return
+    step, source = output_step(ref, recipe_range)
+    record.step, record.step_source, record.bound = step, source, INT8_MAX_STEPS * step
+    if record.max_abs_diff > record.bound:
+        record.passed = False
+        record.reason = (f"max|diff| {record.max_abs_diff:.3g} = "
+                         f"{record.max_abs_diff / step:.1f} quantization steps > {INT8_MAX_STEPS:g}")
+    elif record.mean_abs_diff > INT8_MEAN_STEPS * step:
+        record.passed = False
+        record.reason = (f"mean|diff| {record.mean_abs_diff:.3g} = "
+                         f"{record.mean_abs_diff / step:.1f} quantization steps > "
+                         f"{INT8_MEAN_STEPS:g}")
+
+
+def pair_outputs(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]
+                 ) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(name, reference, artifact) per reference output: by name, else by position when the
+    artifact names its outputs differently but has as many (a format that renames them)."""
+    if set(ref) <= set(out):
+        return [(k, v, out[k]) for k, v in ref.items()]
+    if len(ref) == len(out):
+        return [(k, v, o) for (k, v), o in zip(ref.items(), out.values())]
+    if len(out) == 1 and len(ref) >= 1:  # a runner without run_named gives its first output
+        first = next(iter(ref))
+        return [(first, ref[first], next(iter(out.values())))]
+    return [(k, v, out.get(k)) for k, v in ref.items()]
+
+
+def recipe_output_range(recipe: Any, names: list[str]) -> dict[str, Any]:
+    """The recipe range of the layer producing the model's output, for a single-output model
+    (the last layer in execution order; :func:`output_step` checks it covers the reference)."""
+    if recipe is None or len(names) != 1 or not getattr(recipe, "layer_order", None):
+        return {}
+    key = f"{recipe.layer_order[-1][0]}:out"
+    found = getattr(recipe, "ranges", {}).get(key)
+    return {names[0]: found} if found is not None else {}
+
+
+__all__ = ["FLOAT_BOUNDS", "INT8_MAX_STEPS", "INT8_MEAN_STEPS", "OutputParity", "compare_output",
+           "cosine", "output_step", "pair_outputs", "precision_class", "recipe_output_range"]
