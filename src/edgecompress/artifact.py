@@ -49,7 +49,7 @@ class Parity:
         verdict = "PASS" if self.passed else "FAIL"
         value = self.top1_agreement if self.metric_value is None else self.metric_value
         text = (f"{verdict} ({self.task}): max|diff| {self.max_abs_diff:.3g}, "
-                f"{self.metric.replace('_', ' ')} {100 * value:.2f}%")
+                f"{self.metric.replace('top1', 'top-1').replace('_', ' ')} {100 * value:.2f}%")
         if self.user_metric is not None:
             text += f", {self.user_metric['name']} {self.user_metric['value']:.4g}"
         text += f" on {self.samples} samples vs {self.reference}"
@@ -85,7 +85,9 @@ class Artifact:
             latency_p90_ms=self.latency.p90_ms if self.latency else None,
             load_1min=self.latency.load_1min if self.latency else None,
             compressed_bytes=self.compressed_bytes, notes=dict(self.notes),
-            perplexity=self.perplexity)
+            perplexity=self.perplexity, task=self.parity.task if self.parity else None,
+            parity_metric=self.parity.metric if self.parity else None,
+            user_metric=self.parity.user_metric if self.parity else None)
 
     def load(self, **options: Any) -> Runner:
         """A Runner for this artifact (``ec.load(self.path, **options)``)."""

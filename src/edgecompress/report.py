@@ -66,6 +66,26 @@ class ArtifactMetrics:
     latency_p90_ms: float | None = None
     load_1min: float | None = None
     perplexity: float | None = None  # causal LMs: measured through the artifact's runtime
+    task: str | None = None  # what verification judged it as (classify, segment, detect...)
+    parity_metric: str | None = None  # the task metric ``top1_agreement`` holds the value of
+    user_metric: dict[str, Any] | None = None  # the user's metric= (name, value, threshold)
+
+
+# the task metric as an artifact row shows it
+METRIC_LABELS = {"top1_agreement": "top-1", "pixel_agreement": "pixels",
+                 "next_token_agreement": "next token", "cosine": "cosine",
+                 "detection_agreement": "boxes"}
+
+
+def _agreement(a: "ArtifactMetrics") -> str:
+    if a.top1_agreement is None:
+        return "n/a"
+    if a.parity_metric == "cosine":
+        text = f"{a.top1_agreement:.4f} cosine"
+    else:
+        text = _pct(a.top1_agreement) + (f" {METRIC_LABELS.get(a.parity_metric or '', '')}"
+                                          if a.parity_metric not in (None, "top1_agreement") else "")
+    return text + ("" if a.parity_ok in (None, True) else " FAIL")
 
 
 def _pct(v: float | None) -> str:
@@ -104,7 +124,7 @@ class Report:
 
     STAGE_COLUMNS = ("stage", "measured on", "params", "size", "MACs", "sparsity", "top-1",
                      "p50 ms (p10–p90)", "time s")
-    ARTIFACT_COLUMNS = ("format", "file", "precision", "size", "max|diff|", "top-1 agree",
+    ARTIFACT_COLUMNS = ("format", "file", "precision", "size", "max|diff|", "agreement",
                         "top-1", "p50 ms (p10–p90)")
 
     def _with_xz(self, rows: list[Any]) -> bool:
@@ -134,13 +154,17 @@ class Report:
         # the file name tells apart two artifacts of one format (e.g. ONNX QDQ and QOperator)
         return [[a.format, Path(a.path).name, a.precision, describe_size(a.size_bytes),
                  "n/a" if a.max_abs_diff is None else f"{a.max_abs_diff:.2e}",
-                 _pct(a.top1_agreement) + ("" if a.parity_ok in (None, True) else " FAIL"),
+                 _agreement(a),
                  _pct(a.accuracy), _ms(a.latency_ms, a.latency_p10_ms, a.latency_p90_ms)]
                 + ([_xz(a.compressed_bytes)] if xz else []) for a in self.artifacts]
 
     def export_failures(self) -> dict[str, str]:
         """Format → error text of the exports that failed (recorded by ``edgecompress compress``)."""
         return dict(self.info.get("export_failures") or {})
+
+    def kept_failures(self) -> list[ArtifactMetrics]:
+        """Artifacts written although they failed verification (``on_parity_fail="keep"``)."""
+        return [a for a in self.artifacts if a.parity_ok is False]
 
     def remarks(self) -> list[str]:
         """Plain-language notes a reader needs to read the tables right."""
@@ -178,6 +202,8 @@ class Report:
             if s.error:
                 parts.append(f"stage '{s.stage}' failed: {s.error}")
         parts += [f"export to {fmt} failed: {err}" for fmt, err in self.export_failures().items()]
+        parts += [f"{Path(a.path).name} FAILED verification (kept on request): "
+                  f"{a.notes.get('verification', '')}" for a in self.kept_failures()]
         parts += [f"note: {r}" for r in self.remarks()]
         return "\n\n".join(parts)
 
@@ -199,10 +225,13 @@ class Report:
             parts += ["", f"{h} Artifacts", "", _md_table(*tables[1])]
         failures = self.export_failures()
         failed = [s for s in self.stages if s.error]
-        if failures or failed:
+        kept = self.kept_failures()
+        if failures or failed or kept:
             parts += ["", f"{h} Failures", ""]
             parts += [f"- stage `{s.stage}`: {_md_text(s.error or '')}" for s in failed]
             parts += [f"- export to `{fmt}`: {_md_text(err)}" for fmt, err in failures.items()]
+            parts += [f"- `{Path(a.path).name}` failed verification (kept on request): "
+                      f"{_md_text(a.notes.get('verification', ''))}" for a in kept]
         if self.remarks():
             parts += ["", f"{h} Notes", ""] + [f"- {_md_text(r)}" for r in self.remarks()]
         return "\n".join(parts) + "\n"

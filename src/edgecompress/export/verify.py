@@ -117,10 +117,10 @@ def artifact_accuracy(runner: Runner, data: DataBundle | Iterable[Any] | None,
         out = np.asarray(runner(runner_inputs(runner, x)))
         labels = y.numpy()
         predicted = out.argmax(1) if out.ndim >= 2 else out
+        if predicted.shape != labels.shape and predicted.size == labels.size:
+            predicted = predicted.reshape(labels.shape)  # (N, C, 1, 1) logits
         if predicted.shape != labels.shape:
-            predicted = out.reshape(out.shape[0], -1).argmax(1)
-            if predicted.shape != labels.shape:
-                return None
+            return None
         correct += int((predicted == labels).sum())
         total += int(labels.size)
     return correct / total if total else None

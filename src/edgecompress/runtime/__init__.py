@@ -45,7 +45,17 @@ def load(path: str | Path, threads: int | None = None, providers: list[str] | No
         runner.verified = recorded and verify is not False
     if sidecar and not runner.metadata:
         runner.metadata = sidecar
+    _warn_if_failed(Path(path), runner.metadata)
     return runner
+
+
+def _warn_if_failed(path: Path, metadata: Any) -> None:
+    """An artifact kept after failing verification (``on_parity_fail="keep"``) says so."""
+    verdict = metadata.get("verification") if isinstance(metadata, dict) else None
+    if isinstance(verdict, str) and verdict.startswith("FAIL"):
+        log.warning(
+            "%s failed verification at export and was kept on request (%s): its outputs do not "
+            "reproduce its reference model", path, verdict)
 
 
 EMBEDDED_RECORDS = ("onnx", "torch")  # formats that carry their sha256 inside the file
