@@ -9,6 +9,7 @@ runtime refuses must fail by itself.
 from __future__ import annotations
 
 import copy
+import io
 import threading
 
 import numpy as np
@@ -139,3 +140,23 @@ def test_bad_batching_options_are_refused():
         ServeConfig("model.onnx", max_batch=0)
     with pytest.raises(ConfigError, match="--batch-wait-ms"):
         ServeConfig("model.onnx", batch_wait_ms=-1)
+
+
+def test_a_binary_answer_is_the_output_tensor(tmp_path, int8_onnx, digits):
+    x = digits.samples("val", 3).numpy()
+    expected = ec.load(int8_onnx)(x)
+    raw_in = {"content-type": "application/octet-stream", "x-shape": "3,1,16,16"}
+    with _serve(tmp_path, int8_onnx) as url, httpx.Client(base_url=url) as client:
+        raw = client.post("/predict", content=x.astype("<f4").tobytes(),
+                          headers={**raw_in, "accept": "application/octet-stream"})
+        npy = client.post("/predict", json={"inputs": x.tolist()},
+                          headers={"accept": "application/x-npy"})
+        bad = client.post("/predict", content=b"\0" * 8,
+                          headers={**raw_in, "accept": "application/octet-stream"})
+    assert raw.status_code == 200 and raw.headers["content-type"] == "application/octet-stream"
+    assert raw.headers["x-shape"] == "3,10" and raw.headers["x-dtype"] == "float32"
+    assert raw.headers["x-model-version"] == "1" and float(raw.headers["x-inference-ms"]) > 0
+    got = np.frombuffer(raw.content, dtype="<f4").reshape(3, 10)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.load(io.BytesIO(npy.content), allow_pickle=False), expected)
+    assert bad.status_code == 400 and "needs 3072 bytes" in bad.json()["error"]  # errors stay JSON

@@ -1,5 +1,5 @@
 """The HTTP API: ``/health``, ``/model`` (GET: metadata; POST: swap), ``/predict`` (a raw ASGI
-handler in front of FastAPI, see :mod:`~edgecompress.serve.predict`), ``/metrics``, ``/events``. Every client error is a JSON ``{"error": ..., "status": ...}`` that says what was
+handler FastAPI never sees, see :mod:`~edgecompress.serve.predict`), ``/metrics``, ``/events``. Every client error is a JSON ``{"error": ..., "status": ...}`` that says what was
 wrong; an unexpected failure inside a request is a 500 for that request, never a dead server.
 """
 
@@ -98,7 +98,22 @@ class CountRequests:
             self.metrics.requests.labels(path, str(status[0])).inc()
 
 
-def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI:
+class ServeApp(FastAPI):
+    """FastAPI, except that ``/predict`` goes straight to its raw ASGI handler (no telemetry
+    check, middleware or routing per request); every other path is FastAPI's."""
+
+    def __init__(self, predict: PredictEndpoint, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.predict = predict
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/predict":
+            await self.predict(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(config: ServeConfig, state: ServerState | None = None) -> ServeApp:
     """The FastAPI application serving ``config.artifact`` (the model is loaded and verified
     here, before the server accepts a connection)."""
     s = state or build_state(config)
@@ -111,11 +126,10 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
         finally:
             s.stop()
 
-    app = FastAPI(title="edgecompress serve", lifespan=lifespan)
+    app = ServeApp(PredictEndpoint(s), title="edgecompress serve", lifespan=lifespan)
     app.state.server = s
 
     app.add_middleware(CountRequests, metrics=s.metrics)
-    app.add_middleware(PredictEndpoint, state=s)  # outermost: /predict skips FastAPI entirely
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,19 +1,25 @@
-"""``POST /predict`` as a raw ASGI handler in front of the FastAPI app.
+"""``POST /predict`` as a raw ASGI handler, called before FastAPI sees the request.
 
-For a model that runs in half a millisecond, FastAPI's per-request work (routing, dependency
-solving, the exception middleware, response classes) cost more CPU than the inference itself
-(profiled: ~1 ms of the server's ~1.1 ms per request; see benchmarks/results/serve_load.md).
+For a model that runs in half a millisecond, FastAPI's per-request work (its telemetry check,
+middleware, routing, dependency solving, response classes) cost more CPU than the inference
+itself (profiled: most of the server's ~1.1 ms per request on 2 cores; see
+benchmarks/results/serve_load.md).
 This handler reads the body, decodes it, hands it to admission (micro-batching) and writes
-the JSON answer with nothing in between. Every other path goes on to FastAPI.
+the answer with nothing in between: JSON, or with ``Accept: application/octet-stream`` (or
+``application/x-npy``) the output tensor itself, which skips top-k and JSON. Every other path
+goes on to FastAPI.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
+
+import numpy as np
 
 from ..errors import InputError
 from ..runtime.preprocess import top_k
@@ -111,52 +117,75 @@ def encode(status: int, body: dict[str, Any]) -> tuple[int, bytes]:
                             "status": 500})
 
 
+JSON_TYPE = b"application/json"
+BINARY_TYPES = ("application/octet-stream", "application/x-npy")
+Reply = tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]  # status, media type, body, headers
+
+
+def json_reply(status: int, body: dict[str, Any], *headers: tuple[bytes, bytes]) -> Reply:
+    status, data = encode(status, body)
+    return status, JSON_TYPE, data, list(headers)
+
+
+def binary_reply(out: np.ndarray, kind: str, model: Any, seconds: float, rows: int) -> Reply:
+    """The output as raw little-endian bytes (X-Shape, X-Dtype) or a .npy file, what was asked
+    for in ``Accept``; version, time and batch rows go in headers."""
+    if kind == "application/x-npy":
+        buf = io.BytesIO()
+        np.save(buf, out, allow_pickle=False)
+        data = buf.getvalue()
+    else:
+        data = out.astype(out.dtype.newbyteorder("<"), copy=False).tobytes()
+    headers = {"x-shape": ",".join(map(str, out.shape)), "x-dtype": str(out.dtype),
+               "x-model-version": str(model.version), "x-inference-ms": f"{seconds * 1000:.4f}",
+               "x-batch": str(rows)}
+    return 200, kind.encode(), data, [(k.encode(), v.encode()) for k, v in headers.items()]
+
+
 class PredictEndpoint:
-    """ASGI middleware answering ``/predict`` itself and passing every other path to ``app``.
+    """The ASGI handler of ``/predict`` (every method: anything but POST is a 405).
 
     Counts its responses in the same metrics as the rest of the server.
     """
 
-    def __init__(self, app: Any, state: Any):
-        self.app, self.s = app, state
+    def __init__(self, state: Any):
+        self.s = state
         self._limit = int(state.config.max_body_mb * 1024 * 1024)
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/predict":
-            await self.app(scope, receive, send)
-            return
-        extra: list[tuple[bytes, bytes]] = []
         if scope["method"] != "POST":
-            status, body = encode(405, {"error": f"/predict takes POST, not {scope['method']}",
-                                        "status": 405})
-            extra.append((b"allow", b"POST"))
+            reply = json_reply(405, {"error": f"/predict takes POST, not {scope['method']}",
+                                     "status": 405}, (b"allow", b"POST"))
         else:
-            status, body = encode(*await self._answer(scope, receive, extra))
+            reply = await self._answer(scope, receive)
+        status, kind, body, headers = reply
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), *extra]})
+                    "headers": [(b"content-type", kind),
+                                (b"content-length", str(len(body)).encode()), *headers]})
         await send({"type": "http.response.body", "body": body})
         self.s.metrics.requests.labels("/predict", str(status)).inc()
 
-    async def _answer(self, scope: dict, receive: Receive,
-                      extra: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any]]:
+    async def _answer(self, scope: dict, receive: Receive) -> Reply:
         s, t0 = self.s, time.perf_counter()
         try:
-            return 200, await self._predict(scope, receive, t0)
+            return await self._predict(scope, receive, t0)
         except RequestError as exc:
             s.metrics.errors.labels("/predict", str(exc.status)).inc()
             s.stats.add(None, error=True)
-            return exc.status, {"error": exc.message, "status": exc.status, **exc.detail}
+            return json_reply(exc.status, {"error": exc.message, "status": exc.status,
+                                           **exc.detail})
         except Rejected as exc:
             s.metrics.errors.labels("/predict", "503").inc()
             s.stats.add(None, rejected=True)
-            extra.append((b"retry-after", str(exc.retry_after).encode()))
-            return 503, {"error": exc.reason, "status": 503, "retry_after": exc.retry_after}
+            return json_reply(503, {"error": exc.reason, "status": 503,
+                                    "retry_after": exc.retry_after},
+                              (b"retry-after", str(exc.retry_after).encode()))
         except Exception as exc:  # noqa: BLE001 - one request's failure is its own 500
             log.error("request POST /predict failed: %r", exc)
-            return 500, {"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500}
+            return json_reply(500, {"error": f"internal error: {type(exc).__name__}: {exc}",
+                                    "status": 500})
 
-    async def _predict(self, scope: dict, receive: Receive, t0: float) -> dict[str, Any]:
+    async def _predict(self, scope: dict, receive: Receive, t0: float) -> Reply:
         s = self.s
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         body = await read_body(receive, headers, self._limit)
@@ -177,4 +206,7 @@ class PredictEndpoint:
         s.metrics.batch_rows.observe(rows)
         s.metrics.request_latency.observe(time.perf_counter() - t0)
         s.stats.add(seconds)
-        return payload(model, out, k, seconds, rows, as_image)
+        accept = media_type(headers.get("accept"))
+        if accept in BINARY_TYPES:
+            return binary_reply(out, accept, model, seconds, rows)
+        return json_reply(200, payload(model, out, k, seconds, rows, as_image))
