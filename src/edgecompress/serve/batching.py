@@ -2,9 +2,10 @@
 
 A fixed set of worker threads takes jobs from one queue. A prediction that arrives while every
 worker is busy waits in the queue; when a worker frees up it takes the oldest prediction and
-every queued one it can stack with it (leaving one for each idle worker) (same model, same input shape past the batch dimension,
-same dtype, at most ``max_batch`` rows in all), runs them as one runner call and splits the
-outputs back per request — what Triton's dynamic batcher and TorchServe's batch handler do.
+every queued one it can stack with it (same model, same input shape past the batch dimension,
+same dtype, at most ``max_batch`` rows in all; one is left for each idle worker), runs them as
+one runner call and splits the outputs back per request — what Triton's dynamic batcher and
+TorchServe's batch handler do.
 Only models whose batch dimension is dynamic are stacked; a fixed-batch model runs one request
 per call. If a stacked call fails, each request is rerun alone, so a bad one fails by itself.
 
@@ -110,7 +111,10 @@ class Batcher:
             for job in batch:
                 if job.done is not None:
                     job.done(seconds)
-            batch[0].loop.call_soon_threadsafe(_deliver, batch, results, seconds, rows)
+            try:
+                batch[0].loop.call_soon_threadsafe(_deliver, batch, results, seconds, rows)
+            except RuntimeError:  # the event loop is closed: nobody waits for these any more
+                pass
 
     def _take(self) -> list[Job] | None:
         with self._cv:
@@ -148,6 +152,8 @@ class Batcher:
             else:
                 keep.append(job)
         self._jobs.extendleft(reversed(keep))  # back in front, in their order
+        if self._jobs and self._idle:  # the wake-up may have come to us, not to them
+            self._cv.notify(min(self._idle, len(self._jobs)))
         return rows
 
     def _predict(self, batch: list[Job]) -> tuple[list[tuple[bool, Any]], int]:
@@ -157,7 +163,7 @@ class Batcher:
         self.rows += sum(sizes)
         if len(batch) == 1:
             return [_call(model.run, batch[0].x)], sizes[0]
-        ok, out = _call(model.run, np.concatenate([job.x for job in batch]))
+        ok, out = _call(lambda: model.run(np.concatenate([job.x for job in batch])))
         if not ok or len(out) != sum(sizes):  # rerun each alone: only the cause fails
             return [_call(model.run, job.x) for job in batch], sum(sizes)
         return [(True, part) for part in np.split(out, np.cumsum(sizes)[:-1])], sum(sizes)
