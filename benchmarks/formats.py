@@ -44,7 +44,7 @@ import torch
 import edgecompress as ec
 from edgecompress.formats import FORMATS
 from edgecompress.models import small_cnn
-from edgecompress.plugins import load_object
+from edgecompress.registry import load_object
 from edgecompress.training import TrainConfig, cross_entropy_loss, train
 
 TORCHVISION = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")

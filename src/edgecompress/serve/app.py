@@ -1,5 +1,6 @@
 """The HTTP API: ``/health``, ``/model`` (GET: metadata; POST: swap), ``/predict`` (a raw ASGI
-handler FastAPI never sees, see :mod:`~edgecompress.serve.predict`), ``/metrics``, ``/events``. Every client error is a JSON ``{"error": ..., "status": ...}`` that says what was
+handler FastAPI never sees, see :mod:`~edgecompress.serve.predict`), ``/metrics``, ``/events``.
+Every client error is a JSON ``{"error": ..., "status": ...}`` that says what was
 wrong; an unexpected failure inside a request is a 500 for that request, never a dead server.
 """
 
@@ -130,7 +131,13 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> ServeAp
     app.state.server = s
 
     app.add_middleware(CountRequests, metrics=s.metrics)
+    _add_error_handlers(app, s)
+    _add_info_routes(app, s)
+    _add_swap_route(app, s)
+    return app
 
+
+def _add_error_handlers(app: FastAPI, s: ServerState) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         # one request's failure is that request's 500; the server carries on
@@ -143,6 +150,8 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> ServeAp
         s.stats.add(None, error=True)
         return _error(exc.status, exc.message, **exc.detail)
 
+
+def _add_info_routes(app: FastAPI, s: ServerState) -> None:
     @app.get("/health")
     async def get_health() -> dict[str, Any]:
         return await run_in_threadpool(health, s)
@@ -151,6 +160,16 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> ServeAp
     async def get_model() -> dict[str, Any]:
         return {**s.slot.current.describe(), **s.slot.describe()}
 
+    @app.get("/events")
+    async def get_events(kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return await run_in_threadpool(s.events.query, kind, None, min(max(1, limit), 1000))
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_swap_route(app: FastAPI, s: ServerState) -> None:
     @app.post("/model")
     async def post_model(request: Request) -> JSONResponse:
         if s.config.token is None:
@@ -174,13 +193,3 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> ServeAp
                                    f"{s.slot.primary.version} keeps serving: {exc}",
                               rolled_back=True, serving_version=s.slot.primary.version)
         return JSONResponse({"swapped": True, **new.describe()})
-
-    @app.get("/events")
-    async def get_events(kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return await run_in_threadpool(s.events.query, kind, None, min(max(1, limit), 1000))
-
-    @app.get("/metrics")
-    async def get_metrics() -> Response:
-        return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
