@@ -226,7 +226,12 @@ def markdown(res: dict) -> str:
               f"request's round trip and its inference add up, so at concurrency {c} no server "
               f"on this stack exceeds about c / (floor p50 + bare latency) = "
               f"{res['closed_loop_bound_rps']} req/s = {res['closed_loop_bound_ratio']:.0%} of "
-              f"bare. First concurrency at >= 85% of bare: {res['first_concurrency_at_85'] or 'none'}.",
+              f"bare. And the event loop is one thread needing "
+              f"{at['loop_cpu_ms_per_request']} ms of CPU per request, so one server process "
+              f"answers at most ~{res['loop_bound_rps']} req/s however many cores it has "
+              f"({res['loop_bound_rps'] / res['bare_rps']:.0%} of bare in this run; the bare "
+              f"runner is faster on a quiet machine, this bound is not). First concurrency "
+              f"at >= 85% of bare: {res['first_concurrency_at_85'] or 'none'}.",
               "",
               f"Server RSS: {res['rss_before_mb']:.1f} MB before, {res['rss_after_mb']:.1f} MB after "
               f"(**{res['rss_growth']:+.1%}**).",
@@ -343,6 +348,7 @@ def summarise(args: argparse.Namespace, run: dict, load_before: list[float]) -> 
            "bare_rps": round(bare_rps, 1), "bare_rps_runs": [round(b[0], 1) for b in bare],
            "bare_cpu_ms_per_call": round(bare_cpu, 3), "floor": floor,
            "closed_loop_bound_rps": round(closed_bound, 1),
+           "loop_bound_rps": round(1000 / max(1e-6, at_cores["loop_cpu_ms_per_request"]), 1),
            "closed_loop_bound_ratio": closed_bound / bare_rps,
            "first_concurrency_at_85": next((r["concurrency"] for r in results
                                             if r["throughput_rps"] >= 0.85 * bare_rps), None),
