@@ -176,8 +176,9 @@ def test_tasks_are_inferred_from_the_reference_outputs():
 
 
 def _head(boxes: list[list[float]], classes: int = 2) -> np.ndarray:
-    """A raw YOLO-style head (1, 4 + classes, anchors) holding (cx, cy, w, h, class, score)."""
-    head = np.zeros((1, 4 + classes, len(boxes)), np.float32)
+    """A raw YOLO-style head (1, 4 + classes, 16 anchors) holding (cx, cy, w, h, class, score)
+    in its first anchors; the others score 0 (no object)."""
+    head = np.zeros((1, 4 + classes, 16), np.float32)
     for i, (cx, cy, w, h, c, s) in enumerate(boxes):
         head[0, :4, i] = cx, cy, w, h
         head[0, 4 + int(c), i] = s
@@ -194,5 +195,24 @@ def test_detection_agreement_matches_boxes_after_nms():
     half, _ = detection_agreement({"output": ref}, {"output": moved})
     assert half == 0.5
     rescored = ref.copy()
-    rescored[0, 4, 0] = 0.5  # same box, score 0.4 lower: not the same detection
+    rescored[0, 5, 2] = 0.4  # the class-1 box scores 0.3 lower: not the same detection
     assert detection_agreement({"output": ref}, {"output": rescored})[0] == 0.5
+
+
+def test_causal_lm_logits_are_judged_by_next_token_agreement():
+    transformers = pytest.importorskip("transformers")
+    from edgecompress.export.compare import compare
+    from edgecompress.export.verify import reference_outputs
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 64, (4, 16))
+    ref = reference_outputs(model, {"input_ids": ids})
+    assert ref["logits"].shape == (4, 16, 64)
+    half = {k: v.astype(np.float16).astype(np.float32) for k, v in ref.items()}
+    p = compare(ref, half, "fp16", "torch model")
+    assert p.task == "causal_lm" and p.metric == "next_token_agreement" and p.passed, p
+    shuffled = {"logits": np.roll(ref["logits"], 1, axis=-1)}  # every prediction moves a token
+    bad = compare(ref, shuffled, "fp16", "torch model", task="causal_lm")
+    assert not bad.passed and bad.metric_value < 0.1 and any("next token" in f for f in bad.failures)

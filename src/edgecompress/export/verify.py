@@ -14,6 +14,7 @@ from torch import nn
 
 from ..artifact import Parity
 from ..data.bundle import DataBundle, iter_batches
+from ..errors import ExportError
 from ..runtime.base import LatencyStats, Runner
 from ..signature import flatten_outputs
 from .compare import compare
@@ -60,7 +61,13 @@ def reference_outputs(model: nn.Module, x: Any) -> dict[str, np.ndarray]:
     """The reference model's named outputs on ``x`` (named by :func:`flatten_outputs`)."""
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return {name: _numpy(t) for name, t in flatten_outputs(call_model(model, _to_torch(x, device)))}
+    out = call_model(model, _to_torch(x, device))
+    named = {name: _numpy(t) for name, t in flatten_outputs(out)}
+    if not named:
+        raise ExportError(f"the model returned {type(out).__name__}, which holds no tensors to "
+                          f"verify the artifact with; return a tensor, a tuple/list or a dict "
+                          f"of tensors")
+    return named
 
 
 def runner_inputs(runner: Runner, x: Any) -> Any:
