@@ -12,17 +12,18 @@ Goal (issue 3): each loses at most 1 point of top-1 against the unpruned model.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-import edgecompress as ec
-from edgecompress.models import small_cnn
-from edgecompress.training import TrainConfig, accuracy, cross_entropy_loss, train
+sys.path.insert(0, str(Path(__file__).parent))
+
+import edgecompress as ec  # noqa: E402
+from _harness import Run, parser  # noqa: E402
+from edgecompress.models import small_cnn  # noqa: E402
+from edgecompress.training import TrainConfig, accuracy, cross_entropy_loss, train  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
         print(rows[-1], flush=True)
     return {"data": data.describe(), "width": args.width, "epochs": args.epochs,
             "ft_epochs": args.ft_epochs, "limit_train": args.limit_train,
-            "load_average": os.getloadavg(), "rows": rows}
+            "rows": rows}
 
 
 def markdown(result: dict) -> str:
@@ -87,7 +88,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("data", help="folder with the Fashion-MNIST idx files")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=3, help="dense training epochs")
@@ -96,16 +97,12 @@ def main() -> None:
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run(args)
-    result["command"] = " ".join(["python", *sys.argv])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prune_accuracy.json").write_text(json.dumps(result, indent=1))
-    (out / "prune_accuracy.md").write_text(markdown(result))
+    bench = Run("prune_accuracy", args)
+    result = {**run(args), "command": bench.command}
+    bench.write(result, markdown(result))
     print(markdown(result))
 
 

@@ -13,10 +13,7 @@ and stored; rerun when the machine is quiet.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -25,8 +22,11 @@ from pathlib import Path
 import torch
 import torchvision
 
-import edgecompress as ec
-from edgecompress.measure import count_macs, count_params
+sys.path.insert(0, str(Path(__file__).parent))
+
+import edgecompress as ec  # noqa: E402
+from _harness import Run, parser, table  # noqa: E402
+from edgecompress.measure import count_macs, count_params  # noqa: E402
 
 
 def interleaved_p50(runners: dict[str, ec.Runner], rounds: int, runs: int) -> dict[str, float]:
@@ -39,13 +39,11 @@ def interleaved_p50(runners: dict[str, ec.Runner], rounds: int, runs: int) -> di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
@@ -63,7 +61,7 @@ def main() -> None:
     dms = {"dense": dense_dm}
     for label, p in variants.items():
         dms[label] = ec.Pipeline([p], measure=False).run(model, data)
-    load_before = os.getloadavg()
+    bench = Run("prune_speed", args)  # load recorded from here: the timed part
     with tempfile.TemporaryDirectory() as tmp:
         runners = {}
         for label, dm in dms.items():
@@ -87,24 +85,19 @@ def main() -> None:
                      bool(speedup >= 0.8 * reduction
                           and (not label.startswith("ratio=") or macs / dense_macs <= 0.55))})
     result = {"threads": args.threads, "input": args.size, "rounds": args.rounds,
-              "runs": args.runs, "load_average_before": load_before,
-              "load_average_after": os.getloadavg(), "rows": rows}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"prune_speed{args.tag}.json").write_text(json.dumps(result, indent=1))
+              "runs": args.runs, "rows": rows}
     lines = [(f"# ResNet-18 {args.size}×{args.size}: MACs vs ONNX Runtime latency "
               f"({args.threads} threads)"), "",
-             (f"Load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} "
-              f"(2-core machine shared with other jobs: latency ratios are noisy)."), "",
-             f"Command: `python benchmarks/prune_speed.py {' '.join(sys.argv[1:])}`", "",
-             "| model | params | MACs | MACs × | p50 ms | speedup | speedup / MACs reduction | goal |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        goal = "–" if r["meets_goal"] is None else ("✅" if r["meets_goal"] else "❌")
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e9:.3f} G | "
-                     f"{r['macs_ratio']:.2f} | {r['p50_ms']:.2f} | {r['speedup']:.2f}× | "
-                     f"{r['speedup_over_reduction']:.2f} | {goal} |")
-    (out / f"prune_speed{args.tag}.md").write_text("\n".join(lines) + "\n")
+             f"{bench.describe_load()}: latency ratios are noisy.", "",
+             f"Command: `{bench.command}`", ""]
+    lines += table(("model", "params", "MACs", "MACs ×", "p50 ms", "speedup",
+                    "speedup / MACs reduction", "goal"),
+                   [(r["model"], f"{r['params']:,}", f"{r['macs'] / 1e9:.3f} G",
+                     f"{r['macs_ratio']:.2f}", f"{r['p50_ms']:.2f}", f"{r['speedup']:.2f}×",
+                     f"{r['speedup_over_reduction']:.2f}",
+                     "–" if r["meets_goal"] is None else ("✅" if r["meets_goal"] else "❌"))
+                    for r in rows])
+    bench.write(result, lines)
     print("\n".join(lines))
 
 

@@ -190,7 +190,7 @@ def run_accuracy(weights: str, args: argparse.Namespace) -> dict[str, Any]:
             out[name] = row.get("accuracy", row.get("error"))
         peer = nncf_openvino(work / "fp32.onnx", work / "nncf_ov", calib)
         with ec.load(peer, threads=2) as runner:
-            from edgecompress.export.parity import artifact_accuracy
+            from edgecompress.export.verify import artifact_accuracy
 
             out["nncf+openvino int8"] = artifact_accuracy(runner, data)
     return out

@@ -12,7 +12,7 @@ import pytest
 
 import edgecompress as ec
 from edgecompress.passes import PASSES
-from edgecompress.plugins import load_plugins
+from edgecompress.registry import read_plugins as load_plugins
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -66,7 +66,7 @@ def test_plugin_package_installs_and_registers_its_pass(tmp_path, trained_cnn, d
         load_plugins(force=True)
         pipe = ec.Pipeline.from_recipe({"passes": [{"pass": "clip_weights", "percentile": 99.0}]})
         dm = pipe.run(trained_cnn, digits)
-        assert dm.history[0]["notes"]["clipped_weights"] > 0
+        assert dm.report.stages[1].notes["clipped_weights"] > 0
         assert dm.report.stages[-1].accuracy > 0.8
         with pytest.raises(ec.ConfigError, match="percentile"):
             ec.Pipeline.from_recipe({"passes": [{"pass": "clip_weights", "percentile": 10}]})

@@ -82,8 +82,7 @@ def test_altered_program_is_refused(fp32_pte, tmp_path):
 
 def test_refuses_qat_ranges_and_dynamic_recipes(int8_dm, _cnn_weights, digits, tmp_path):
     qat = copy.copy(int8_dm)
-    qat.quant_recipe = copy.copy(int8_dm.quant_recipe)
-    qat.quant_recipe.extra = dict(int8_dm.quant_recipe.extra, ranges_kind="learned")
+    qat.quant_recipe = int8_dm.quant_recipe.replace(ranges_kind="learned")
     with pytest.raises(ExportError, match="learned"):
         qat.export("executorch", tmp_path / "qat.pte")
     dyn = ec.Pipeline([ec.passes.QuantizeDynamic()], measure=False).run(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import edgecompress as ec
-from edgecompress.export.parity import tolerance_for
+from edgecompress.export.verify import tolerance_for
 
 pytest.importorskip("ncnn", reason="the ncnn package is not installed (pip install 'edgecompress[ncnn]')")
 pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'edgecompress[ncnn]')")
@@ -133,7 +133,7 @@ def test_path_with_suffix_is_refused(cnn_dm, tmp_path):
 
 def test_int8_recipe_refused_then_float_fallback_recorded(cnn_dm, tmp_path, digits):
     dm = copy.copy(cnn_dm)
-    dm.quant_recipe = ec.QuantRecipe(scheme="static", calib_samples=digits.samples("val", 16))
+    dm.quant_recipe = ec.StaticRecipe(calib_samples=digits.samples("val", 16))
     dm.float_model = cnn_dm.model
     with pytest.raises(ec.ExportError, match="Formats that can: .*onnx") as err:
         dm.export("ncnn", tmp_path / "int8_ncnn", **FAST)

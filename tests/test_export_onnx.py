@@ -85,6 +85,6 @@ def test_failed_export_leaves_no_file(digits, tmp_path):
 
 
 def test_int8_recipe_is_refused_by_a_float_only_format(fused, tmp_path):
-    fused.quant_recipe = ec.QuantRecipe(scheme="static")
+    fused.quant_recipe = ec.StaticRecipe()
     with pytest.raises(ec.ExportError, match="Formats that can: onnx"):
         fused.export("ncnn", tmp_path / "ncnn_out")

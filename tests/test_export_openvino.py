@@ -120,8 +120,7 @@ def test_refuses_a_file_path_and_a_dynamic_recipe(cnn_dm, _cnn_weights, digits, 
 
 def test_nncf_route_refuses_learned_qat_ranges(int8_dm, tmp_path):
     qat = copy.copy(int8_dm)
-    qat.quant_recipe = copy.copy(int8_dm.quant_recipe)
-    qat.quant_recipe.extra = dict(int8_dm.quant_recipe.extra, ranges_kind="learned")
+    qat.quant_recipe = int8_dm.quant_recipe.replace(ranges_kind="learned")
     with pytest.raises(ExportError, match="learned"):
         qat.export("openvino", tmp_path / "qat", quantizer="nncf")
     assert not (tmp_path / "qat").exists()

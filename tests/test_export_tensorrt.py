@@ -27,7 +27,7 @@ FAST = {"benchmark_runs": 0, "parity_samples": 128, "threads": 1}
 def int8_dm(cnn_dm, digits) -> ec.DeployableModel:
     """A hand-made static INT8 recipe on the trained CNN (the simulated model is the float one)."""
     dm = copy.copy(cnn_dm)
-    dm.quant_recipe = ec.QuantRecipe(scheme="static", calib_samples=digits.calibration_inputs(128))
+    dm.quant_recipe = ec.StaticRecipe(calib_samples=digits.calibration_inputs(128))
     dm.float_model = cnn_dm.model
     return dm
 
@@ -155,7 +155,7 @@ def test_int8_bundle_is_symmetric_qdq_with_int8_flag(int8_dm, fp32_bundle, tmp_p
 
 def test_dynamic_int8_recipe_is_refused(cnn_dm, tmp_path):
     dm = copy.copy(cnn_dm)
-    dm.quant_recipe = ec.QuantRecipe(scheme="dynamic")
+    dm.quant_recipe = ec.DynamicRecipe()
     dm.float_model = cnn_dm.model
     with pytest.raises(ec.ExportError, match="Formats that can: .*onnx"):
         dm.export("tensorrt", tmp_path / "dyn_trt", build="device", **FAST)

@@ -145,7 +145,7 @@ class Branchy(nn.Module):
 def test_untraceable_model_is_refused_for_static_int8(digits, tmp_path):
     model = Branchy().eval()
     dm = ec.Pipeline([], measure=False).run(model, digits)
-    dm.quant_recipe = ec.QuantRecipe(scheme="static", calib_samples=digits.samples("train", 32))
+    dm.quant_recipe = ec.StaticRecipe(calib_samples=digits.samples("train", 32))
     dm.float_model = dm.model
     with pytest.raises(ec.ExportError, match="torch.fx cannot trace Branchy"):
         dm.export("torchscript", tmp_path / "b.ptl", **FAST)

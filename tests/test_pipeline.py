@@ -117,7 +117,7 @@ def test_fuse_matches_unfused_outputs(trained_resnet, digits):
     assert diff <= 1e-5
     bns = [m for m in dm.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns == []
-    assert dm.history[0]["notes"]["fused_pairs"] == 9
+    assert dm.report.stages[1].notes["fused_pairs"] == 9 and "notes" not in dm.history[0]
 
 
 def test_fuse_on_untraceable_model_fuses_sequential_pairs_and_warns(digits, caplog):

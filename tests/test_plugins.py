@@ -8,7 +8,7 @@ import pytest
 import edgecompress as ec
 from edgecompress.formats import FORMATS
 from edgecompress.passes import PASSES
-from edgecompress.plugins import load_plugins
+from edgecompress.registry import read_plugins as load_plugins
 
 PLUGIN_DIR = Path(__file__).parent / "plugin_pkg"
 

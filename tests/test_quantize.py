@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ from edgecompress.errors import ConfigError, DataError
 from edgecompress.models import small_cnn, small_resnet
 from edgecompress.pipeline import Measure
 from edgecompress.quant.simulate import QuantLayer, act_qparams, build_simulated, fake_quant_plain
-from edgecompress.quant_recipe import QuantRecipe
+from edgecompress.quant_recipe import DynamicRecipe, QuantRecipe, StaticRecipe
 from edgecompress.training import TrainConfig, cross_entropy_loss, train
 
 FAST = Measure(latency=False, macs=False)
@@ -141,7 +142,7 @@ def test_qat_matches_or_beats_ptq_and_its_ranges_reach_onnx(trained_cnn, digits,
     # measured -0.56 to +0.28 points (PTQ lost nothing here), so allow 3 images, not 2
     assert qat_acc >= ptq_acc - 0.01, (ptq_acc, qat_acc)
     recipe = qat.quant_recipe
-    assert recipe.source == "qat" and recipe.extra["ranges_kind"] == "learned"
+    assert recipe.source == "qat" and recipe.ranges_kind == "learned"
     art = qat.export("onnx", tmp_path / "qat.onnx", benchmark_runs=0)
     assert art.parity.passed and art.notes["learned_ranges_written"] > 0
     # the graph input's quantizer carries exactly the learned range of the first layer
@@ -212,10 +213,12 @@ def test_recipe_round_trip():
     qat = ec.Pipeline.from_recipe({"passes": [{"pass": "quantize_qat", "epochs": 1,
                                                "finetune": {"kind": "finetune", "epochs": 1}}]})
     assert qat.passes[0].finetune.epochs == 1
-    recipe = QuantRecipe("static", skip=("fc",), ranges={"a:in": [0.0, 1.0]},
-                         extra={"outputs": {"a": "relu"}})
-    back = QuantRecipe.from_metadata(recipe.to_metadata())
-    assert back.skip == ("fc",) and back.ranges == recipe.ranges and back.extra == recipe.extra
+    recipe = StaticRecipe(skip=("fc",), ranges={"a:in": [0.0, 1.0]}, outputs={"a": "relu"},
+                          layer_order=(("a", (4, 1, 3, 3)),), reduce_range=True)
+    back = QuantRecipe.from_metadata(json.loads(json.dumps(recipe.to_metadata())))
+    assert back == recipe and isinstance(back, StaticRecipe)
+    dynamic = DynamicRecipe(layers=("Linear", "LSTM"), skipped_layers=("fc",))
+    assert QuantRecipe.from_metadata(dynamic.to_metadata()) == dynamic
 
 
 class _Batches:
@@ -320,7 +323,7 @@ def test_simulated_int8_computes_what_the_qdq_graph_computes(trained_resnet, dig
     from edgecompress.quant.simulate import act_quantizers
 
     dm = _run(trained_resnet, digits, ec.passes.QuantizeQAT(epochs=1, samples=128, max_batches=10))
-    assert dm.quant_recipe.extra["one_quantizer_per_tensor"]
+    assert dm.quant_recipe.one_quantizer_per_tensor
     quantizers = act_quantizers(dm.model)
     # the first block's conv2 reads its conv1's ReLU output: one quantizer, not two grids
     assert quantizers["layers.0.conv2:in"] is quantizers["layers.0.conv1:out"]
@@ -345,8 +348,7 @@ def test_simulated_int8_computes_what_the_qdq_graph_computes(trained_resnet, dig
     with torch.no_grad():
         assert torch.equal(loaded.model(x), dm.model(x))
     # recipes saved before the op quantizers (version 1) rebuild as they were made
-    old = dataclasses.replace(dm.quant_recipe,
-                              extra={**dm.quant_recipe.extra, "one_quantizer_per_tensor": True})
+    old = dataclasses.replace(dm.quant_recipe, one_quantizer_per_tensor=1)
     rebuilt = act_quantizers(build_simulated(dm.float_model, old))
     assert rebuilt["layers.1.conv1:in"] is rebuilt["layers.1.shortcut.0:in"]
     assert not [k for k in rebuilt if k.endswith("_q:out")] and "layers_2_relu_1_q:out" in quantizers

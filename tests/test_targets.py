@@ -31,7 +31,7 @@ def test_all_named_devices_exist():
 def test_profile_values_fill_defaults_only(trained_cnn, digits):
     pipe = ec.Pipeline([Knobs(), Knobs(round_to=4)], measure=False)
     dm = pipe.run(trained_cnn, digits, target="rpi5")
-    seen = [h["notes"]["seen"] for h in dm.history]
+    seen = [s.notes["seen"] for s in dm.report.stages[1:]]
     assert seen[0] == {"round_to": 8, "backend": "arm"}
     assert seen[1] == {"round_to": 4, "backend": "arm"}  # the user's explicit 4 is kept
     assert dm.report.info["target"] == "rpi5"

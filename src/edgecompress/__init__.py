@@ -27,12 +27,15 @@ from ._version import __version__
 from .errors import (ArtifactError, ChainError, ConfigError, DataError, EdgeCompressError,
                      ExportError, InputError, MissingExtraError, ParityError, PassError)
 
+from . import formats as _formats  # registers the built-in format rows (pure Python, no torch)
+
 logging.getLogger("edgecompress").addHandler(logging.NullHandler())
 
 # public name -> module that defines it (relative to this package); imported on first access
 _LAZY: dict[str, str] = {
-    "Artifact": ".export", "DataBundle": ".data", "DeployableModel": ".deployable",
-    "InputSpec": ".deployable", "FORMATS": ".formats", "FormatSpec": ".formats",
+    "Artifact": ".artifact", "DataBundle": ".data", "DeployableModel": ".deployable",
+    "InputSpec": ".signature", "StageOutput": ".context", "StaticRecipe": ".quant_recipe",
+    "DynamicRecipe": ".quant_recipe", "FORMATS": ".formats", "FormatSpec": ".formats",
     "register_format": ".formats", "Form": ".forms", "Pass": ".passes", "PassContext": ".passes",
     "register_pass": ".passes", "Measure": ".pipeline", "Pipeline": ".pipeline",
     "QuantRecipe": ".quant_recipe", "Report": ".report", "LatencyStats": ".runtime",
@@ -48,16 +51,18 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve throu
     from . import data, passes, runtime, serve, students, targets
     from ._progress import set_progress
     from .data import DataBundle
-    from .deployable import DeployableModel, InputSpec
-    from .export import Artifact
+    from .artifact import Artifact
+    from .context import StageOutput
+    from .deployable import DeployableModel
     from .formats import FORMATS, FormatSpec, register_format
     from .forms import Form
     from .passes import Pass, PassContext, register_pass
     from .passes.distill import Distill
     from .pipeline import Measure, Pipeline
-    from .quant_recipe import QuantRecipe
+    from .quant_recipe import DynamicRecipe, QuantRecipe, StaticRecipe
     from .report import Report
     from .runtime import LatencyStats, Runner, load, system_status
+    from .signature import InputSpec
     from .training import FineTune, Recovery
 
 
@@ -79,9 +84,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "ConversionError",
-           "DataBundle", "DataError", "DeployableModel", "EdgeCompressError", "ExportError",
-           "FORMATS", "FineTune", "Form", "FormatSpec", "InputError", "InputSpec", "LatencyStats",
-           "Measure", "MissingExtraError", "ParityError", "Pass", "PassContext", "PassError", "Pipeline",
-           "QuantRecipe", "Recovery", "Report", "Runner", "__version__", "data", "load", "passes",
-           "from_keras", "from_onnx", "register_format", "register_pass", "select", "set_progress",
-           "system_status"]
+           "DataBundle", "DataError", "DeployableModel", "DynamicRecipe", "EdgeCompressError",
+           "ExportError", "FORMATS", "FineTune", "Form", "FormatSpec", "InputError", "InputSpec",
+           "LatencyStats", "Measure", "MissingExtraError", "ParityError", "Pass", "PassContext",
+           "PassError", "Pipeline", "QuantRecipe", "Recovery", "Report", "Runner", "StageOutput",
+           "StaticRecipe", "__version__", "data", "from_keras", "from_onnx", "load", "passes",
+           "register_format", "register_pass", "select", "set_progress", "system_status"]

@@ -176,10 +176,23 @@ def checked_program(data: bytes, path: Path) -> bytes:
     _check_graph_ops(members.get("archive/models/model.json", b"{}"), where)
     sample = members.get("archive/data/sample_inputs/model.pt")
     if sample is not None:
-        from .deployable import _safe_tensors
-
-        _safe_tensors(sample, path, "program.pt2/sample_inputs")
+        safe_tensors(sample, path, "program.pt2/sample_inputs")
     return _repack(members)
+
+
+def safe_tensors(data: bytes, path: Path, member: str) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
+            TypeError) as exc:
+        raise ArtifactError(f"refused to load {path} ({member}): it holds something other than "
+                            f"tensors (a pickled object that could run code) or is corrupt. "
+                            f"Nothing from it was executed. Detail: {str(exc)[:300]}") from exc
 
 
 def _check_payload_config(members: dict[str, bytes], name: str, kind: str, where: str) -> None:

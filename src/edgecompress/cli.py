@@ -10,30 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .cli_options import non_negative_int, positive_int
 from .errors import EdgeCompressError
 
 log = logging.getLogger("edgecompress")
 D = " [default: %(default)s]"
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (batch sizes, runs, threads)."""
-    return _int_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (warmup runs, epochs)."""
-    return _int_at_least(text, 0)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-    return value
 
 
 def _verify(args: argparse.Namespace) -> bool | None:
@@ -173,15 +154,7 @@ def _add_compress_parser(sub: argparse._SubParsersAction, command: str | None) -
                     "option below is the Python API's option of the same name."))
 
 
-def build_parser(command: str | None = "compress") -> argparse.ArgumentParser:
-    """The parser; ``command`` (the one about to run) lets the others skip importing torch."""
-    parser = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
-    from ._version import __version__
-
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"edgecompress {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_demo_parser(sub: Any) -> None:
     demo = sub.add_parser("demo", help="train a small CNN on bundled digits, compress, export, "
                                        "benchmark and print the measured report")
     demo.add_argument("--out", default="edgecompress-demo", help="output folder" + D)
@@ -193,6 +166,18 @@ def build_parser(command: str | None = "compress") -> argparse.ArgumentParser:
                       help="seed of data split and training" + D)
     demo.add_argument("--threads", type=positive_int, default=None,
                       help="torch and runtime threads [default: torch's]")
+
+
+def build_parser(command: str | None = "compress") -> argparse.ArgumentParser:
+    """The parser; ``command`` (the one about to run) lets the others skip importing torch."""
+    parser = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
+    from ._version import __version__
+
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"edgecompress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_demo_parser(sub)
 
     bench = sub.add_parser("bench", help="measure an artifact's latency through its Runner")
     bench.add_argument("artifact", help="an exported file or folder (any format of "

@@ -132,3 +132,23 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
         return cls(**values)
     except (TypeError, ConfigError) as exc:  # TypeError: an option the class does not take
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, runs, threads)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (warmup runs, epochs)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value

@@ -15,6 +15,7 @@ from torch import nn
 from ._io import atomic_write_bytes
 from .data import DataBundle
 from .errors import ConfigError, DataError, EdgeCompressError
+from .formats import get_format
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -26,13 +27,20 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     """The ``compress`` flags: model and data, the recipe (a file, or pass flags that build it),
     target, exports and measurement. Pass, export and measurement options are derived from
     their declarations (see :mod:`edgecompress.compress_flags`)."""
+    from .cli_options import add_option_flags
     from .compress_flags import add_export_flags, add_pass_flags
-    from .formats import FORMATS
     from .pipeline import Measure
-    from .targets import TARGETS
 
-    io = p.add_argument_group("model, data and output")
-    from .cli import non_negative_int, positive_int
+    _add_io_arguments(p.add_argument_group("model, data and output"))
+    _add_recipe_arguments(p.add_argument_group("recipe", "a recipe file, or the pass flags "
+                                                         "below, which build it"))
+    p.set_defaults(_pass_flags=add_pass_flags(p), _export_flags=add_export_flags(p))
+    group = p.add_argument_group("measurement of each stage (Measure)")
+    p.set_defaults(_measure_flags=add_option_flags(group, Measure, "measure", skip=("threads",)))
+
+
+def _add_io_arguments(io: Any) -> None:
+    from .cli_options import non_negative_int, positive_int
 
     io.add_argument("--model", required=True,
                     help="'package.module:function' returning the model, a saved .ecm file, an "
@@ -58,7 +66,12 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
                          "this machine and report the fastest verified one (select.md)")
     io.add_argument("--threads", type=positive_int, default=None,
                     help="torch and runtime threads [default: the target's, else torch's]")
-    rec = p.add_argument_group("recipe", "a recipe file, or the pass flags below, which build it")
+
+
+def _add_recipe_arguments(rec: Any) -> None:
+    from .formats import FORMATS
+    from .targets import TARGETS
+
     rec.add_argument("--recipe", default=None, help="recipe file (.yaml or .json); see "
                      "'edgecompress schema' for its JSON Schema")
     rec.add_argument("--save-recipe", default=None, metavar="FILE",
@@ -69,11 +82,6 @@ def add_compress_arguments(p: argparse.ArgumentParser) -> None:
     rec.add_argument("--export", default=None, metavar="FORMATS",
                      help="comma-separated formats: " + ", ".join(FORMATS) + " [default: the "
                           "target's two preferred formats, else onnx]")
-    p.set_defaults(_pass_flags=add_pass_flags(p), _export_flags=add_export_flags(p))
-    from .cli_options import add_option_flags
-
-    group = p.add_argument_group("measurement of each stage (Measure)")
-    p.set_defaults(_measure_flags=add_option_flags(group, Measure, "measure", skip=("threads",)))
 
 
 def foreign_kind(spec: str) -> str | None:
@@ -118,7 +126,7 @@ def load_model(spec: str, weights: str | None,
         dm = DeployableModel.load(spec)
         model, builder = dm.model, dm.builder
     else:
-        from .plugins import load_object
+        from .registry import load_object
 
         if ":" not in spec:
             raise ConfigError(f"--model must be 'package.module:function' or a .ecm file, got "
@@ -182,8 +190,6 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
     profile's defaults and ``threads``/``benchmark_runs``. Artifacts already in ``out`` are
     replaced only with ``overwrite`` (checked before the pipeline runs, so a refusal costs
     nothing)."""
-    from .metadata import check_destination
-    from .formats import get_format
     from .pipeline import Pipeline
     from .targets import get_target
 
@@ -191,24 +197,15 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
     pipe.seed = seed
     tgt = get_target(target) if target else None
     formats = formats or (list(tgt.formats[:2]) if tgt else ["onnx"])
-    for fmt in formats:
-        spec = get_format(fmt)  # unknown formats and taken destinations fail before any work
-        check_destination(out / _artifact_name(spec), fmt, overwrite)
-    if "torch" not in formats:  # else the torch export itself writes model.ecm
-        check_destination(out / "model.ecm", "torch", overwrite)
-    _check_report_files(out, overwrite)
+    _check_destinations(out, formats, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     dm = pipe.run(model, data, target=tgt, builder=builder)
     result = CompressResult(dm)
     for fmt in formats:
-        spec = get_format(fmt)
-        scheme = dm.quant_recipe.scheme if dm.quant_recipe else None
-        options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
-        options.update(threads=threads or (tgt.threads if tgt else None),
-                       benchmark_runs=benchmark_runs, overwrite=overwrite)
+        options = _export_options(dm, tgt, fmt, threads, benchmark_runs, overwrite)
         options.update((export_options or {}).get(fmt, {}))
         try:
-            result.artifacts.append(dm.export(fmt, out / _artifact_name(spec), **options))
+            result.artifacts.append(dm.export(fmt, out / _artifact_name(get_format(fmt)), **options))
         except EdgeCompressError as exc:
             result.failures[fmt] = str(exc)
             log.error("export to %s failed: %s", fmt, exc)
@@ -228,6 +225,27 @@ def compress(model: nn.Module, data: DataBundle, recipe: "str | Path | dict[str,
     except ImportError as exc:
         log.warning("no plot: %s", exc)
     return result
+
+
+def _check_destinations(out: Path, formats: list[str], overwrite: bool) -> None:
+    """Unknown formats and taken destinations fail before any work."""
+    from .metadata import check_destination
+
+    for fmt in formats:
+        check_destination(out / _artifact_name(get_format(fmt)), fmt, overwrite)
+    if "torch" not in formats:  # else the torch export itself writes model.ecm
+        check_destination(out / "model.ecm", "torch", overwrite)
+    _check_report_files(out, overwrite)
+
+
+def _export_options(dm: Any, tgt: Any, fmt: str, threads: int | None, benchmark_runs: int,
+                    overwrite: bool) -> dict[str, Any]:
+    """The target profile's options for ``fmt``, then the run's threads, runs and overwrite."""
+    scheme = dm.quant_recipe.scheme if dm.quant_recipe else None
+    options: dict[str, Any] = dict(tgt.export_options(fmt, scheme)) if tgt else {}
+    options.update(threads=threads or (tgt.threads if tgt else None),
+                   benchmark_runs=benchmark_runs, overwrite=overwrite)
+    return options
 
 
 REPORT_FILES = ("report.json", "report.md", "recipe.yaml", "plot.png", "select.md", "select.json")

@@ -141,7 +141,7 @@ def add_export_flags(parser: argparse.ArgumentParser) -> dict[str, list[Flag]]:
     (``--onnx-opset``, ``--tflite-int8-io`` ...), all derived from the exporters' Options."""
     from .export.base import ExportOptions
     from .formats import FORMATS
-    from .plugins import load_object
+    from .registry import load_object
 
     group = parser.add_argument_group("every export", "verification and measurement of each "
                                                       "artifact (ExportOptions)")

@@ -6,7 +6,6 @@ import io
 import logging
 import lzma
 import zipfile
-from typing import Any
 
 import torch
 from torch import nn
@@ -109,10 +108,3 @@ def describe_count(n: int | float | None) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{int(n)}"
-
-
-def model_summary(model: nn.Module, example_input: torch.Tensor) -> dict[str, Any]:
-    """Params, size, MACs and sparsity of a torch model."""
-    state = serialized_state(model)
-    return {"params": count_params(model), "size_bytes": len(state),
-            "macs": count_macs(model, example_input), "sparsity": sparsity(model)}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_bytes, sha256_file
-from ._version import __version__
 from .errors import ArtifactError, ConfigError
 
 METADATA_KEY = "edgecompress"
@@ -24,24 +23,6 @@ def sidecar_path(path: str | Path) -> Path:
     """``model.tflite`` → ``model.tflite.json``; a directory keeps ``edgecompress.json`` inside."""
     p = Path(path)
     return p / "edgecompress.json" if p.is_dir() else p.with_name(p.name + SIDECAR_SUFFIX)
-
-
-def base_metadata(dm: Any, fmt: str, precision: str) -> dict[str, Any]:
-    """The fields every artifact carries, taken from a DeployableModel."""
-    # the per-tensor ranges stay in the .ecm manifest; the artifact holds them as scales
-    recipe = (dm.quant_recipe.to_metadata(compact=True) if getattr(dm, "quant_recipe", None)
-              else None)
-    return {
-        "edgecompress_version": __version__,
-        "format": fmt,
-        "precision": precision,
-        "input": dm.input_spec.to_dict(),
-        "num_classes": dm.info.get("num_classes"),
-        "class_names": dm.info.get("class_names"),
-        "preprocess": dm.info.get("preprocess"),
-        "quant_recipe": recipe,
-        "history": [h.get("pass") for h in dm.history],
-    }
 
 
 def write_sidecar(path: str | Path, metadata: dict[str, Any], weight_files: list[Path]) -> Path:
@@ -128,10 +109,9 @@ def _onnx_format(path: Path) -> str | None:
     try:
         import onnx
 
-        from .onnx_utils import read_metadata
-
         model = onnx.load(str(path), load_external_data=False)
-        fmt = read_metadata(model).get("format")
+        props = {p.key: p.value for p in model.metadata_props}
+        fmt = json.loads(props.get(METADATA_KEY, "{}")).get("format")
         return fmt if isinstance(fmt, str) else None
     except Exception:  # noqa: BLE001 - anything unreadable is simply not one of ours
         return None

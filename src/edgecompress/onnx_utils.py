@@ -104,12 +104,6 @@ def verify_weights(model: Any, metadata: dict[str, Any], path: str | Path) -> No
                             f"(expected {expected[:16]}…): the file was modified. Re-export it")
 
 
-def onnx_dtype_name(elem_type: int) -> str:
-    from onnx import helper
-
-    return str(helper.tensor_dtype_to_np_dtype(elem_type))
-
-
 def compact_names(model: Any) -> int:
     """Give the graph's internal tensors short names; drop onnxsim's bookkeeping metadata and
     the intermediate shape annotations (``value_info``), which ONNX Runtime infers again.

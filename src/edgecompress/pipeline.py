@@ -5,13 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from .convert.source import check_input_shape, source_of
@@ -19,83 +16,12 @@ from .data.bundle import DataBundle
 from .deployable import DeployableModel, InputSpec
 from .errors import ChainError, ConfigError, EdgeCompressError, PassError
 from .forms import Form
-from .measure import compressed_sizes, count_macs, count_params, serialized_state, sparsity
-from .options import option, validate_options
-from .passes import Pass, PassContext, get_pass
+from .passes import Pass, PassContext, StageOutput, get_pass
 from .report import Report, StageMetrics
-from .training import Recovery, accuracy, seed_everything
+from .stages import Measure, measure_stage
+from .training import Recovery, seed_everything
 
 log = logging.getLogger("edgecompress")
-
-
-@dataclass
-class Measure:
-    """What the pipeline measures after each stage (everything on by default)."""
-
-    accuracy: bool = option(True, "Top-1 accuracy on data.val.")
-    accuracy_samples: int | None = option(None, "Cap on validation samples (None: all).", low=1)
-    latency: bool = option(True, "Latency through a TorchRunner, batch 1.")
-    latency_runs: int = option(30, "Timed runs for latency.", low=1)
-    latency_warmup: int = option(5, "Untimed warm-up runs.", low=0)
-    threads: int | None = option(None, "Threads for latency (None: torch's default).", low=1)
-    macs: bool = option(True, "Count MACs with torch's FLOP counter.")
-    compressed: bool = option(False, "Also measure xz/zip-compressed sizes of the weights.")
-
-    def __post_init__(self) -> None:
-        validate_options(self)
-
-
-def measure_stage(model: Any, form: Form, data: DataBundle, cfg: Measure, name: str) -> StageMetrics:
-    """Measure one stage's model: every field is counted or timed, none estimated."""
-    if getattr(data, "task", None) == "causal_lm":  # token-id bundles: perplexity, not top-1
-        from .lm.metrics import measure_lm_stage
-        return measure_lm_stage(model, form, data, cfg, name)
-    if form is Form.ONNX_GRAPH:
-        return _measure_onnx(model, data, cfg, name)
-    from .runtime.torch_runner import TorchRunner
-
-    assert data.example_input is not None
-    state = serialized_state(model)
-    m = StageMetrics(stage=name, form=form.value, params=count_params(model),
-                     size_bytes=len(state), sparsity=sparsity(model))
-    if cfg.compressed:
-        m.compressed_bytes = compressed_sizes(state)
-    if cfg.macs:
-        m.macs = count_macs(model, data.example_input)
-    if cfg.accuracy and data.val is not None:
-        m.accuracy = accuracy(model, data.val, limit_samples=cfg.accuracy_samples)
-    if cfg.latency:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        runner = TorchRunner.from_module(model, data.example_input[:1].to(device), cfg.threads)
-        _record_latency(m, runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
-                                            with_system=False))
-    return m
-
-
-def _record_latency(m: StageMetrics, stats: Any) -> None:
-    m.latency_ms, m.latency_p10_ms, m.latency_p90_ms = stats.p50_ms, stats.p10_ms, stats.p90_ms
-    m.load_1min = stats.load_1min
-
-
-def _measure_onnx(model: Any, data: DataBundle, cfg: Measure, name: str) -> StageMetrics:
-    from onnx import numpy_helper
-
-    from .runtime.ort import OrtRunner
-
-    raw = model.SerializeToString()
-    params = sum(int(numpy_helper.to_array(t).size) for t in model.graph.initializer)
-    m = StageMetrics(stage=name, form=Form.ONNX_GRAPH.value, params=params, size_bytes=len(raw))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "stage.onnx"
-        path.write_bytes(raw)
-        runner = OrtRunner(path, threads=cfg.threads, verify=False)
-        if cfg.accuracy and data.val is not None:
-            from .export.parity import artifact_accuracy
-            m.accuracy = artifact_accuracy(runner, data, cfg.accuracy_samples)
-        if cfg.latency:
-            _record_latency(m, runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
-                                                with_system=False))
-    return m
 
 
 def _start_form(model: Any) -> Form:
@@ -168,57 +94,28 @@ class Pipeline:
                               f"{type(data).__name__}; see ec.data.digits() or ec.DataBundle(...)")
         passes, target_obj, target_notes = self._apply_target(target)
         forms = Pipeline(passes).check(_start_form(model))
-        for p in passes:
-            p.check_data(data)
-            recovery = getattr(p, "finetune", None)
-            if isinstance(recovery, Recovery):  # e.g. training data: checked once, here
-                recovery.check_data(data)
-        _warn_training_after_fold(passes)
+        _check_data(passes, data)
         source = source_of(model)  # converted from ONNX/Keras: its measured parity and layout
         check_input_shape(source, data.example_input)
-        work = copy.deepcopy(model)
-        if isinstance(work, nn.Module):
-            work.eval()
-            _check_num_classes(work, data)
-        ctx = PassContext(data=data, seed=self.seed, device=self.device, target=target_obj)
-        report = Report(info={"data": data.describe(), "seed": self.seed,
-                              "target": getattr(target_obj, "name", None),
-                              "from_target": target_notes})
-        report.stages.append(measure_stage(work, forms[0], data, self.measure, "input"))
-        report.stages[0].notes.update(source)
-        history: list[dict[str, Any]] = []
+        state = _RunState(self, data, target_obj, builder, copy.deepcopy(model), source)
+        state.report.info["from_target"] = target_notes
+        state.report.stages.append(measure_stage(state.work, forms[0], data, self.measure, "input"))
+        state.report.stages[0].notes.update(source)
         # every run starts from the bundle's batches as given: same seed, same numbers
         with data.rewound():
             for i, p in enumerate(passes):
-                stage = _stage_name(p, passes[:i])
-                ctx.model_before, ctx.notes, ctx.stage_index = copy.deepcopy(work), {}, i + 1
-                seed_everything(self.seed + i)
-                log.info("stage %d/%d: %s", i + 1, len(passes), p.describe())
-                t0 = time.perf_counter()
                 try:
-                    out = p.run(work, ctx)
-                except Exception as exc:  # noqa: BLE001 - recorded, then raised or stopped on
-                    work = ctx.model_before  # the pass may have changed the model part-way
-                    report.stages.append(StageMetrics(stage=stage, form=forms[i].value,
-                                                      seconds=time.perf_counter() - t0,
-                                                      error=f"{type(exc).__name__}: {exc}"))
-                    partial = self._deployable(work, forms[i], data, report, history, ctx, builder,
-                                               source)
+                    state.run_stage(i, p, _stage_name(p, passes[:i]), forms[i], forms[i + 1])
+                except _StageFailed as failed:
+                    partial = state.deployable(forms[i])
                     if on_error == "stop":
-                        log.error("stage '%s' failed, stopping: %s", stage, exc)
+                        log.error("stage '%s' failed, stopping: %s", failed.stage, failed.exc)
                         return partial
-                    err = _with_partial(exc, stage, i, partial)
-                    if err is exc:
-                        raise
-                    raise err from exc
-                work = out
-                seconds = time.perf_counter() - t0
-                metrics = measure_stage(work, forms[i + 1], data, self.measure, stage)
-                metrics.seconds, metrics.notes = seconds, dict(ctx.notes)
-                report.stages.append(metrics)
-                history.append({"pass": p.name, "options": p.to_recipe(), "notes": dict(ctx.notes)})
-        ctx.model_before = None
-        return self._deployable(work, forms[-1], data, report, history, ctx, builder, source)
+                    err = _with_partial(failed.exc, failed.stage, i, partial)
+                    if err is failed.exc:
+                        raise err from None
+                    raise err from failed.exc
+        return state.deployable(forms[-1])
 
     def _apply_target(self, target: Any) -> tuple[list[Pass], Any, dict[str, Any]]:
         if target is None:
@@ -228,21 +125,6 @@ class Pipeline:
         t = get_target(target)
         passes, notes = t.apply(self.passes)
         return passes, t, notes
-
-    def _deployable(self, model: Any, form: Form, data: DataBundle, report: Report,
-                    history: list[dict[str, Any]], ctx: PassContext,
-                    builder: str | None, source: dict[str, Any]) -> DeployableModel:
-        assert data.example_input is not None
-        layout = source.get("layout") or (data.preprocess.layout if data.preprocess else "NCHW")
-        info = {"num_classes": data.num_classes,
-                "class_names": list(data.class_names) if data.class_names else None,
-                "preprocess": data.preprocess.to_dict() if data.preprocess else None,
-                "data": data.name, "structure": ctx.structure,
-                "target": getattr(ctx.target, "name", None)}
-        return DeployableModel(model=model, input_spec=InputSpec.from_tensor(data.example_input, layout),
-                               form=form, report=report, history=history,
-                               quant_recipe=ctx.quant_recipe, float_model=ctx.float_model,
-                               info=info, data=data, builder=builder)
 
     # -- recipes -------------------------------------------------------------------------------
     def to_recipe(self) -> dict[str, Any]:
@@ -322,7 +204,7 @@ def _read_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _check_num_classes(model: nn.Module, data: DataBundle) -> None:
+def check_num_classes(model: nn.Module, data: DataBundle) -> None:
     """A bundle's num_classes that the model's output disagrees with would be written into every
     artifact's metadata (and mislabel predictions): refuse it before any work."""
     if not data.num_classes or data.example_input is None:
@@ -347,6 +229,87 @@ def _recipe_seed(value: Any) -> int:
         raise ConfigError(f"Pipeline: 'seed' must be a non-negative integer, got "
                           f"{type(value).__name__} {value!r}")
     return value
+
+
+def _check_data(passes: Sequence[Pass], data: DataBundle) -> None:
+    """Every pass's (and recovery's) data needs, checked before any work."""
+    for p in passes:
+        p.check_data(data)
+        recovery = getattr(p, "finetune", None)
+        if isinstance(recovery, Recovery):  # e.g. training data: checked once, here
+            recovery.check_data(data)
+    _warn_training_after_fold(passes)
+
+
+class _StageFailed(Exception):
+    def __init__(self, stage: str, exc: Exception):
+        super().__init__(stage)
+        self.stage, self.exc = stage, exc
+
+
+class _RunState:
+    """One run's model, report, history and what the passes decided so far."""
+
+    def __init__(self, pipe: "Pipeline", data: DataBundle, target: Any, builder: str | None,
+                 work: Any, source: dict[str, Any]):
+        self.pipe, self.data, self.builder = pipe, data, builder
+        self.work = work.eval() if isinstance(work, nn.Module) else work
+        if isinstance(self.work, nn.Module):
+            check_num_classes(self.work, data)
+        self.source = source
+        self.ctx = PassContext(data=data, seed=pipe.seed, device=pipe.device, target=target)
+        self.report = Report(info={"data": data.describe(), "seed": pipe.seed,
+                                   "target": getattr(target, "name", None)})
+        self.history: list[dict[str, Any]] = []  # what ran; what it measured is in the report
+        self.structure: dict[str, list[Any]] = {}
+
+    def run_stage(self, i: int, p: Pass, stage: str, form_in: Form, form_out: Form) -> None:
+        ctx = self.ctx
+        ctx.model_before, ctx.notes, ctx.stage_index = copy.deepcopy(self.work), {}, i + 1
+        seed_everything(self.pipe.seed + i)
+        log.info("stage %d/%d: %s", i + 1, len(self.pipe.passes), p.describe())
+        t0 = time.perf_counter()
+        try:
+            out = p.run(self.work, ctx)
+        except Exception as exc:  # noqa: BLE001 - recorded, then raised or stopped on
+            self.work = ctx.model_before  # the pass may have changed the model part-way
+            self.report.stages.append(StageMetrics(stage=stage, form=form_in.value,
+                                                   seconds=time.perf_counter() - t0,
+                                                   error=f"{type(exc).__name__}: {exc}"))
+            raise _StageFailed(stage, exc) from exc
+        finally:
+            ctx.model_before = None
+        self.accept(out if isinstance(out, StageOutput) else StageOutput(out))
+        metrics = measure_stage(self.work, form_out, self.data, self.pipe.measure, stage)
+        metrics.seconds, metrics.notes = time.perf_counter() - t0, dict(ctx.notes)
+        self.report.stages.append(metrics)
+        self.history.append({"pass": p.name, "options": p.to_recipe()})
+
+    def accept(self, out: StageOutput) -> None:
+        """Take a pass's output: the model, its notes, recipe, float model and structure."""
+        self.work = out.model
+        self.ctx.notes.update(out.notes)
+        if out.recipe is not None:
+            self.ctx.quant_recipe, self.ctx.float_model = out.recipe, out.float_model
+        for key, changes in out.structure.items():
+            self.structure.setdefault(key, []).extend(changes)
+
+    def deployable(self, form: Form) -> DeployableModel:
+        data = self.data
+        assert data.example_input is not None
+        layout = self.source.get("layout") or (data.preprocess.layout if data.preprocess
+                                               else "NCHW")
+        info = {"num_classes": data.num_classes,
+                "class_names": list(data.class_names) if data.class_names else None,
+                "preprocess": data.preprocess.to_dict() if data.preprocess else None,
+                "data": data.name, "structure": self.structure,
+                "target": getattr(self.ctx.target, "name", None)}
+        return DeployableModel(model=self.work,
+                               input_spec=InputSpec.from_tensor(data.example_input, layout),
+                               form=form, report=self.report, history=self.history,
+                               quant_recipe=self.ctx.quant_recipe,
+                               float_model=self.ctx.float_model, info=info, data=data,
+                               builder=self.builder)
 
 
 def _warn_training_after_fold(passes: Sequence[Pass]) -> None:

@@ -97,14 +97,15 @@ def value_schema(tp: Any, spec: OptionSpec | None = None) -> dict[str, Any]:
 
 def _recovery_schema(tp: Any) -> dict[str, Any] | None:
     """A ``finetune=`` hook: one object schema per recovery kind (``kind`` picks the class)."""
-    from .plugins import load_object
+    from . import passes  # noqa: F401 - registers the recovery kinds the passes provide
+    from .registry import recoveries
     from .training import Recovery
 
     if not (isinstance(tp, type) and issubclass(tp, Recovery)):
         return None
     kinds = []
-    for kind, ref in sorted(Recovery._kinds.items()):
-        props = {"kind": {"const": kind}, **options_properties(load_object(ref))}
+    for kind in sorted(recoveries):
+        props = {"kind": {"const": kind}, **options_properties(recoveries.get_object(kind))}
         kinds.append({"type": "object", "title": kind, "additionalProperties": False,
                       "properties": props, **({} if kind == "finetune" else
                                               {"required": ["kind"]})})

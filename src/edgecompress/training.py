@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import logging
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,25 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import registry
 from ._checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ._progress import progress
+from .context import pick_device
 from .data.bundle import iter_batches
 from .errors import ConfigError, DataError
 from .options import option, options_dict, validate_options
 
 if TYPE_CHECKING:
-    from .passes.base import PassContext
+    from .context import PassContext
 
 log = logging.getLogger("edgecompress")
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def pick_device(device: "torch.device | str | None" = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device is not None and str(device) != "auto":
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -152,65 +146,99 @@ def train(model: nn.Module, train_loader: Iterable[Any], loss_fn: LossFn, cfg: T
         raise ConfigError(f"{desc}: the model has no trainable parameters")
     opt = _optimizer(params, cfg)
     steps = steps_per_epoch(train_loader, cfg)
-    sched = _scheduler(opt, cfg, steps * cfg.epochs)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loop = _Loop(model, loss_fn, cfg, params, opt, _scheduler(opt, cfg, steps * cfg.epochs),
+                 device, steps, desc, fingerprint(cfg, model, desc), (train_loader, val_loader))
     state = _TrainState(history=[], best_acc=None, best_epoch=None, best_weights=None, start=0)
-    run_id = fingerprint(cfg, model, desc)
-    loaders = (train_loader, val_loader)
     if cfg.checkpoint and Path(cfg.checkpoint).exists():
-        state = _resume(cfg.checkpoint, model, opt, sched, desc, run_id, loaders, scaler)
+        state = _resume(cfg.checkpoint, loop)
     for epoch in range(state.start, cfg.epochs):
-        model.train()
-        total, count = 0.0, 0
-        bar = progress(iter_batches(train_loader), desc=f"{desc} {epoch + 1}/{cfg.epochs}",
-                       total=steps)
-        for i, (x, y) in enumerate(bar):
-            if i >= steps:
-                break
-            if y is None:
-                raise DataError(f"{desc}: training batches need labels")
-            x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(model, x, y)
-            if not torch.isfinite(loss):
-                raise DataError(f"{desc}: the loss became {float(loss)} at epoch {epoch + 1}; "
-                                f"lower the learning rate (now {cfg.lr}) or check the data")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            total += float(loss.detach()) * x.shape[0]
-            count += x.shape[0]
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", **_last_val(state))
-        if count == 0:
-            hint = (" (a generator or iterator can be read only once: pass a list or a "
-                    "DataLoader)" if epoch > state.start else "")
-            raise DataError(f"{desc}: the training data gave no batches in epoch "
-                            f"{epoch + 1}{hint}")
+        mean_loss = loop.epoch(train_loader, epoch, state)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-        acc = accuracy(model, val_loader, device) if val_loader is not None else None
-        state.history.append({"epoch": epoch + 1, "loss": total / max(count, 1), "val_accuracy": acc})
-        log.info("%s epoch %d/%d: loss %.4f, val accuracy %s", desc, epoch + 1, cfg.epochs,
-                 total / max(count, 1), "n/a" if acc is None else f"{acc:.4f}")
-        if acc is not None and (state.best_acc is None or acc > state.best_acc):
-            state.best_acc, state.best_epoch = acc, epoch + 1
-            state.best_weights = copy.deepcopy(model.state_dict())
-        if cfg.checkpoint:
-            _save_checkpoint(cfg.checkpoint, model, opt, sched, state, epoch + 1, run_id,
-                             loaders, scaler)
-        if cfg.patience and state.best_epoch is not None and epoch + 1 - state.best_epoch >= cfg.patience:
-            log.info("%s: early stop at epoch %d (best %d)", desc, epoch + 1, state.best_epoch)
+        if _end_epoch(loop, state, epoch, mean_loss, val_loader):
             break
     if cfg.best_on_val and state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     model.eval()
     return TrainResult(state.history, state.best_epoch, state.best_acc)
+
+
+@dataclass
+class _Loop:
+    """One training run's model, optimizer and schedule; :meth:`epoch` trains one epoch."""
+
+    model: nn.Module
+    loss_fn: LossFn
+    cfg: TrainConfig
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: Any
+    device: torch.device
+    steps: int
+    desc: str
+    run_id: dict[str, Any]  # what a checkpoint must match to be resumed
+    loaders: tuple[Any, ...]  # whose shuffling state a checkpoint keeps
+
+    def __post_init__(self) -> None:
+        self.use_amp = self.cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def epoch(self, loader: Iterable[Any], epoch: int, state: "_TrainState") -> float:
+        """Train one epoch; the mean training loss."""
+        self.model.train()
+        total, count = 0.0, 0
+        bar = progress(iter_batches(loader), desc=f"{self.desc} {epoch + 1}/{self.cfg.epochs}",
+                       total=self.steps)
+        for i, (x, y) in enumerate(bar):
+            if i >= self.steps:
+                break
+            if y is None:
+                raise DataError(f"{self.desc}: training batches need labels")
+            loss = self.step(x.to(self.device), y.to(self.device), epoch)
+            total += loss * x.shape[0]
+            count += x.shape[0]
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", **_last_val(state))
+        if count == 0:
+            hint = (" (a generator or iterator can be read only once: pass a list or a "
+                    "DataLoader)" if epoch > state.start else "")
+            raise DataError(f"{self.desc}: the training data gave no batches in epoch "
+                            f"{epoch + 1}{hint}")
+        return total / max(count, 1)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            loss = self.loss_fn(self.model, x, y)
+        if not torch.isfinite(loss):
+            raise DataError(f"{self.desc}: the loss became {float(loss)} at epoch {epoch + 1}; "
+                            f"lower the learning rate (now {self.cfg.lr}) or check the data")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return float(loss.detach())
+
+
+def _end_epoch(loop: _Loop, state: "_TrainState", epoch: int, mean_loss: float,
+               val_loader: Iterable[Any] | None) -> bool:
+    """Validate, keep the best weights, checkpoint; True when early stopping ends the run."""
+    cfg, desc = loop.cfg, loop.desc
+    acc = accuracy(loop.model, val_loader, loop.device) if val_loader is not None else None
+    state.history.append({"epoch": epoch + 1, "loss": mean_loss, "val_accuracy": acc})
+    log.info("%s epoch %d/%d: loss %.4f, val accuracy %s", desc, epoch + 1, cfg.epochs,
+             mean_loss, "n/a" if acc is None else f"{acc:.4f}")
+    if acc is not None and (state.best_acc is None or acc > state.best_acc):
+        state.best_acc, state.best_epoch = acc, epoch + 1
+        state.best_weights = copy.deepcopy(loop.model.state_dict())
+    if cfg.checkpoint:
+        _save_checkpoint(cfg.checkpoint, loop, state, epoch + 1)
+    if cfg.patience and state.best_epoch is not None and epoch + 1 - state.best_epoch >= cfg.patience:
+        log.info("%s: early stop at epoch %d (best %d)", desc, epoch + 1, state.best_epoch)
+        return True
+    return False
 
 
 def _last_val(state: "_TrainState") -> dict[str, str]:
@@ -228,27 +256,24 @@ class _TrainState:
     start: int
 
 
-def _save_checkpoint(path: str, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                     state: _TrainState, epoch: int, run_id: dict[str, Any],
-                     loaders: tuple[Any, ...], scaler: Any) -> None:
+def _save_checkpoint(path: str, loop: _Loop, state: _TrainState, epoch: int) -> None:
     save_checkpoint(path, {
-        "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+        "epoch": epoch, "model": loop.model.state_dict(), "optimizer": loop.opt.state_dict(),
+        "scheduler": loop.sched.state_dict(), "scaler": loop.scaler.state_dict(),
         "best_acc": state.best_acc, "best_epoch": state.best_epoch,
         "best_weights": state.best_weights, "history": state.history,
-        "fingerprint": run_id, "rng": rng_state(loaders)})
+        "fingerprint": loop.run_id, "rng": rng_state(loop.loaders)})
 
 
-def _resume(path: str, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, desc: str,
-            run_id: dict[str, Any], loaders: tuple[Any, ...], scaler: Any) -> _TrainState:
-    payload = load_checkpoint(path, run_id)
-    model.load_state_dict(payload["model"])
-    opt.load_state_dict(payload["optimizer"])
-    sched.load_state_dict(payload["scheduler"])
+def _resume(path: str, loop: _Loop) -> _TrainState:
+    payload = load_checkpoint(path, loop.run_id)
+    loop.model.load_state_dict(payload["model"])
+    loop.opt.load_state_dict(payload["optimizer"])
+    loop.sched.load_state_dict(payload["scheduler"])
     if payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
-    set_rng_state(payload["rng"], loaders)
-    log.info("%s: resumed from %s at epoch %d", desc, path, payload["epoch"])
+        loop.scaler.load_state_dict(payload["scaler"])
+    set_rng_state(payload["rng"], loop.loaders)
+    log.info("%s: resumed from %s at epoch %d", loop.desc, path, payload["epoch"])
     return _TrainState(history=list(payload["history"]), best_acc=payload["best_acc"],
                        best_epoch=payload["best_epoch"], best_weights=payload["best_weights"],
                        start=int(payload["epoch"]))
@@ -267,10 +292,6 @@ class Recovery:
 
     kind: ClassVar[str] = "recovery"
     label: ClassVar[str] = "recovery"  # how errors name it
-    _kinds: ClassVar[dict[str, str]] = {
-        "finetune": "edgecompress.training:FineTune",
-        "distill": "edgecompress.passes.distill:DistillRecovery",
-    }
 
     def recover(self, model: nn.Module, ctx: "PassContext", desc: str = "recover") -> nn.Module:
         """Train ``model`` back after a pass changed it; returns it."""
@@ -292,15 +313,13 @@ class Recovery:
     def from_recipe(cls, value: dict[str, Any], where: str = "finetune") -> "Recovery":
         """A Recovery from recipe data; ``kind`` picks the class (default finetune)."""
         from .options import from_options
-        from .plugins import load_object
 
         data = dict(value)
         kind = data.pop("kind", "finetune")
-        if kind not in cls._kinds:
+        if kind not in registry.recoveries:
             raise ConfigError(f"{where}: unknown recovery kind '{kind}'. "
-                              f"Known: {', '.join(sorted(cls._kinds))}")
-        target = load_object(cls._kinds[kind])
-        return from_options(target, data, where)
+                              f"Known: {', '.join(sorted(registry.recoveries))}")
+        return from_options(registry.recoveries.get_object(kind), data, where)
 
 
 @dataclass
@@ -319,6 +338,9 @@ class FineTune(TrainConfig, Recovery):
         return model
 
 
+registry.recoveries.register("finetune", FineTune, replace=True)
+
+
 def with_device(cfg: TrainConfig, ctx: "PassContext") -> TrainConfig:
     """``cfg`` training on the pipeline's device (``Pipeline(device=...)``) unless it names its
     own: a recovery must not silently pick CUDA when the pipeline was told to use the CPU."""
@@ -330,7 +352,3 @@ def with_device(cfg: TrainConfig, ctx: "PassContext") -> TrainConfig:
 def train_config(cfg: TrainConfig) -> TrainConfig:
     """A plain TrainConfig with the same values (drops subclass behaviour)."""
     return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0", "false", "no")

@@ -34,8 +34,8 @@ class ScaleLogits(ec.Pass):
 class TracedExporter(Exporter):
     """Writes a TorchScript trace: the smallest possible example of an exporter plugin."""
 
-    def write(self, dm, tmp: Path, opts, precision, metadata):
-        traced = torch.jit.trace(dm.model.eval(), dm.example_input())
+    def write(self, job, tmp: Path, opts, precision):
+        traced = torch.jit.trace(job.source.eval(), job.example)
         torch.jit.save(traced, str(tmp))
         return {"traced": True}
 

@@ -154,14 +154,20 @@ def test_builder_passed_by_the_caller_is_used(saved_ecm, tmp_path):
     assert type(dm.model).__name__ == "SmallCNN"
 
 
-def test_rebuild_hook_outside_allow_list_is_refused(tmp_path, tiny_dm, digits):
+@pytest.mark.parametrize("recipe_version", [2, 1])
+def test_rebuild_hook_outside_allow_list_is_refused(tmp_path, tiny_dm, digits, recipe_version):
     dm = ec.Pipeline([ec.passes.QuantizePTQ(samples=32)], measure=False).run(
         tiny_dm.model, digits)
     path = dm.save(tmp_path / "q.ecm", portable=False)
+    hook = "edgecompress.deployable:os.abort"
 
     def change(m):
         manifest = json.loads(m["manifest.json"])
-        manifest["quant_recipe"]["extra"]["rebuild"] = "edgecompress.deployable:os.abort"
+        recipe = manifest["quant_recipe"]
+        if recipe_version == 2:
+            recipe["rebuild"] = hook
+        else:  # a version-1 recipe kept the hook in its untyped ``extra``
+            recipe.update(version=1, extra={"rebuild": hook}, rebuild=None)
         m["manifest.json"] = json.dumps(manifest).encode()
         return rehash(m)
     bad = rewrite_zip(path, tmp_path / "bad.ecm", change)

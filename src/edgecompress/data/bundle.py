@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -255,7 +254,3 @@ def _tensor_dataset_inputs(loader: Any) -> torch.Tensor | None:
 def take(loader: Iterable[Any], n_batches: int) -> list[Any]:
     """The first ``n_batches`` batches of a loader."""
     return list(itertools.islice(loader, n_batches))
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

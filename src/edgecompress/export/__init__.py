@@ -1,6 +1,6 @@
 """Exporters: one module per format, each listed in :data:`edgecompress.formats.FORMATS`."""
 
-from .base import Artifact, Exporter, ExportOptions
-from .parity import Parity
+from ..artifact import Artifact, Parity
+from .base import Exporter, ExportOptions
 
 __all__ = ["Artifact", "ExportOptions", "Exporter", "Parity"]

@@ -1,26 +1,30 @@
-"""Exporter base class and Artifact: write atomically, embed metadata, verify through a Runner."""
+"""Exporter base class: decide the precision honestly, write atomically, verify, store metadata.
+
+An exporter sees an :class:`~edgecompress.job.ExportJob` (never the DeployableModel) and gives
+back an :class:`~edgecompress.artifact.Artifact`; the caller records it in the report.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import nn
-
+from .. import ecm_file
 from .._io import atomic_path, disk_full_is_clear, ensure_free_space, path_size
+from ..artifact import Artifact
 from ..errors import ConfigError, ExportError, ParityError
-from ..formats import FORMATS, FormatSpec
+from ..job import ExportJob, artifact_metadata
 from ..measure import compressed_sizes
-from ..metadata import base_metadata, check_destination
+from ..metadata import check_destination
 from ..options import from_options, option, validate_options
-from ..report import ArtifactMetrics
-from ..runtime.base import LatencyStats, Runner
-from .parity import Parity, artifact_accuracy, check_parity
+from ..registry import FormatSpec, formats
+from ..runtime.base import Runner
+from .verify import Verification, verify
 
 if TYPE_CHECKING:
-    from ..deployable import DeployableModel
+    from ..quant_recipe import QuantRecipe
 
 log = logging.getLogger("edgecompress")
 
@@ -47,60 +51,22 @@ class ExportOptions:
         validate_options(self)
 
 
-@dataclass
-class Artifact:
-    """An exported file (or folder) and what was measured of it."""
+@dataclass(frozen=True)
+class ExportPlan:
+    """The validated options and the precision an export will write (decided before the job)."""
 
-    path: Path
-    format: str
+    opts: Any
     precision: str
-    size_bytes: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-    parity: Parity | None = None
-    accuracy: float | None = None
-    latency: LatencyStats | None = None
-    compressed_bytes: dict[str, int] | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
-    perplexity: float | None = None  # causal LMs, measured through the artifact's runtime
-
-    def metrics(self) -> ArtifactMetrics:
-        """The report row of this artifact (what was measured of it)."""
-        return ArtifactMetrics(
-            format=self.format, path=str(self.path), size_bytes=self.size_bytes,
-            precision=self.precision,
-            max_abs_diff=self.parity.max_abs_diff if self.parity else None,
-            top1_agreement=self.parity.top1_agreement if self.parity else None,
-            parity_ok=self.parity.passed if self.parity else None, accuracy=self.accuracy,
-            latency_ms=self.latency.p50_ms if self.latency else None,
-            latency_p10_ms=self.latency.p10_ms if self.latency else None,
-            latency_p90_ms=self.latency.p90_ms if self.latency else None,
-            load_1min=self.latency.load_1min if self.latency else None,
-            compressed_bytes=self.compressed_bytes, notes=dict(self.notes),
-            perplexity=self.perplexity)
-
-    def load(self, **options: Any) -> Runner:
-        """A Runner for this artifact (``ec.load(self.path, **options)``)."""
-        from ..runtime import load
-
-        return load(self.path, **options)
-
-    def __str__(self) -> str:
-        parts = [f"{self.format} {self.precision} {self.path} ({self.size_bytes:,} bytes)"]
-        if self.parity:
-            parts.append(str(self.parity))
-        if self.accuracy is not None:
-            parts.append(f"top-1 {100 * self.accuracy:.2f}%")
-        if self.latency:
-            parts.append(f"p50 {self.latency.p50_ms:.3f} ms")
-        return " | ".join(parts)
+    fallback: str | None = None  # why an INT8 recipe is exported as float (allowed fallback)
 
 
 class Exporter:
-    """Turns a DeployableModel into one format's artifact.
+    """Turns an :class:`ExportJob` into one format's artifact.
 
-    Subclasses set ``Options`` (an :class:`ExportOptions` subclass) and implement
-    :meth:`write`; the base class validates options, decides the precision honestly, writes
-    atomically, stores metadata, and verifies the artifact through the format's Runner.
+    Subclasses set ``Options`` (an :class:`ExportOptions` subclass) and implement :meth:`write`
+    and :meth:`store_metadata`; the base class validates options, decides the precision
+    honestly, writes atomically, verifies the artifact through the format's Runner (given the
+    metadata in memory) and then stores the metadata, parity included, once.
     """
 
     Options: ClassVar[type[ExportOptions]] = ExportOptions
@@ -109,8 +75,8 @@ class Exporter:
         self.spec = spec
 
     # -- to implement -----------------------------------------------------------------------------
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
+    def write(self, job: ExportJob, tmp: Path, opts: Any,
+              precision: str) -> dict[str, Any]:  # pragma: no cover - abstract
         """Write the artifact at ``tmp`` (file or folder); return notes for the metadata."""
         raise NotImplementedError
 
@@ -122,38 +88,76 @@ class Exporter:
         return "fp16" if getattr(opts, "fp16", False) else "fp32"
 
     # -- the export ---------------------------------------------------------------------------------
-    def export(self, dm: "DeployableModel", path: Path, **options: Any) -> Artifact:
+    def plan(self, recipe: "QuantRecipe | None", options: dict[str, Any]) -> ExportPlan:
+        """Validate ``options`` and decide the precision for a model carrying ``recipe``."""
         opts = from_options(self.Options, options, where=f"export to {self.spec.name}")
-        precision, fallback = self.decide_precision(dm, opts)
+        precision, fallback = self.decide_precision(recipe, opts)
+        return ExportPlan(opts, precision, fallback)
+
+    def export(self, job: ExportJob, path: Path, plan: ExportPlan) -> Artifact:
+        """Write, verify and describe the artifact of ``job`` at ``path``.
+
+        It is written, described and verified beside the destination and moved there only when
+        all of that succeeded, so a failure (a parity failure with ``on_parity_fail="raise"``
+        too) changes nothing at ``path``.
+        """
         self.check_path(path)
-        replace = check_destination(path, self.spec.name, opts.overwrite)
-        metadata = base_metadata(dm, self.spec.name, precision)
-        if fallback:
-            metadata["float_fallback"] = fallback
-        # written, described and verified beside the destination; moved there only when all
-        # of it succeeded, so a failure (parity with on_parity_fail="raise" too) changes nothing
+        replace = check_destination(path, self.spec.name, plan.opts.overwrite)
         # native converters may abort the process on a full disk: refuse before they start
-        ensure_free_space(path.parent, dm.needed_bytes(), f"exporting {self.spec.name}")
+        ensure_free_space(path.parent, ecm_file.needed_bytes(job.source, job.reference),
+                          f"exporting {self.spec.name}")
         with atomic_path(path, overwrite=replace) as tmp:
-            with disk_full_is_clear(path):
-                notes = self.write(dm, tmp, opts, precision, metadata) or {}
-            metadata.update(notes)
-            self.store_metadata(tmp, metadata)
-            artifact = Artifact(tmp, self.spec.name, precision, path_size(tmp), metadata,
-                                notes=dict(notes, **({"float_fallback": fallback} if fallback else {})))
-            if opts.compressed:
-                artifact.compressed_bytes = _compressed(tmp)
-            if opts.verify:
-                try:
-                    self.verify(dm, artifact, opts)
-                except ParityError as exc:  # name the destination, not the temporary
-                    raise ParityError(f"{str(exc).replace(str(tmp), str(path))}; it was not "
-                                      f"written (nothing at {path} changed)") from None
-                self.store_metadata(tmp, artifact.metadata)
-                artifact.size_bytes = path_size(tmp)  # the parity record adds a few bytes
+            try:
+                artifact = self._export_at(job, tmp, plan, path)
+            except ParityError as exc:  # name the destination, not the temporary
+                raise ParityError(f"{str(exc).replace(str(tmp), str(path))}; it was not "
+                                  f"written (nothing at {path} changed)") from None
         artifact.path = Path(path)
         log.info("exported %s", artifact)
         return artifact
+
+    def _export_at(self, job: ExportJob, tmp: Path, plan: ExportPlan, path: Path) -> Artifact:
+        opts, precision = plan.opts, plan.precision
+        with disk_full_is_clear(path):
+            notes = self.write(job, tmp, opts, precision) or {}
+        if plan.fallback:
+            notes = {**notes, "float_fallback": plan.fallback}
+        metadata = {**artifact_metadata(job.metadata, self.spec.name, precision), **notes}
+        artifact = Artifact(tmp, self.spec.name, precision, 0, metadata, notes=dict(notes))
+        checked: Verification | None = None
+        try:
+            if opts.verify:
+                checked = self.check(self.open_runner(tmp, opts, metadata), job, precision, opts)
+                self.record(artifact, checked)
+        finally:  # stored once, also when verification fails, so the file describes itself
+            self.store_metadata(tmp, artifact.metadata)
+        artifact.size_bytes = path_size(tmp)
+        if opts.compressed:
+            artifact.compressed_bytes = _compressed(tmp)
+        if checked is not None:
+            _judge(artifact, opts, self.failure_message(artifact))
+        return artifact
+
+    def check(self, runner: Runner, job: ExportJob, precision: str, opts: Any) -> Verification:
+        """Verify the fresh artifact through ``runner`` (closed afterwards): parity, accuracy,
+        latency. A format for another task (e.g. GGUF language models) measures its own."""
+        return verify(runner, job, precision, opts)
+
+    def failure_message(self, artifact: Artifact) -> str:
+        """What a failed parity check says (the artifact's path is the temporary's here)."""
+        return (f"PARITY CHECK FAILED for {artifact.path}: {artifact.parity}. The artifact "
+                f"does not reproduce its reference model within tolerance")
+
+    def record(self, artifact: Artifact, checked: Verification) -> None:
+        """Put what verification measured into the artifact and its metadata."""
+        artifact.parity, artifact.accuracy, artifact.latency = (checked.parity, checked.accuracy,
+                                                                checked.latency)
+        artifact.metadata["parity"] = checked.parity.to_dict()
+        artifact.metadata["accuracy"] = checked.accuracy
+        if checked.perplexity is not None:
+            artifact.perplexity = artifact.metadata["perplexity"] = checked.perplexity
+        artifact.metadata.update(checked.records)
+        artifact.notes.update(checked.records)
 
     def check_path(self, path: Path) -> None:
         if self.spec.directory:
@@ -164,13 +168,12 @@ class Exporter:
             raise ConfigError(f"{self.spec.name} artifacts must end with "
                               f"{' or '.join(self.spec.suffixes)}; got {path}")
 
-    def decide_precision(self, dm: "DeployableModel", opts: Any) -> tuple[str, str | None]:
+    def decide_precision(self, recipe: "QuantRecipe | None", opts: Any) -> tuple[str, str | None]:
         """The precision to write, refusing INT8 recipes this format cannot hold.
 
         Returns (precision, fallback note); the note is None unless a float fallback was
         explicitly allowed.
         """
-        recipe = dm.quant_recipe
         if recipe is None:
             return self.float_precision(opts), None
         # weight-only recipes (QuantizeWeights) ask for their own precision, e.g. int4-weight
@@ -178,60 +181,33 @@ class Exporter:
                                                                           recipe.precision)
         if self.spec.supports(wanted):
             return recipe.precision, None
-        able = [s.name for s in FORMATS.values() if s.supports(wanted)]
         if not opts.allow_float_fallback:
             kind = f"INT8 {recipe.scheme}" if wanted.startswith("int8-") else wanted
             raise ExportError(f"the model carries an {kind} recipe, which the "
                               f"{self.spec.name} format cannot hold here. Formats that can: "
-                              f"{', '.join(able)}. To export float weights anyway pass "
-                              f"allow_float_fallback=True (recorded in the artifact's metadata "
-                              f"and the report)")
+                              f"{', '.join(formats.able(wanted))}. To export float weights "
+                              f"anyway pass allow_float_fallback=True (recorded in the "
+                              f"artifact's metadata and the report)")
         note = f"INT8 {recipe.scheme} recipe not realised: {self.spec.name} holds float only here"
         log.warning("%s; exporting %s weights because allow_float_fallback=True", note,
                     self.float_precision(opts))
         return self.float_precision(opts), note
 
-    def source_model(self, dm: "DeployableModel", precision: str) -> nn.Module:
-        """The torch model to convert: the float model when a recipe is realised natively."""
-        if dm.quant_recipe is not None and dm.float_model is not None:
-            return dm.float_model
-        return dm.model
+    def open_runner(self, path: Path, opts: Any, metadata: dict[str, Any]) -> Runner:
+        """The format's runner on the fresh artifact, given its metadata in memory (it is stored
+        once, after verification)."""
+        from ..registry import load_object
 
-    def reference_model(self, dm: "DeployableModel", precision: str) -> tuple[nn.Module, str]:
-        """What parity is measured against: the simulated model for INT8, else the float model."""
-        if precision.startswith("int8"):
-            return dm.model, "simulated INT8 torch model"
-        if dm.quant_recipe is not None and dm.float_model is not None:
-            return dm.float_model, "float torch model (float fallback)"
-        return dm.model, "torch model"
+        return load_object(self.spec.runner)(path, threads=opts.threads, metadata=metadata)
 
-    def open_runner(self, path: Path, opts: Any) -> Runner:
-        from ..runtime import load
 
-        return load(path, threads=opts.threads)
-
-    def verify(self, dm: "DeployableModel", artifact: Artifact, opts: Any) -> None:
-        runner = self.open_runner(artifact.path, opts)
-        try:
-            reference, ref_name = self.reference_model(dm, artifact.precision)
-            x = dm.sample_inputs(opts.parity_samples)
-            artifact.parity = check_parity(runner, reference, x, artifact.precision, ref_name,
-                                           opts.tolerance)
-            if dm.data is not None:
-                artifact.accuracy = artifact_accuracy(runner, dm.data, opts.accuracy_samples)
-            if opts.benchmark_runs:
-                artifact.latency = runner.benchmark(warmup=min(5, opts.benchmark_runs),
-                                                    runs=opts.benchmark_runs, with_system=False)
-        finally:
-            runner.close()
-        artifact.metadata["parity"] = artifact.parity.to_dict()
-        artifact.metadata["accuracy"] = artifact.accuracy
-        if not artifact.parity.passed:
-            message = (f"PARITY CHECK FAILED for {artifact.path}: {artifact.parity}. The artifact "
-                       f"does not reproduce its reference model within tolerance")
-            if opts.on_parity_fail == "raise":
-                raise ParityError(message)
-            log.warning(message)
+def _judge(artifact: Artifact, opts: Any, message: str) -> None:
+    assert artifact.parity is not None
+    if artifact.parity.passed:
+        return
+    if opts.on_parity_fail == "raise":
+        raise ParityError(message)
+    log.warning(message)
 
 
 def _compressed(path: Path) -> dict[str, int]:

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..metadata import read_sidecar, write_sidecar
+from .. import ecm_file
+from ..job import ExportJob
+from ..metadata import write_sidecar
 from ..options import option
 from .base import Exporter, ExportOptions
 
 if TYPE_CHECKING:
-    from ..deployable import DeployableModel
+    from ..quant_recipe import QuantRecipe
 
 
 @dataclass
@@ -33,18 +35,22 @@ class EcmExporter(Exporter):
     def float_precision(self, opts: Any) -> str:
         return "fp32"
 
-    def decide_precision(self, dm: "DeployableModel", opts: Any) -> tuple[str, str | None]:
+    def decide_precision(self, recipe: "QuantRecipe | None", opts: Any) -> tuple[str, str | None]:
         """A static INT8 recipe's .ecm holds the simulated model (float weights, float kernels):
         its precision says so, so no table or report lists it beside the real int8 files. (A
         dynamic recipe's model holds torch's dynamic int8 modules: real int8 weights.)"""
-        precision, fallback = super().decide_precision(dm, opts)
+        precision, fallback = super().decide_precision(recipe, opts)
         if precision == "int8-static":
             precision += "-simulated"
         return precision, fallback
 
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:
-        dm.save(tmp, builder=opts.builder, portable=opts.portable, keep_samples=opts.keep_samples)
+    def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
+        # the .ecm keeps the model as the pipeline left it (job.reference), its float model
+        # and the recipe, whatever this export's precision
+        fields = {**job.saved, "builder": opts.builder or job.saved.get("builder")}
+        ecm_file.write(tmp, job.reference, job.float_model, job.recipe, fields,
+                       job.example if opts.portable else None,
+                       keep_samples=opts.keep_samples)
         if not precision.endswith("-simulated"):
             return {}
         return {"int8": "simulated: float weights with the recipe's INT8 ranges (fake "
@@ -53,7 +59,3 @@ class EcmExporter(Exporter):
 
     def store_metadata(self, path: Path, metadata: dict[str, Any]) -> None:
         write_sidecar(path, json.loads(json.dumps(metadata, default=str)), [path])
-
-    @staticmethod
-    def read_metadata(path: Path) -> dict[str, Any]:
-        return read_sidecar(path)

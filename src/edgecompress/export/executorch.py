@@ -30,10 +30,10 @@ from torch import nn
 from .._extras import require
 from ..errors import ExportError
 from ..metadata import write_sidecar
+from ..job import ExportJob
 from .base import Exporter, ExportOptions
 
 if TYPE_CHECKING:
-    from ..deployable import DeployableModel
     from ..quant_recipe import QuantRecipe
 
 log = logging.getLogger("edgecompress")
@@ -59,26 +59,27 @@ def capture(model: nn.Module, example: torch.Tensor) -> Any:
                           f"data-dependent control flow); export to ONNX instead") from exc
 
 
-def quantize_pt2e(model: nn.Module, example: torch.Tensor, recipe: "QuantRecipe") -> nn.Module:
-    """The recipe as a PT2E int8 model for XNNPACK, calibrated on the recipe's samples."""
+def quantize_pt2e(model: nn.Module, example: torch.Tensor, recipe: "QuantRecipe",
+                  calibration: torch.Tensor | None) -> nn.Module:
+    """The recipe as a PT2E int8 model for XNNPACK, calibrated on the job's samples."""
     require("executorch", "executorch", "Exporting to ExecuTorch")
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    if recipe.extra.get("ranges_kind") == "learned":
+    if getattr(recipe, "ranges_kind", None) == "learned":
         raise ExportError("ExecuTorch's PT2E quantizer recalibrates and would discard the "
                           "ranges this QAT recipe learned; export to ONNX or OpenVINO, which "
                           "write the learned ranges")
-    if recipe.calib_samples is None or recipe.calib_samples.shape[0] == 0:
+    if calibration is None or calibration.shape[0] == 0:
         raise ExportError("the static INT8 recipe carries no calibration samples, so PT2E "
                           "cannot calibrate; re-run QuantizePTQ with data")
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=recipe.per_channel))
-    for name in recipe.extra.get("skipped_layers", ()):
+    for name in recipe.skipped_layers:
         quantizer.set_module_name(name, None)
     prepared = prepare_pt2e(capture(model, example).module(), quantizer)
-    samples = recipe.calib_samples.float()
+    samples = calibration.float()
     with torch.no_grad():
         for sample in samples.split(1):  # the graph was captured at batch 1
             prepared(sample)
@@ -142,22 +143,22 @@ class ExecuTorchExporter(Exporter):
 
     Options = ExecuTorchOptions
 
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:
+    def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
         require("executorch", "executorch", "Exporting to ExecuTorch")
         from importlib.metadata import version
-        model = copy.deepcopy(self.source_model(dm, precision)).cpu().eval()
-        example = dm.example_input(1).cpu()
+        model = copy.deepcopy(job.source).cpu().eval()
+        example = job.example[:1].cpu()
         notes: dict[str, Any] = {"converter": "torch.export + executorch XNNPACK partitioner",
                                  "executorch_version": version("executorch"),
                                  "batch_size": 1}
         if precision.startswith("int8"):
-            assert dm.quant_recipe is not None
-            model = quantize_pt2e(model, example, dm.quant_recipe)
+            recipe, calibration = job.recipe, job.calibration
+            assert recipe is not None
+            model = quantize_pt2e(model, example, recipe, calibration)
             notes["quantizer"] = ("PT2E XNNPACKQuantizer (symmetric int8, "
-                                  f"{'per-channel' if dm.quant_recipe.per_channel else 'per-tensor'})")
-            notes["calibration"] = (f"PT2E observers on {dm.quant_recipe.calib_samples.shape[0]} "
-                                    f"recipe samples")
+                                  f"{'per-channel' if recipe.per_channel else 'per-tensor'})")
+            assert calibration is not None
+            notes["calibration"] = f"PT2E observers on {calibration.shape[0]} samples"
         with torch.no_grad():
             notes["output_shape"] = list(model(example).shape)
         notes.update(lower_to_pte(model, example, tmp))

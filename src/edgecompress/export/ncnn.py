@@ -26,7 +26,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -34,10 +34,8 @@ from .._extras import require
 from ..errors import ExportError
 from ..metadata import write_sidecar
 from ..options import option
+from ..job import ExportJob
 from .base import Exporter, ExportOptions
-
-if TYPE_CHECKING:
-    from ..deployable import DeployableModel
 
 log = logging.getLogger("edgecompress")
 
@@ -50,7 +48,7 @@ PNNX_TIMEOUT_S = 600
 class NcnnOptions(ExportOptions):
     fp16: bool = option(False, "Store the weights as fp16 in model.bin; the runner then enables "
                                "ncnn's fp16 storage/arithmetic where the CPU supports it.")
-    optlevel: int = option(2, "pnnx graph optimisation level (0: none, 2: fuse and fold).",
+    optlevel: int = option(2, "The pnnx graph optimisation level (0: none, 2: fuse and fold).",
                            choices=(0, 1, 2))
     keep_pnnx_files: bool = option(False, "Keep pnnx's intermediate files (TorchScript trace, "
                                           "pnnx IR, generated .py) in a pnnx/ subfolder.")
@@ -132,10 +130,9 @@ class NcnnExporter(Exporter):
 
     Options = NcnnOptions
 
-    def write(self, dm: DeployableModel, tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:
-        model = self.source_model(dm, precision)
-        example = dm.example_input(1).cpu()
+    def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
+        model = job.source
+        example = job.example
         tmp.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix="ec_pnnx_") as scratch:
             work = Path(scratch)

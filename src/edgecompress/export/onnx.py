@@ -11,19 +11,17 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._io import atomic_path
 from ..errors import ExportError
+from ..job import ExportJob
 from ..onnx_utils import compact_names, load_onnx, write_metadata
 from ..options import option
 from .base import Exporter, ExportOptions
-
-if TYPE_CHECKING:
-    from ..deployable import DeployableModel
 
 log = logging.getLogger("edgecompress")
 
@@ -34,7 +32,7 @@ class OnnxOptions(ExportOptions):
                         low=13, high=21)
     dynamic_batch: bool = option(True, "Make the batch dimension dynamic.")
     simplify: bool = option(True, "Simplify the graph with onnxsim (falls back with a warning).")
-    exporter: str = option("torchscript", "torch's ONNX exporter: the TorchScript-based one "
+    exporter: str = option("torchscript", "Which of torch's ONNX exporters: the TorchScript-based one "
                            "(supports opset 13–17 graphs ORT quantizes well) or dynamo.",
                            choices=("torchscript", "dynamo"))
     compact_names: bool = option(True, "Give internal tensors short names and drop onnxsim's "
@@ -60,8 +58,9 @@ class OnnxOptions(ExportOptions):
 
 def export_float_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 17,
                       dynamic_batch: bool = True, simplify: bool = True,
-                      exporter: str = "torchscript") -> dict[str, Any]:
-    """Export ``model`` to a float ONNX file at ``path``; return notes (simplification etc.)."""
+                      exporter: str = "torchscript", save: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Export ``model`` to float ONNX at ``path``; return the checked (simplified) graph and
+    notes. ``save=False`` leaves the graph in memory only (the caller writes it once)."""
     import onnx
 
     model = model.eval()
@@ -93,8 +92,9 @@ def export_float_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset
     if simplify:
         proto, notes["simplified"] = _simplify(proto)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return notes
+    if save:
+        onnx.save(proto, str(path))
+    return proto, notes
 
 
 def _simplify(proto: Any) -> tuple[Any, bool | str]:
@@ -163,32 +163,29 @@ class OnnxExporter(Exporter):
 
     Options = OnnxOptions
 
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:
-        model = self.source_model(dm, precision)
-        example = dm.example_input().to(next((p.device for p in model.parameters()), "cpu"))
-        if not precision.startswith("int8"):
-            if precision == "fp16":
-                check_fp16_useful(opts.fp16_on_cpu)
-            notes = export_float_onnx(model, example, tmp, opts.opset, opts.dynamic_batch,
-                                      opts.simplify, opts.exporter)
-            if precision == "fp16":
-                notes.update(convert_to_fp16(tmp))
-        else:
-            with tempfile.TemporaryDirectory() as work:
-                float_path = Path(work) / "float.onnx"
-                notes = export_float_onnx(model, example, float_path, opts.opset,
-                                          opts.dynamic_batch, opts.simplify, opts.exporter)
-                from .onnx_quant import quantize_onnx
-
-                assert dm.quant_recipe is not None
-                notes.update(quantize_onnx(float_path, tmp, dm.quant_recipe, dm, opts))
-        proto = load_onnx(tmp)
-        if opts.compact_names:
-            notes["tensors_renamed"] = compact_names(proto)
-        write_metadata(proto, {**metadata, **notes})
+    def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
         import onnx
 
+        model = job.source
+        example = job.example.to(next((p.device for p in model.parameters()), "cpu"))
+        if precision == "fp16":
+            check_fp16_useful(opts.fp16_on_cpu)
+        with tempfile.TemporaryDirectory() as work:
+            float_path = Path(work) / "float.onnx"
+            proto, notes = export_float_onnx(model, example, float_path, opts.opset,
+                                             opts.dynamic_batch, opts.simplify, opts.exporter,
+                                             save=precision.startswith("int8") or precision == "fp16")
+            if precision == "fp16":
+                notes.update(convert_to_fp16(float_path))
+                proto = load_onnx(float_path)
+            if precision.startswith("int8"):
+                from .onnx_quant import quantize_onnx
+
+                assert job.recipe is not None
+                notes.update(quantize_onnx(float_path, tmp, job, opts))
+                proto = load_onnx(tmp)
+        if opts.compact_names:
+            notes["tensors_renamed"] = compact_names(proto)
         onnx.save(proto, str(tmp))
         return notes
 

@@ -23,9 +23,10 @@ import numpy as np
 
 from ..errors import ExportError
 from ..quant.mapping import map_layers
+from .ort_quant import SAME_SCALE_OPS, CalibrationReader, calibration_method
 
 if TYPE_CHECKING:
-    from ..deployable import DeployableModel
+    from ..job import ExportJob
     from ..quant_recipe import QuantRecipe
 
 log = logging.getLogger("edgecompress")
@@ -33,35 +34,15 @@ log = logging.getLogger("edgecompress")
 _INT_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
                 "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QGemm", "QLinearAdd",
                 "MatMulIntegerToFloat", "QAttention", "DynamicQuantizeLinear", "QLinearGlobalAveragePool")
-# ops whose output ORT quantizes with its input's scale and zero point, in QDQ and QOperator
-# alike: a range written for their output is ignored (measured: a Flatten after a global pool
-# kept the pool's calibrated scale), so it goes on their input
-_SAME_AS_INPUT = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool"}
 _DYNAMIC_OPS = {"Linear": ["MatMul"], "LSTM": ["LSTM"], "GRU": []}  # ORT has no int8 GRU kernel
 
 
-class _Samples:
-    """ORT CalibrationDataReader over the recipe's calibration samples."""
-
-    def __init__(self, samples: np.ndarray, input_name: str, batch_size: int = 32):
-        self.batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-        self.input_name = input_name
-        self.index = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.index >= len(self.batches):
-            return None
-        self.index += 1
-        return {self.input_name: self.batches[self.index - 1]}
-
-    def rewind(self) -> None:
-        self.index = 0
-
-
-def quantize_onnx(float_path: Path, out_path: Path, recipe: "QuantRecipe",
-                  dm: "DeployableModel", opts: Any) -> dict[str, Any]:
-    """Write the INT8 realisation of ``recipe`` for the float ONNX at ``float_path``; notes."""
+def quantize_onnx(float_path: Path, out_path: Path, job: "ExportJob", opts: Any) -> dict[str, Any]:
+    """Write the INT8 realisation of ``job.recipe`` for the float ONNX at ``float_path``; notes."""
     import onnx
+
+    recipe = job.recipe
+    assert recipe is not None
 
     with tempfile.TemporaryDirectory() as work:
         prepared = _prepare(float_path, Path(work) / "prepared.onnx")
@@ -69,7 +50,7 @@ def quantize_onnx(float_path: Path, out_path: Path, recipe: "QuantRecipe",
         if recipe.scheme == "dynamic":
             notes = _dynamic(proto, prepared, out_path, recipe)
         else:
-            notes = _static(proto, prepared, out_path, recipe, opts.quant_format)
+            notes = _static(proto, prepared, out_path, recipe, job.calibration, opts.quant_format)
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
@@ -90,14 +71,14 @@ def _prepare(float_path: Path, out: Path) -> Path:
 
 
 def _layer_nodes(proto: Any, recipe: "QuantRecipe") -> tuple[dict[str, Any], list[str]]:
-    order = recipe.extra.get("layer_order") or []
+    order = [[name, list(shape)] for name, shape in recipe.layer_order]
     mapping = map_layers(proto, order)
     missing = [name for name, _ in order if name not in mapping]
     return mapping, missing
 
 
 def _excluded_nodes(mapping: dict[str, Any], recipe: "QuantRecipe") -> list[str]:
-    skipped = list(recipe.extra.get("skipped_layers", ()))
+    skipped = list(recipe.skipped_layers)
     unmapped = [s for s in skipped if s not in mapping]
     if unmapped:
         raise ExportError(f"the recipe keeps {', '.join(unmapped)} in float but the ONNX graph "
@@ -122,7 +103,7 @@ def _overrides(proto: Any, mapping: dict[str, Any],
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    outputs = recipe.extra.get("outputs") or {}
+    outputs = recipe.outputs
     merged: dict[str, list[float]] = {}
     for key, (lo, hi) in recipe.ranges.items():
         layer, _, side = key.rpartition(":")
@@ -152,34 +133,32 @@ def _overrides(proto: Any, mapping: dict[str, Any],
 def _scale_source(tensor: str, producers: dict[str, Any]) -> str:
     """The tensor whose scale ``tensor`` shares in ORT's graph (through Flatten, Reshape, …)."""
     node = producers.get(tensor)
-    while node is not None and node.op_type in _SAME_AS_INPUT and node.input:
+    while node is not None and node.op_type in SAME_SCALE_OPS and node.input:
         tensor = node.input[0]
         node = producers.get(tensor)
     return tensor
 
 
-def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
+def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe", calibration: Any,
             quant_format: str = "qdq") -> dict[str, Any]:
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    if recipe.calib_samples is None or recipe.calib_samples.shape[0] == 0:
+    if calibration is None or calibration.shape[0] == 0:
         raise ExportError("the static INT8 recipe carries no calibration samples, so ONNX "
                           "Runtime cannot calibrate; re-run QuantizePTQ/QuantizeQAT with data, "
                           "or save the model with DeployableModel.save(..., keep_samples=True) "
                           "to re-export it from the .ecm file")
     mapping, missing = _layer_nodes(proto, recipe)
     exclude = _excluded_nodes(mapping, recipe)
-    overrides = _overrides(proto, mapping, recipe) if recipe.extra.get("ranges_kind") == "learned" else {}
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[recipe.method]
+    overrides = _overrides(proto, mapping, recipe) if recipe.ranges_kind == "learned" else {}
+    method = calibration_method(recipe.method)
     # u8 activations with s8 weights is ORT's fast x86 path (VNNI); s8/s8 for ARM
     act = QuantType.QUInt8 if recipe.backend == "x86" else QuantType.QInt8
-    samples = recipe.calib_samples.float().numpy()
-    reduce = bool(recipe.extra.get("reduce_range", False))
+    samples = calibration.float().numpy()
+    reduce = recipe.reduce_range
     fmt = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
     with _quiet():
-        quantize_static(str(src), str(out), _Samples(samples, proto.graph.input[0].name),
+        quantize_static(str(src), str(out), CalibrationReader(samples, proto.graph.input[0].name),
                         quant_format=fmt, per_channel=recipe.per_channel,
                         reduce_range=reduce, activation_type=act, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=method,
@@ -212,12 +191,12 @@ def _dynamic(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[st
     float_kinds = [k for k in recipe.layers if not _DYNAMIC_OPS.get(k)]
     with _quiet():
         quantize_dynamic(str(src), str(out), op_types_to_quantize=ops, per_channel=False,
-                         reduce_range=bool(recipe.extra.get("reduce_range", False)),
+                         reduce_range=recipe.reduce_range,
                          weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                          extra_options={"MatMulConstBOnly": True})
     notes: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_dynamic",
                              "op_types": ops,
-                             "reduce_range": bool(recipe.extra.get("reduce_range", False)),
+                             "reduce_range": recipe.reduce_range,
                              "gemm_rewritten": rewritten, "float_nodes": exclude}
     present = {n.op_type for n in proto.graph.node}
     kept = [k for k in float_kinds if k.upper() in present]

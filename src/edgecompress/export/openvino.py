@@ -38,10 +38,10 @@ from ..errors import ExportError
 from ..metadata import write_sidecar
 from ..options import option
 from ..runtime.openvino_runner import RT_INFO_KEY, compute_precisions, int8_layer_count
+from ..job import ExportJob, artifact_metadata
 from .base import Exporter, ExportOptions
 
 if TYPE_CHECKING:
-    from ..deployable import DeployableModel
     from ..quant_recipe import QuantRecipe
 
 log = logging.getLogger("edgecompress")
@@ -88,15 +88,15 @@ def save_ir(model: Any, out_dir: Path, fp16: bool, metadata: dict[str, Any] | No
     return xml
 
 
-def nncf_quantize_ir(float_xml: Path, out_dir: Path, recipe: "QuantRecipe",
+def nncf_quantize_ir(float_xml: Path, out_dir: Path, calibration: Any,
                      skipped_nodes: list[str], metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """Quantize the float IR with NNCF on the recipe's calibration samples; write int8 IR."""
+    """Quantize the float IR with NNCF on the job's calibration samples; write int8 IR."""
     ov = require("openvino", "openvino", "Exporting to OpenVINO")
     nncf = require("nncf", "openvino", "Quantizing with NNCF")
-    if recipe.calib_samples is None or recipe.calib_samples.shape[0] == 0:
+    if calibration is None or calibration.shape[0] == 0:
         raise ExportError("the static INT8 recipe carries no calibration samples, so NNCF "
                           "cannot calibrate; re-run QuantizePTQ with data")
-    samples = recipe.calib_samples.float().numpy()
+    samples = calibration.float().numpy()
     model = ov.Core().read_model(str(float_xml))
     ignored = (nncf.IgnoredScope(patterns=[re.escape(n) + ".*" for n in skipped_nodes],
                                  validate=False) if skipped_nodes else None)
@@ -150,21 +150,21 @@ class OpenVinoExporter(Exporter):
 
     Options = OpenVinoOptions
 
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:
+    def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
         ov = require("openvino", "openvino", "Exporting to OpenVINO")
-        recipe = dm.quant_recipe if precision.startswith("int8") else None
-        if recipe is not None and opts.quantizer == "nncf" and recipe.extra.get("ranges_kind") == "learned":
+        recipe = job.recipe
+        metadata = artifact_metadata(job.metadata, self.spec.name, precision)
+        if recipe is not None and opts.quantizer == "nncf" and getattr(recipe, "ranges_kind", None) == "learned":
             raise ExportError("quantizer='nncf' recalibrates and would discard the ranges this "
                               "QAT recipe learned; use quantizer='onnx' (the default), which "
                               "writes the learned ranges")
         fp16 = bool(opts.fp16) and recipe is None
         with tempfile.TemporaryDirectory(prefix="ec_ov_") as scratch:
             work = Path(scratch)
-            notes = self._onnx(dm, work, opts, precision, recipe)
+            notes = self._onnx(job, work, opts)
             if recipe is not None and opts.quantizer == "nncf":
                 convert_onnx_to_ir(work / "model.onnx", work / "float_ir")
-                notes.update(nncf_quantize_ir(work / "float_ir" / XML_FILE, tmp, recipe,
+                notes.update(nncf_quantize_ir(work / "float_ir" / XML_FILE, tmp, job.calibration,
                                               notes.pop("float_nodes", []), metadata))
             else:
                 convert_onnx_to_ir(work / "model.onnx", tmp, fp16, metadata)
@@ -176,15 +176,14 @@ class OpenVinoExporter(Exporter):
             notes["int8_route"] = opts.quantizer
         return notes
 
-    def _onnx(self, dm: "DeployableModel", work: Path, opts: Any, precision: str,
-              recipe: "QuantRecipe | None") -> dict[str, Any]:
+    def _onnx(self, job: ExportJob, work: Path, opts: Any) -> dict[str, Any]:
         """The intermediate ONNX graph: float, or QDQ for the 'onnx' INT8 route."""
         from .onnx import export_float_onnx
 
-        model = self.source_model(dm, precision)
-        example = dm.example_input().to(next((p.device for p in model.parameters()), "cpu"))
+        recipe, model = job.recipe, job.source
+        example = job.example.to(next((p.device for p in model.parameters()), "cpu"))
         target = work / ("float.onnx" if recipe is not None and opts.quantizer == "onnx" else "model.onnx")
-        notes = export_float_onnx(model, example, target, opts.opset, opts.dynamic_batch)
+        _, notes = export_float_onnx(model, example, target, opts.opset, opts.dynamic_batch)
         if recipe is None:
             return notes
         if opts.quantizer == "nncf":
@@ -192,7 +191,7 @@ class OpenVinoExporter(Exporter):
             return notes
         from .onnx_quant import quantize_onnx
 
-        q = quantize_onnx(target, work / "model.onnx", recipe, dm, _QdqOptions())
+        q = quantize_onnx(target, work / "model.onnx", job, _QdqOptions())
         q.pop("ort_kernels", None)  # ORT's fused kernels say nothing about OpenVINO's
         return {**notes, **q}
 

@@ -29,15 +29,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._extras import require
+from .._io import atomic_path
 from ..errors import ConfigError, ExportError
+from ..job import ExportJob
 from ..metadata import write_sidecar
 from ..onnx_utils import load_onnx, write_metadata
 from ..options import option
-from .base import Exporter, ExportOptions
+from .base import Exporter, ExportOptions, ExportPlan
 from .onnx import export_float_onnx
+from .ort_quant import CalibrationReader, calibration_method
+from .verify import Verification
 
 if TYPE_CHECKING:
-    from ..deployable import DeployableModel
     from ..runtime.base import Runner
 
 log = logging.getLogger("edgecompress")
@@ -135,44 +138,28 @@ def trtexec_command(opts: Any, precision: str, shapes: tuple[list[int], ...] | N
     return cmd
 
 
-def symmetric_qdq(float_path: Path, out_path: Path, dm: DeployableModel) -> dict[str, Any]:
+def symmetric_qdq(float_path: Path, out_path: Path, job: ExportJob) -> dict[str, Any]:
     """Quantize a float ONNX to the symmetric signed INT8 Q/DQ graph TensorRT accepts."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    recipe = dm.quant_recipe
+    recipe = job.recipe
     assert recipe is not None
-    if recipe.calib_samples is None or recipe.calib_samples.shape[0] == 0:
+    if job.calibration is None or job.calibration.shape[0] == 0:
         raise ExportError("the static INT8 recipe carries no calibration samples, so the "
                           "TensorRT Q/DQ graph cannot be calibrated; re-run the quantization "
                           "pass with data")
-    if recipe.skip or recipe.extra.get("skipped_layers"):
+    if recipe.skip or recipe.skipped_layers:
         raise ExportError("the INT8 recipe keeps some layers float (skip=), which the TensorRT "
                           "exporter does not map onto the graph yet; export to 'onnx' (which "
                           "honours skip=) or quantize without skip")
-    samples = recipe.calib_samples.float().cpu().numpy()
-    batches = [{INPUT_NAME: samples[i:i + 32]} for i in range(0, len(samples), 32)]
-
-    class Reader:  # ORT's CalibrationDataReader protocol
-        def __init__(self) -> None:
-            self.items = iter(batches)
-
-        def get_next(self) -> dict[str, Any] | None:
-            return next(self.items, None)
-
+    samples = job.calibration.float().cpu().numpy()
     prepared = out_path.with_name("prepared.onnx")
     quant_pre_process(str(float_path), str(prepared), skip_optimization=True)
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}.get(recipe.method, CalibrationMethod.MinMax)
-    quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=recipe.per_channel, reduce_range=False,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=method,
+    quantize_static(str(prepared), str(out_path), CalibrationReader(samples, INPUT_NAME),
+                    quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+                    reduce_range=False, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=calibration_method(recipe.method),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     prepared.unlink(missing_ok=True)
     check_symmetric_int8(out_path)
@@ -208,14 +195,13 @@ class TensorRTExporter(Exporter):
                               f"(build='here') or a folder without a suffix (build='device'); "
                               f"got {path}")
 
-    def write(self, dm: DeployableModel, tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:
+    def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
         if opts.build == "device":
             if tmp.suffix:
                 raise ConfigError(f"build='device' writes a bundle folder; give a folder path "
                                   f"without a suffix (e.g. out/model_trt), not {tmp.name}")
             tmp.mkdir(parents=True)
-            return self.write_bundle(dm, tmp, opts, precision, metadata)
+            return self.write_bundle(job, tmp, opts, precision)
         if not tmp.suffix:
             raise ConfigError(f"build='here' writes an engine file; give a path ending in "
                               f"{' or '.join(self.spec.suffixes)}, or pass build='device' to "
@@ -231,8 +217,8 @@ class TensorRTExporter(Exporter):
                               "and build_engine.py, and build on the target device")
         with tempfile.TemporaryDirectory(prefix="ec_trt_") as work:
             onnx_path = Path(work) / ONNX_FILE
-            notes = self.write_onnx(dm, onnx_path, opts, precision)
-            shapes = profile_shapes(opts, tuple(dm.input_spec.shape))
+            notes = self.write_onnx(job, onnx_path, opts, precision)
+            shapes = profile_shapes(opts, tuple(job.example.shape))
             try:
                 notes["tensorrt_version"] = build_engine(
                     str(onnx_path), str(tmp), fp16=opts.fp16 or precision == "fp16",
@@ -244,16 +230,15 @@ class TensorRTExporter(Exporter):
                      gpu=torch.cuda.get_device_name(0))
         return notes
 
-    def write_onnx(self, dm: DeployableModel, path: Path, opts: Any,
+    def write_onnx(self, job: ExportJob, path: Path, opts: Any,
                    precision: str) -> dict[str, Any]:
         """The graph TensorRT parses: float ONNX, or symmetric INT8 Q/DQ for INT8 recipes."""
-        model = copy.deepcopy(self.source_model(dm, precision)).cpu().eval()
-        example = dm.example_input(1).cpu()
+        model = copy.deepcopy(job.source).cpu().eval()
         if not precision.startswith("int8"):
-            return export_float_onnx(model, example, path, opts.opset, opts.dynamic_batch)
+            return export_float_onnx(model, job.example, path, opts.opset, opts.dynamic_batch)[1]
         float_path = path.with_name("float.onnx")
-        notes = export_float_onnx(model, example, float_path, opts.opset, opts.dynamic_batch)
-        notes.update(symmetric_qdq(float_path, path, dm))
+        _, notes = export_float_onnx(model, job.example, float_path, opts.opset, opts.dynamic_batch)
+        notes.update(symmetric_qdq(float_path, path, job))
         float_path.unlink()
         return notes
 
@@ -265,17 +250,12 @@ class TensorRTExporter(Exporter):
                 if shapes else None,
                 "trtexec_command": shlex.join(trtexec_command(opts, precision, shapes))}
 
-    def write_bundle(self, dm: DeployableModel, folder: Path, opts: Any, precision: str,
-                     metadata: dict[str, Any]) -> dict[str, Any]:
-        notes = self.write_onnx(dm, folder / ONNX_FILE, opts, precision)
-        shapes = profile_shapes(opts, tuple(dm.input_spec.shape))
+    def write_bundle(self, job: ExportJob, folder: Path, opts: Any,
+                     precision: str) -> dict[str, Any]:
+        notes = self.write_onnx(job, folder / ONNX_FILE, opts, precision)
+        shapes = profile_shapes(opts, tuple(job.example.shape))
         notes.update(self.build_notes(opts, precision, shapes), engine_built=False,
                      bundle_files=[ONNX_FILE, "build_engine.sh", "build_engine.py"])
-        proto = load_onnx(folder / ONNX_FILE)
-        write_metadata(proto, {**metadata, **notes})
-        import onnx
-
-        onnx.save(proto, str(folder / ONNX_FILE))
         command = trtexec_command(opts, precision, shapes, trtexec='"$TRTEXEC"')
         (folder / "build_engine.sh").write_text(_SHELL.format(command=" ".join(command)))
         (folder / "build_engine.sh").chmod(0o755)
@@ -288,27 +268,36 @@ class TensorRTExporter(Exporter):
         return notes
 
     def store_metadata(self, path: Path, metadata: dict[str, Any]) -> None:
-        if path.is_dir():
+        if path.is_dir():  # the bundle's ONNX carries it too, for whoever runs it alone
+            proto = load_onnx(path / ONNX_FILE)
+            write_metadata(proto, metadata)
+            import onnx
+
+            with atomic_path(path / ONNX_FILE, overwrite=True) as tmp:  # our own file
+                onnx.save(proto, str(tmp))
             write_sidecar(path, metadata, [path / ONNX_FILE])
         else:
             write_sidecar(path, metadata, [path])
 
-    def open_runner(self, path: Path, opts: Any) -> Runner:
+    def plan(self, recipe: Any, options: dict[str, Any]) -> ExportPlan:
+        plan = super().plan(recipe, options)
+        if plan.opts.build != "device":
+            return plan
+        # a bundle is verified with ONNX Runtime, whose latency is not the engine's: none is kept
+        return dataclasses.replace(plan, opts=dataclasses.replace(plan.opts, benchmark_runs=0))
+
+    def open_runner(self, path: Path, opts: Any, metadata: dict[str, Any]) -> Runner:
         if path.is_dir():  # a build bundle: the ONNX TensorRT will parse, run by ONNX Runtime
             return _qdq_reference_runner(path / ONNX_FILE, opts.threads)
-        return super().open_runner(path, opts)
+        return super().open_runner(path, opts, metadata)
 
-    def verify(self, dm: DeployableModel, artifact: Any, opts: Any) -> None:
-        if not artifact.path.is_dir():
-            return super().verify(dm, artifact, opts)
-        # ORT latency is not the engine's latency, so none is recorded for a bundle
-        super().verify(dm, artifact, dataclasses.replace(opts, benchmark_runs=0))
-        assert artifact.parity is not None
-        artifact.parity.reference += " (bundle ONNX run by ONNX Runtime; engine not built)"
-        artifact.metadata["parity"] = artifact.parity.to_dict()
-        artifact.metadata["verified_with"] = ("onnxruntime on model.onnx, basic graph "
-                                              "optimizations (engine not built here)")
-        artifact.notes["verified_with"] = artifact.metadata["verified_with"]
+    def record(self, artifact: Any, checked: Verification) -> None:
+        if artifact.path.is_dir():
+            checked.parity.reference += " (bundle ONNX run by ONNX Runtime; engine not built)"
+            artifact.notes["verified_with"] = ("onnxruntime on model.onnx, basic graph "
+                                               "optimizations (engine not built here)")
+            artifact.metadata["verified_with"] = artifact.notes["verified_with"]
+        super().record(artifact, checked)
 
 
 def _qdq_reference_runner(path: Path, threads: int | None) -> Runner:

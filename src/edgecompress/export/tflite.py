@@ -14,36 +14,27 @@ when it does not hold what its label says.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import re
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from .._extras import require
 from ..errors import ConfigError, ExportError
 from ..metadata import write_sidecar
 from ..options import option
+from ..job import ExportJob
 from .base import Exporter, ExportOptions
+from .tflite_quant import AiEdgeQuantizer, dist_version, inspect_tflite, quiet_tools
 
 if TYPE_CHECKING:
-    from ..deployable import DeployableModel
-    from ..quant_recipe import QuantRecipe
+    pass
 
 log = logging.getLogger("edgecompress")
-
-# ops whose second input is a weight tensor (what "int8 weights" means in a .tflite)
-_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV",
-                 "CONV_3D", "BATCH_MATMUL", "EMBEDDING_LOOKUP")
-
 
 @dataclass
 class TfliteOptions(ExportOptions):
@@ -65,33 +56,11 @@ class TfliteOptions(ExportOptions):
                                        "for debugging.")
 
 
-@contextlib.contextmanager
-def _quiet_tools() -> Iterator[None]:
-    """Silence litert-torch's console task log (edgecompress logs instead).
-
-    ai-edge-quantizer's calibration bar cannot be switched off from outside (its calibrate()
-    takes no flag, and tqdm reads TQDM_* variables only at import).
-    """
-    settings = {"LITERT_TORCH_SHOW_PROGRESS": "n"}
-    before = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def convert_float(model: torch.nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
     """Convert ``model`` to a float32 ``.tflite`` at ``path`` with litert-torch."""
     litert_torch = require("litert_torch", "tflite", "Exporting to TFLite")
     try:
-        with _quiet_tools(), torch.no_grad():
+        with quiet_tools(), torch.no_grad():
             edge = litert_torch.convert(model.eval(), (example,))
             edge.export(str(path))
     except Exception as exc:  # noqa: BLE001 - torch.export and the MLIR converter raise many types
@@ -119,289 +88,39 @@ def compact_tensor_names(path: Path) -> int:
     return renamed
 
 
-def inspect_tflite(path: Path) -> dict[str, Any]:
-    """What the file really holds: IO dtypes/shapes, weight and kernel dtypes of weighted ops.
-
-    A weight fed through a DEQUANTIZE op (fp16 weights) is reported with its stored dtype.
-    """
-    litert = require("ai_edge_litert.interpreter", "tflite", "Inspecting .tflite files")
-    interp = litert.Interpreter(model_path=str(path))
-    tensors = {d["index"]: d for d in interp.get_tensor_details()}
-    ops = interp._get_ops_details()  # noqa: SLF001 - the only per-op view LiteRT's Python API has
-    producer = {int(o): op for op in ops for o in op["outputs"]}
-    weights: dict[str, int] = {}
-    kernels: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-        if op["op_name"] not in _WEIGHTED_OPS or len(op["inputs"]) < 2:
-            continue
-        w = int(op["inputs"][1])
-        if w in producer and producer[w]["op_name"] == "DEQUANTIZE":
-            w = int(producer[w]["inputs"][0])
-        _bump(weights, np.dtype(tensors[w]["dtype"]).name)
-        _bump(kernels, np.dtype(tensors[int(op["inputs"][0])]["dtype"]).name)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    return {"weight_dtypes": weights, "kernel_input_dtypes": kernels, "op_counts": counts,
-            "io_dtypes": {"input": np.dtype(inp["dtype"]).name,
-                          "output": np.dtype(out["dtype"]).name},
-            "input_shape": [int(d) for d in inp["shape"]],
-            "signature_inputs": _signature_inputs(interp)}
-
-
-def _bump(d: dict[str, int], key: str) -> None:
-    d[key] = d.get(key, 0) + 1
-
-
-def _signature_inputs(interp: Any) -> list[str]:
-    sigs = interp.get_signature_list()
-    return list(next(iter(sigs.values()))["inputs"]) if sigs else []
-
-
-def _weighted_ops(path: Path) -> list[tuple[str, str]]:
-    """(ai-edge-quantizer scope, weight tensor name) of each weighted op.
-
-    The scope is the op's output tensor names joined and ended by ';' (how ai-edge-quantizer
-    matches recipe regexes); the weight's name carries the torch module path even for the
-    final op, whose output is named after the signature instead.
-    """
-    litert = require("ai_edge_litert.interpreter", "tflite", "Inspecting .tflite files")
-    interp = litert.Interpreter(model_path=str(path))
-    names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
-    return [(";".join(names[int(i)] for i in op["outputs"]) + ";", names[int(op["inputs"][1])])
-            for op in interp._get_ops_details()  # noqa: SLF001
-            if op["op_name"] in _WEIGHTED_OPS and len(op["inputs"]) > 1]
-
-
-def skip_regex(module_name: str) -> str:
-    """Regex for a torch module path in litert-torch tensor names.
-
-    litert-torch names tensors after the module stack, e.g. ``layers.0.conv1`` appears as
-    ``…Sequential_layers/…BasicBlock_0/…Conv2d_conv1``.
-    """
-    parts = [re.escape(p) for p in module_name.split(".")]
-    return r"_" + r"/[^/;]*_".join(parts) + r"(?:;|/|$)"
-
-
-class _Aeq:
-    """Builds an ai-edge-quantizer recipe from a QuantRecipe (or fp16) and applies it."""
-
-    def __init__(self, float_path: Path):
-        self.aeq = require("ai_edge_quantizer", "tflite", "Quantizing TFLite models")
-        from ai_edge_quantizer import qtyping, recipe_manager
-
-        self.qtyping = qtyping
-        self.float_path = float_path
-        self.manager = recipe_manager.RecipeManager()
-        self.notes: dict[str, Any] = {"quantizer": f"ai-edge-quantizer "
-                                                   f"{_version('ai-edge-quantizer')}"}
-        self.imported: dict[str, tuple[float, float]] | None = None  # None: not asked for
-
-    def fp16(self) -> "_Aeq":
-        from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
-        self.manager.add_weight_only_config(regex=".*", operation_name=self._all, num_bits=16,
-                                            algorithm_key=AlgorithmName.FLOAT_CASTING)
-        self.notes["quant_scheme"] = "fp16 weights (float casting), float32 compute"
-        return self
-
-    def recipe(self, recipe: "QuantRecipe", int8_io: bool) -> "_Aeq":
-        granularity = (self.qtyping.QuantGranularity.CHANNELWISE if recipe.per_channel
-                       else self.qtyping.QuantGranularity.TENSORWISE)
-        if recipe.scheme == "static":
-            self.manager.add_static_config(regex=".*", operation_name=self._all,
-                                           activation_num_bits=8, weight_num_bits=recipe.bits,
-                                           weight_granularity=granularity)
-            self.notes["quant_scheme"] = ("static: int8 weights and activations, activation "
-                                          "ranges from the recipe or calibrated on its samples")
-            if not int8_io:
-                self._keep_float_io()
-        else:
-            ops = _dynamic_ops(recipe.layers)
-            for op in ops:
-                self.manager.add_dynamic_config(regex=".*", operation_name=op,
-                                                num_bits=recipe.bits, granularity=granularity)
-            self.notes["quant_scheme"] = ("dynamic range: int8 weights, activations quantized "
-                                          "at run time by LiteRT's kernels")
-            self.notes["dynamic_ops"] = [str(getattr(o, "value", o)) for o in ops]
-        skipped = tuple(recipe.extra.get("skipped_layers") or recipe.skip)
-        if skipped:
-            self._skip(skipped)
-        self.notes["weight_granularity"] = "per-channel" if recipe.per_channel else "per-tensor"
-        return self
-
-    def import_ranges(self, model: torch.nn.Module, sample: torch.Tensor,
-                      recipe: "QuantRecipe") -> None:
-        """Use the recipe's activation ranges (calibrated or QAT-learned) where the TFLite
-        graph has the same tensor; calibration fills in the rest."""
-        from .tflite_ranges import recipe_tensor_ranges
-
-        self.imported = (recipe_tensor_ranges(model, sample, self.float_path, recipe.ranges)
-                         if recipe.ranges else {})
-
-    @property
-    def _all(self) -> Any:
-        return self.qtyping.TFLOperationName.ALL_SUPPORTED
-
-    def _keep_float_io(self) -> None:
-        from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
-        for op in (self.qtyping.TFLOperationName.INPUT, self.qtyping.TFLOperationName.OUTPUT):
-            self.manager.add_quantization_config(regex=".*", operation_name=op,
-                                                 algorithm_key=AlgorithmName.NO_QUANTIZE)
-
-    def _skip(self, names: tuple[str, ...]) -> None:
-        from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
-        ops = _weighted_ops(self.float_path)
-        for name in names:
-            scopes = [scope for scope, weight in ops if re.search(skip_regex(name), weight)]
-            if not scopes:
-                raise ExportError(
-                    f"the recipe keeps layer '{name}' in float, but no op of the TFLite graph "
-                    f"can be traced back to it (litert-torch names weights after their module "
-                    f"path). Export to 'onnx' or 'torchscript', which honour skip= for every "
-                    f"layer, or quantize without skipping '{name}'")
-            for scope in scopes:
-                self.manager.add_quantization_config(
-                    regex="^" + re.escape(scope), operation_name=self._all,
-                    algorithm_key=AlgorithmName.NO_QUANTIZE)
-        self.notes["float_layers"] = list(names)
-
-    def _calibrate(self, samples: list[dict[str, np.ndarray]], threads: int) -> Any:
-        """Activation ranges as the min/max over all samples.
-
-        ai-edge-quantizer's default keeps a moving average (factor 0.95) of each sample's
-        min/max; fed one image at a time (the converted graph has batch 1) that is about the
-        *typical* image's range, so large logits were clipped: a pretrained CIFAR ResNet-20's
-        top logit stopped at 13 where the float model gives 30, and top-1 agreement with the
-        simulated INT8 model fell to 97.9 %. The recipe's own calibration (and ORT's) is a
-        min/max over all samples; this matches it.
-        """
-        from ai_edge_quantizer import calibrator
-
-        calib = calibrator.Calibrator(str(self.float_path), num_threads=threads,
-                                      qsv_update_func=_widest_range)
-        calib.calibrate({"serving_default": samples}, self.manager)
-        return calib.get_model_qsvs()
-
-    def run(self, out: Path, calib: torch.Tensor | None, threads: int | None) -> dict[str, Any]:
-        from ai_edge_quantizer import quantizer
-
-        from .tflite_ranges import apply_ranges
-
-        qt = quantizer.Quantizer(str(self.float_path))
-        qt.load_quantization_recipe(self.manager.get_quantization_recipe())
-        result = None
-        try:
-            if qt.need_calibration:
-                if calib is None or calib.shape[0] == 0:
-                    raise ExportError("static INT8 for TFLite needs calibration samples, but the "
-                                      "recipe has none and no DataBundle is attached. Re-run the "
-                                      "quantization pass with data")
-                name = inspect_tflite(self.float_path)["signature_inputs"][0]
-                samples = [{name: calib[i:i + 1].numpy().astype(np.float32)}
-                           for i in range(calib.shape[0])]
-                with _quiet_tools():
-                    result = self._calibrate(samples, threads or os.cpu_count() or 1)
-                self.notes["calib_count"] = len(samples)
-                self.notes.update(_ranges_note(
-                    None if self.imported is None else apply_ranges(result, self.imported)))
-            with _quiet_tools():
-                quantized = qt.quantize(result, enable_progress_report=False)
-        except ExportError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - ai-edge-quantizer raises many types
-            raise ExportError(f"ai-edge-quantizer could not quantize the TFLite model: "
-                              f"{str(exc)[:600]}. ONNX and TorchScript exports realise the same "
-                              f"recipe with their own quantizers") from exc
-        out.write_bytes(bytes(quantized.quantized_model))
-        return self.notes
-
-
-def _ranges_note(imported: int | None) -> dict[str, Any]:
-    if imported is None:
-        return {"activation_ranges": "min/max over all calibration samples (recipe_ranges=False)"}
-    if not imported:
-        return {"activation_ranges": "min/max over all calibration samples (the recipe has no "
-                                     "ranges that the TFLite graph's tensors match)"}
-    return {"activation_ranges": f"the recipe's for {imported} tensors, min/max over all "
-                                 f"calibration samples for the rest",
-            "recipe_ranges_imported": imported}
-
-
-def _widest_range(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    if not old:
-        return new
-    return {**old, "min": np.minimum(old["min"], new["min"]),
-            "max": np.maximum(old["max"], new["max"])}
-
-
-# torch layer types of a dynamic recipe → the TFLite ops litert-torch lowers them to
-# (LSTM/GRU become matmuls, i.e. FULLY_CONNECTED / BATCH_MATMUL ops)
-_DYNAMIC_OPS = {"Linear": ("FULLY_CONNECTED", "BATCH_MATMUL"),
-                "LSTM": ("FULLY_CONNECTED", "BATCH_MATMUL"),
-                "GRU": ("FULLY_CONNECTED", "BATCH_MATMUL"),
-                "Conv2d": ("CONV_2D", "DEPTHWISE_CONV_2D"), "Conv1d": ("CONV_2D",)}
-
-
-def _dynamic_ops(layers: tuple[str, ...]) -> list[Any]:
-    from ai_edge_quantizer import qtyping
-
-    if not layers:
-        return [qtyping.TFLOperationName.ALL_SUPPORTED]
-    unknown = [name for name in layers if name not in _DYNAMIC_OPS]
-    if unknown:
-        raise ExportError(f"the dynamic recipe quantizes {', '.join(unknown)}, which the TFLite "
-                          f"export cannot map to LiteRT ops (it maps "
-                          f"{', '.join(sorted(_DYNAMIC_OPS))}). Export to 'onnx' or "
-                          f"'torchscript' instead")
-    names = dict.fromkeys(op for name in layers for op in _DYNAMIC_OPS[name])
-    return [qtyping.TFLOperationName(op) for op in names]
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
-
-
 class TfliteExporter(Exporter):
     """Writes ``.tflite`` files; options in :class:`TfliteOptions`."""
 
     Options = TfliteOptions
 
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:
-        self._check_options(opts, precision, dm)
-        model = self.source_model(dm, precision).eval().cpu()
-        example = dm.example_input(1).cpu()
+    def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
+        self._check_options(opts, precision)
+        model = job.source.eval().cpu()
+        example = job.example
         if precision == "fp32":
             notes = convert_float(model, example, tmp)
         else:
             with tempfile.TemporaryDirectory() as work:
                 float_path = Path(work) / "float.tflite"
                 notes = convert_float(model, example, float_path)
-                aeq = _Aeq(float_path)
+                aeq = AiEdgeQuantizer(float_path)
                 if precision == "fp16":
                     aeq.fp16()
                 else:
-                    assert dm.quant_recipe is not None
-                    aeq.recipe(dm.quant_recipe, opts.int8_io)
-                calib = self._calibration(dm)
+                    assert job.recipe is not None
+                    aeq.recipe(job.recipe, opts.int8_io)
+                calib = job.calibration
                 if (opts.recipe_ranges and precision == "int8-static" and calib is not None
                         and calib.shape[0]):
-                    aeq.import_ranges(model, calib[:1], dm.quant_recipe)
+                    assert job.recipe is not None
+                    aeq.import_ranges(model, calib[:1], job.recipe)
                 notes.update(aeq.run(tmp, calib, opts.calib_threads))
         if opts.compact_names:
             notes["tensors_renamed"] = compact_tensor_names(tmp)
-        notes.update(self._check_written(tmp, precision, example, dm))
+        notes.update(self._check_written(tmp, precision, example, job.layout))
         return notes
 
-    def _check_options(self, opts: Any, precision: str, dm: "DeployableModel") -> None:
+    def _check_options(self, opts: Any, precision: str) -> None:
         if opts.fp16 and precision.startswith("int8"):
             raise ConfigError("fp16=True cannot combine with the model's INT8 recipe; drop fp16 "
                               "(the INT8 file is smaller still) or export the float model")
@@ -410,18 +129,8 @@ class TfliteExporter(Exporter):
                               f"{precision}); quantize with ec.passes.QuantizePTQ or "
                               f"QuantizeQAT first")
 
-    def _calibration(self, dm: "DeployableModel") -> torch.Tensor | None:
-        recipe = dm.quant_recipe
-        if recipe is not None and recipe.calib_samples is not None:
-            return recipe.calib_samples.detach().float().cpu()
-        if dm.data is not None and recipe is not None and recipe.scheme == "static":
-            log.warning("the INT8 recipe carries no calibration samples; calibrating TFLite on "
-                        "256 samples of the attached DataBundle")
-            return dm.data.calibration_inputs(256)
-        return None
-
     def _check_written(self, path: Path, precision: str, example: torch.Tensor,
-                       dm: "DeployableModel") -> dict[str, Any]:
+                       layout: str | None) -> dict[str, Any]:
         """Refuse a file whose tensors do not match its label; record what it holds."""
         facts = inspect_tflite(path)
         weights, kernels = facts["weight_dtypes"], facts["kernel_input_dtypes"]
@@ -438,10 +147,10 @@ class TfliteExporter(Exporter):
             raise ExportError(f"litert-torch changed the input shape from {list(example.shape)} "
                               f"to {facts['input_shape']}; the runner could not take the torch "
                               f"model's input. Please report this model")
-        facts["io_layout"] = dm.input_spec.layout
+        facts["io_layout"] = layout
         facts["layout_note"] = ("litert-torch keeps the torch layout at the model's input and "
                                 "output; NHWC transposes are inside the graph")
-        facts["interpreter"] = f"ai-edge-litert {_version('ai-edge-litert')}"
+        facts["interpreter"] = f"ai-edge-litert {dist_version('ai-edge-litert')}"
         facts.pop("signature_inputs", None)
         return facts
 

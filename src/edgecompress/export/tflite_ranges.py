@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .._extras import require
-from ..quant.simulate import output_modes
+from ..quant.sharing import output_modes
 
 # A value match must be exact up to float rounding; the tolerance scales with the tensor.
 _RTOL = 1e-3

@@ -35,10 +35,11 @@ from torch import nn
 from ..errors import ExportError
 from ..metadata import write_sidecar
 from ..options import option
+from ..fold import fold_batchnorm
+from ..job import ExportJob
 from .base import Exporter, ExportOptions
 
 if TYPE_CHECKING:
-    from ..deployable import DeployableModel
     from ..quant_recipe import QuantRecipe
 
 log = logging.getLogger("edgecompress")
@@ -53,7 +54,7 @@ class TorchScriptOptions(ExportOptions):
     engine: str | None = option(None, "Quantized engine for INT8 (None: from the recipe's "
                                       "backend — x86 for x86, qnnpack for arm). It must match "
                                       "the device: qnnpack is slow on x86.", choices=ENGINES)
-    method: str = option("auto", "trace, script, or auto (trace; script when tracing fails).",
+    method: str = option("auto", "How to capture the model: trace, script, or auto (trace; script when tracing fails).",
                          choices=("auto", "trace", "script"))
     optimize: bool = option(True, "Run optimize_for_mobile when this torch has XNNPACK.")
 
@@ -87,7 +88,7 @@ def seven_bit_activations(recipe: "QuantRecipe", engine: str) -> bool:
     """fbgemm/x86 kernels need 7-bit activations on CPUs without VNNI to avoid overflow; the
     recipe's ``reduce_range`` (set by the user, or on when the quantizing CPU lacks VNNI)
     decides, as it does for ORT's weights."""
-    return engine in ("x86", "fbgemm") and bool(recipe.extra.get("reduce_range", True))
+    return engine in ("x86", "fbgemm") and recipe.reduce_range
 
 
 def _qconfig_mapping(recipe: "QuantRecipe", engine: str, skipped: list[str]) -> Any:
@@ -208,19 +209,9 @@ def int8_weight_count(model: nn.Module) -> int:
 
 
 def fold_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
-    """Fold eval-mode BatchNorm into the preceding conv (what optimize_for_mobile would do)."""
-    from torch.fx.experimental.optimization import fuse
-
-    bns = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if not bns:
-        return model, 0
-    try:
-        fused = fuse(copy.deepcopy(model).eval())
-    except Exception as exc:  # noqa: BLE001 - fx tracing can fail; folding is optional
-        log.info("conv-bn folding skipped (%s)", str(exc).splitlines()[0][:200])
-        return model, 0
-    left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
-    return fused, bns - left
+    """A copy of ``model`` with eval-mode BatchNorm folded into the preceding conv/linear."""
+    folded = copy.deepcopy(model).eval()
+    return folded, fold_batchnorm(folded)
 
 
 def to_torchscript(model: nn.Module, example: torch.Tensor, method: str) -> tuple[Any, str]:
@@ -260,18 +251,17 @@ class TorchScriptExporter(Exporter):
     def float_precision(self, opts: Any) -> str:
         return "fp32"
 
-    def write(self, dm: "DeployableModel", tmp: Path, opts: Any, precision: str,
-              metadata: dict[str, Any]) -> dict[str, Any]:
-        model = self.source_model(dm, precision).eval().cpu()
-        example = dm.example_input(2).cpu()
-        recipe = dm.quant_recipe
+    def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
+        model = job.source.eval().cpu()
+        example = job.example_batch(2)
+        recipe = job.recipe
         notes: dict[str, Any] = {"torch": torch.__version__, "machine": platform.machine()}
         engine = engine_for(recipe, opts.engine) if precision.startswith("int8") else None
         with warnings.catch_warnings(), quantized_engine(engine):
             warnings.simplefilter("ignore")  # torch.ao / lite-interpreter deprecation notices
             if precision.startswith("int8"):
                 assert recipe is not None
-                model, qnotes = self._quantize(model, recipe, engine, dm, precision)
+                model, qnotes = self._quantize(model, recipe, engine, job.calibration, precision)
                 notes.update(qnotes)
             else:
                 model, notes["conv_bn_folded"] = fold_conv_bn(model)
@@ -283,13 +273,10 @@ class TorchScriptExporter(Exporter):
         return notes
 
     def _quantize(self, model: nn.Module, recipe: "QuantRecipe", engine: str | None,
-                  dm: "DeployableModel", precision: str) -> tuple[nn.Module, dict[str, Any]]:
-        skipped = list(recipe.extra.get("skipped_layers") or recipe.skip)
+                  calib: torch.Tensor | None, precision: str) -> tuple[nn.Module, dict[str, Any]]:
+        skipped = list(recipe.skipped_layers or recipe.skip)
         imported = None
         if precision == "int8-static":
-            calib = recipe.calib_samples
-            if calib is None and dm.data is not None:
-                calib = dm.data.calibration_inputs(256)
             if calib is None or calib.shape[0] == 0:
                 raise ExportError("static INT8 TorchScript needs calibration samples; the recipe "
                                   "has none and no DataBundle is attached")

@@ -1,4 +1,5 @@
-"""Group-wise weight quantization on ggml's grids, and the recipe that records it.
+"""Group-wise weight quantization on ggml's grids (the recipe that records it is
+:class:`edgecompress.quant_recipe.WeightOnlyRecipe`).
 
 Each row of a weight matrix is cut into groups of ``group_size`` consecutive input weights;
 each group gets one scale (and, asymmetric, one minimum), stored as float16 like ggml does. The
@@ -15,35 +16,11 @@ very values a GGUF file of the matching type holds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
-from ..quant_recipe import QuantRecipe
-
-
-@dataclass
-class WeightOnlyRecipe(QuantRecipe):
-    """A weight-only recipe: group-wise integer weights, float activations.
-
-    ``layers`` holds the names of the quantized weight tensors' modules; ``embeddings`` tells
-    whether the token embedding (and a head tied to it) is quantized too.
-    """
-
-    scheme: str = "weight"
-    group_size: int = 32
-    symmetric: bool = True
-    embeddings: bool = False
-
-    @property
-    def precision(self) -> str:
-        return f"int{self.bits}-weight"
-
-    def describe(self) -> str:
-        return (f"{self.bits}-bit {'symmetric' if self.symmetric else 'asymmetric'} weights in "
-                f"groups of {self.group_size}, float activations")
 
 
 def _round_away(v: torch.Tensor) -> torch.Tensor:

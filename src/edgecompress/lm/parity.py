@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..export.parity import Parity
+from ..artifact import Parity
 from .metrics import logits_of, next_token_agreement, window_nll
 
 # precision -> (min next-token agreement, max relative perplexity change) vs the reference.

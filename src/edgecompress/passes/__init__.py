@@ -1,16 +1,18 @@
 """Compression passes. Each lives in its own module and is registered here by name.
 
 The table maps a pass's recipe name to its class, imported lazily so that a pass's heavy
-dependencies load only when it is used. Plugins add passes through the ``edgecompress.passes``
-entry-point group or :func:`register_pass`.
+dependencies load only when it is used; it is registered into :data:`edgecompress.registry.passes`
+(as are the recovery kinds these passes provide). Plugins add passes through the
+``edgecompress.passes`` entry-point group or :func:`register_pass`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .. import registry
 from ..errors import ConfigError
-from .base import Pass, PassContext
+from .base import Pass, PassContext, StageOutput
 
 if TYPE_CHECKING:
     from .distill import Distill
@@ -20,8 +22,8 @@ if TYPE_CHECKING:
     from .quantize import QuantizeDynamic, QuantizePTQ, QuantizeQAT
     from .quantize_weights import QuantizeWeights
 
-# recipe name -> "module:Class" (relative to edgecompress.passes)
-PASSES: dict[str, Any] = {
+PASSES = registry.passes  # recipe name -> Pass subclass or "module:Class" (relative to this package)
+_BUILTIN = {
     "fuse": ".fuse:Fuse",
     "structured_prune": ".prune_structured:StructuredPrune",
     "unstructured_prune": ".prune_unstructured:UnstructuredPrune",
@@ -31,41 +33,36 @@ PASSES: dict[str, Any] = {
     "distill": ".distill:Distill",
     "quantize_weights": ".quantize_weights:QuantizeWeights",
 }
-_CLASS_NAMES = {ref.split(":")[1]: name for name, ref in PASSES.items()}
+_CLASS_NAMES = {ref.split(":")[1]: name for name, ref in _BUILTIN.items()}
 
 
-def _resolve(ref: Any) -> type[Pass]:
-    if isinstance(ref, type):
-        return ref
-    import importlib
+def _check_pass(name: str, cls: Any) -> type[Pass]:
+    if not (isinstance(cls, type) and issubclass(cls, Pass)):
+        raise ConfigError(f"register_pass needs a Pass subclass, got {cls!r}")
+    return cls
 
-    module, _, attr = ref.partition(":")
-    mod = importlib.import_module(module, __name__) if module.startswith(".") else importlib.import_module(module)
-    return getattr(mod, attr)
+
+PASSES.check = _check_pass
+for _name, _ref in _BUILTIN.items():
+    PASSES.register(_name, _ref, replace=True)
+registry.recoveries.register("distill", "edgecompress.passes.distill:DistillRecovery", replace=True)
 
 
 def register_pass(cls: type[Pass], name: str | None = None) -> type[Pass]:
     """Register a Pass subclass under ``name`` (default: ``cls.name``); usable as a decorator."""
-    if not (isinstance(cls, type) and issubclass(cls, Pass)):
-        raise ConfigError(f"register_pass needs a Pass subclass, got {cls!r}")
-    PASSES[name or cls.name] = cls
-    return cls
+    _check_pass(name or "", cls)
+    return PASSES.register(name or cls.name, cls, replace=True)
 
 
 def get_pass(name: str) -> type[Pass]:
     """The Pass class registered as ``name``; ConfigError lists the known names otherwise."""
-    from ..plugins import load_plugins
-
-    load_plugins()
-    if name not in PASSES:
-        raise ConfigError(f"unknown pass '{name}'. Known passes: {', '.join(sorted(PASSES))}")
-    return _resolve(PASSES[name])
+    return PASSES.get_object(name)
 
 
 def __getattr__(attr: str) -> Any:
     if attr in _CLASS_NAMES:
-        return _resolve(PASSES[_CLASS_NAMES[attr]])
+        return PASSES.get_object(_CLASS_NAMES[attr])
     raise AttributeError(f"module 'edgecompress.passes' has no attribute '{attr}'")
 
 
-__all__ = ["PASSES", "Pass", "PassContext", "get_pass", "register_pass", *_CLASS_NAMES]
+__all__ = ["PASSES", "Pass", "PassContext", "StageOutput", "get_pass", "register_pass", *_CLASS_NAMES]

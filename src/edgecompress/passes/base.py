@@ -1,54 +1,20 @@
-"""The Pass base class and the context a pass runs in."""
+"""The Pass base class (the context a pass runs in is :class:`edgecompress.context.PassContext`)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..context import PassContext, StageOutput
 from ..forms import Form
 from ..options import from_options, options_dict, options_schema, validate_options
 
 if TYPE_CHECKING:
-    import torch
-
     from ..data.bundle import DataBundle
-    from ..quant_recipe import QuantRecipe
-    from ..targets import Target
 
 log = logging.getLogger("edgecompress")
-
-
-@dataclass
-class PassContext:
-    """What a pass can see besides the model: data, seed, device, target and pipeline state.
-
-    ``model_before`` is a frozen copy of the model that entered the current pass (the teacher of
-    a distillation recovery). Passes that quantize set ``quant_recipe`` and ``float_model`` so
-    exporters can realise INT8 natively; passes that change structure add to ``structure``.
-    """
-
-    data: "DataBundle"
-    seed: int = 0
-    device: "torch.device | str | None" = None
-    target: "Target | None" = None
-    model_before: Any = None
-    quant_recipe: "QuantRecipe | None" = None
-    float_model: Any = None
-    structure: dict[str, Any] = field(default_factory=dict)
-    notes: dict[str, Any] = field(default_factory=dict)  # per-stage notes shown in the report
-    stage_index: int = 0
-
-    def note(self, key: str, value: Any) -> None:
-        """Record a fact about the current stage (shown in the report's notes)."""
-        self.notes[key] = value
-
-    def resolved_device(self) -> "torch.device":
-        """The device passes train on (``device``, else CUDA when available)."""
-        from ..training import pick_device
-        return pick_device(self.device)
 
 
 class Pass:
@@ -88,8 +54,10 @@ class Pass:
     def check_data(self, data: "DataBundle") -> None:
         """Raise DataError before anything runs when ``data`` lacks what this pass needs."""
 
-    def run(self, model: Any, ctx: PassContext) -> Any:  # pragma: no cover - abstract
-        """Transform ``model`` (the pipeline's working copy) and return the result."""
+    def run(self, model: Any, ctx: PassContext) -> StageOutput:  # pragma: no cover - abstract
+        """Compress ``model`` (a copy the pass may change); return it in a StageOutput.
+
+        A plain model may be returned instead (plugins written before StageOutput)."""
         raise NotImplementedError(f"{type(self).__name__}.run is not implemented")
 
     # -- recipes ------------------------------------------------------------------------------
@@ -127,3 +95,6 @@ def _is_heavy(value: Any) -> bool:
         return isinstance(value, torch.nn.Module)
     except ImportError:  # pragma: no cover
         return False
+
+
+__all__ = ["Pass", "PassContext", "StageOutput"]

@@ -36,7 +36,7 @@ from ..training import (
     train,
     train_config,
 )
-from .base import Pass, PassContext
+from .base import Pass, PassContext, StageOutput
 
 if TYPE_CHECKING:
     from ..data.bundle import DataBundle
@@ -184,7 +184,7 @@ def distill_into(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg: 
 
 def model_facts(model: nn.Module, data: DataBundle, name: str) -> dict[str, Any]:
     """Measured params, size, MACs, accuracy and latency of ``model`` (for the report notes)."""
-    from ..pipeline import Measure, measure_stage
+    from ..stages import Measure, measure_stage
 
     m = measure_stage(model, Form.TORCH_FLOAT, data, Measure(latency_runs=20, latency_warmup=3),
                       name)
@@ -251,7 +251,7 @@ class Distill(Pass, KDConfig):
             out.pop("student")  # a module cannot live in a recipe; a student name can
         return out
 
-    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+    def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         teacher, student = self._roles(model, ctx)
         check_models(teacher, student, ctx.data)
         seed = self.seed if self.seed is not None else ctx.seed
@@ -271,7 +271,7 @@ class Distill(Pass, KDConfig):
         log.info("Distill: student best val accuracy %s at epoch %s%s", result.best_val_accuracy,
                  result.best_epoch, f" (without the teacher: {ctx.notes['baseline_accuracy']})"
                  if "baseline_accuracy" in ctx.notes else "")
-        return student
+        return StageOutput(student)
 
     def _roles(self, model: nn.Module, ctx: PassContext) -> tuple[nn.Module, nn.Module]:
         """(teacher, student) for this run; a user-given student is copied, never changed."""

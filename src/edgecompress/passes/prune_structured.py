@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from ..forms import Form
 from ..measure import count_macs, count_params
 from ..options import option
 from ..training import Recovery, seed_everything
-from .base import Pass, PassContext
+from .base import Pass, PassContext, StageOutput
 from .pruning.analysis import (
     first_param_device,
     layer_widths,
@@ -79,7 +80,7 @@ class StructuredPrune(Pass):
     steps: int = option(1, "Iterative pruning: reach the goal in this many steps, fine-tuning "
                         "after each.", low=1, high=100)
     grad_batches: int = option(4, "Training batches used for importance='taylor'.", low=1)
-    finetune: Recovery | None = option(None,  # noqa: RUF009 - declared option "Recovery after each pruning step "
+    finetune: Recovery | None = option(None, "Recovery after each pruning step "
                                        "(ec.FineTune(...) or a distillation recovery).",
                                        recipe=True)
 
@@ -93,7 +94,7 @@ class StructuredPrune(Pass):
                               f"ec.FineTune(epochs=2), got {type(self.finetune).__name__}")
 
     # -- the pass -------------------------------------------------------------------------------
-    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+    def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         stage = self.name
         example = ctx.data.example_input[:1].to(first_param_device(model))
         facts = trace_forward(model.eval(), example, stage)
@@ -126,8 +127,8 @@ class StructuredPrune(Pass):
             if self.finetune is not None:
                 desc = "finetune" if self.steps == 1 else f"finetune_step{step}"
                 work = self.finetune.recover(work, ctx, desc=desc)
-        self._record(work, example, dense, widths, ctx)
-        return work.eval()
+        change = self._record(work, example, dense, widths, ctx)
+        return StageOutput(work.eval(), structure={"structured_prune": [change]})
 
     def _step_ratio(self, goal: float, step: int) -> float:
         """Channels to remove in ``step``, relative to what the previous step left."""
@@ -206,17 +207,17 @@ class StructuredPrune(Pass):
                             stage)
 
     def _record(self, model: nn.Module, example: torch.Tensor, dense: dict[str, int | None],
-                widths: dict[str, int], ctx: PassContext) -> None:
+                widths: dict[str, int], ctx: PassContext) -> dict[str, Any]:
         params, macs = count_params(model), count_macs(model, example)
         changes = width_changes(widths, layer_widths(model))
         ctx.note("params_ratio", round(params / dense["params"], 4) if dense["params"] else None)
         if macs is not None and dense["macs"]:
             ctx.note("macs_ratio", round(macs / dense["macs"], 4))
         ctx.note("layers_pruned", len(changes))
-        ctx.structure.setdefault("structured_prune", []).append(
-            {"layer_widths": changes, "params": params, "macs": macs})
+        change = {"layer_widths": changes, "params": params, "macs": macs}
         if not changes:
             log.warning("%s: no channel was removed (ratio too small for the layer widths or "
                         "round_to?)", self.name)
         log.info("%s: params %d -> %d, MACs %s -> %s, %d layers narrowed", self.name,
                  dense["params"], params, dense["macs"], macs, len(changes))
+        return change

@@ -23,7 +23,7 @@ from ..forms import Form
 from ..measure import compressed_sizes, serialized_state, sparsity
 from ..options import option
 from ..training import Recovery
-from .base import Pass, PassContext
+from .base import Pass, PassContext, StageOutput
 
 log = logging.getLogger("edgecompress")
 
@@ -80,7 +80,7 @@ class UnstructuredPrune(Pass):
                            choices=("oneshot", "gradual"))
     steps: int = option(4, "Pruning steps of the gradual schedule.", low=1, high=100)
     ignore: tuple[str, ...] = option((), "Names of layers (or containers) left dense.")
-    finetune: Recovery | None = option(None,  # noqa: RUF009 - declared option "Recovery with the masks applied: after each "
+    finetune: Recovery | None = option(None, "Recovery with the masks applied: after each "
                                        "gradual step, or once after one-shot pruning.",
                                        recipe=True)
 
@@ -89,7 +89,7 @@ class UnstructuredPrune(Pass):
             raise ConfigError(f"UnstructuredPrune: finetune must be a recovery such as "
                               f"ec.FineTune(epochs=1), got {type(self.finetune).__name__}")
 
-    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+    def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         layers = prunable_weights(model, self.ignore)
         if not layers:
             raise PassError(f"{self.name}: {type(model).__name__} has no Conv or Linear weights "
@@ -109,7 +109,7 @@ class UnstructuredPrune(Pass):
                 if prune.is_pruned(module) and hasattr(module, "weight_mask"):
                     prune.remove(module, "weight")
         self._report(model, layers, ctx)
-        return model.eval()
+        return StageOutput(model.eval())
 
     def _prune_to(self, layers: list[tuple[str, nn.Module]], target: float) -> None:
         """Bring the pruned weights to ``target`` sparsity (masks stack on earlier masks)."""

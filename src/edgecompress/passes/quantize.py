@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from ..fold import fold_batchnorm
 from ..forms import Form
 from ..options import option
 from ..quant.calibrate import calibrate
@@ -26,27 +27,17 @@ from ..quant.mapping import execution_order
 from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni, output_modes,
                               quantizable_layers, ranges_of, resolve_skip, set_observing,
                               set_ranges, share_quantizers, unwrap, wrap)
-from ..quant_recipe import QuantRecipe
+from ..quant_recipe import DynamicRecipe, StaticRecipe
 from ..training import FineTune, Recovery, steps_per_epoch
-from .base import Pass, PassContext
-from .fuse import _sequential_pairs, _traced_pairs, fuse_pairs
+from .base import Pass, PassContext, StageOutput
 
 if TYPE_CHECKING:
     from ..data.bundle import DataBundle
 
 log = logging.getLogger("edgecompress")
 
-REBUILD = "edgecompress.quant.simulate:rebuild"
+REBUILD = "edgecompress.quant.simulate:rebuild"  # rebuilds the quantized model of a saved file
 METHODS = ("minmax", "percentile", "entropy")
-
-
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold BatchNorm into the preceding Conv/Linear in place, as the exported graph will be."""
-    try:
-        pairs = _traced_pairs(model)
-    except Exception:  # noqa: BLE001 - untraceable models: only certain (Sequential) pairs
-        pairs = _sequential_pairs(model)
-    return fuse_pairs(model.eval(), pairs)
 
 
 def _check_calibration(data: "DataBundle", samples: int, who: str) -> None:
@@ -71,19 +62,16 @@ def _static_layers(model: nn.Module, skip: tuple[str, ...], who: str) -> tuple[d
 
 def _static_recipe(p: Any, source: str, method: str, calib: torch.Tensor,
                    sim: nn.Module, skipped: set[str], order: list[list[Any]],
-                   ranges_kind: str, outputs: dict[str, str | None]) -> QuantRecipe:
-    return QuantRecipe(
-        scheme="static", bits=8, per_channel=p.per_channel, method=method, backend=p.backend,
+                   ranges_kind: str, outputs: dict[str, str | None], shared: int,
+                   calibrated: list[str] | None = None) -> StaticRecipe:
+    return StaticRecipe(
+        bits=8, per_channel=p.per_channel, method=method, backend=p.backend,
         skip=tuple(p.skip), source=source, calib_samples=calib.detach().cpu(),
-        ranges=ranges_of(sim),
-        extra={"skipped_layers": sorted(skipped), "layer_order": order, "rebuild": REBUILD,
-               "ranges_kind": ranges_kind, "outputs": outputs,
-               "weight_qmax": _weight_qmax(p), "reduce_range": _weight_qmax(p) != W_QMAX,
-               "activations": "per-tensor asymmetric 8-bit at each quantized layer's input and "
-                              "output (ranges keyed '<layer>:in' / '<layer>:out'; 'relu' "
-                              "outputs are quantized after the ReLU they feed)",
-               "weights": f"symmetric int8 [-{_weight_qmax(p)}, {_weight_qmax(p)}], "
-                          f"{'per output channel' if p.per_channel else 'per tensor'}"})
+        ranges=ranges_of(sim), skipped_layers=tuple(sorted(skipped)),
+        layer_order=tuple(order), rebuild=REBUILD, ranges_kind=ranges_kind,
+        outputs=dict(outputs or {}), weight_qmax=_weight_qmax(p),
+        reduce_range=_weight_qmax(p) != W_QMAX, one_quantizer_per_tensor=shared,
+        calibrated_after_training=calibrated)
 
 
 def _weight_qmax(p: Any) -> int:
@@ -101,7 +89,25 @@ def _check_skip_type(p: Any) -> None:
 
 
 @dataclass
-class QuantizePTQ(Pass):
+class StaticQuantOptions:
+    """The options post-training and quantization-aware static INT8 share, declared once."""
+
+    samples: int = option(256, "Calibration samples taken from data.calib (QAT: for the "
+                               "initial ranges).", low=1)
+    method: str = option("percentile", "Calibration method for activation ranges (QAT: for "
+                                       "the initial ranges).", choices=METHODS)
+    per_channel: bool = option(True, "Quantize weights per output channel (else per tensor).")
+    skip: tuple[str, ...] = option((), "Layer names kept in float (a container's name keeps "
+                                       "all layers inside it), e.g. ['fc'].")
+    backend: str = option("x86", "Target engine: x86 (u8 activations, s8 weights) or arm "
+                                 "(s8 activations).", choices=("x86", "arm"))
+    reduce_range: bool | None = option(None, "7-bit weights, which x86 CPUs without VNNI need "
+                                             "to avoid int16 saturation in ORT's u8s8 kernels "
+                                             "(None: on for x86 when this CPU lacks VNNI).")
+
+
+@dataclass
+class QuantizePTQ(Pass, StaticQuantOptions):
     """Post-training static INT8: calibrate activation ranges, simulate INT8 in torch.
 
     BatchNorm is folded first (the exported graph has it folded). Activation ranges are found
@@ -113,25 +119,13 @@ class QuantizePTQ(Pass):
     accepts = (Form.TORCH_FLOAT,)
     produces = Form.TORCH_FAKEQUANT
 
-    samples: int = option(256, "Calibration samples taken from data.calib.", low=1)
-    method: str = option("percentile", "Calibration method for activation ranges.",
-                         choices=METHODS)
-    per_channel: bool = option(True, "Quantize weights per output channel (else per tensor).")
-    skip: tuple[str, ...] = option((), "Layer names kept in float (a container's name keeps "
-                                       "all layers inside it), e.g. ['fc'].")
-    backend: str = option("x86", "Target engine: x86 (u8 activations, s8 weights) or arm "
-                                 "(s8 activations).", choices=("x86", "arm"))
-    reduce_range: bool | None = option(None, "7-bit weights, which x86 CPUs without VNNI need "
-                                             "to avoid int16 saturation in ORT's u8s8 kernels "
-                                             "(None: on for x86 when this CPU lacks VNNI).")
-
     def validate(self) -> None:
         _check_skip_type(self)
 
     def check_data(self, data: "DataBundle") -> None:
         _check_calibration(data, self.samples, "QuantizePTQ")
 
-    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+    def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         float_model = copy.deepcopy(model).eval()
         folded = fold_batchnorm(float_model)
         layers, skipped = _static_layers(float_model, self.skip, "QuantizePTQ")
@@ -141,12 +135,10 @@ class QuantizePTQ(Pass):
         sim, shared = share_quantizers(wrap(copy.deepcopy(float_model), self.per_channel,
                                             skipped, outputs, _weight_qmax(self)))
         calibrate(sim, act_quantizers(sim), calib, self.method, desc="PTQ calibration")
-        ctx.quant_recipe = _static_recipe(self, "ptq", self.method, calib, sim, skipped, order,
-                                          "observed", outputs)
-        ctx.quant_recipe.extra["one_quantizer_per_tensor"] = shared
-        ctx.float_model = float_model
+        recipe = _static_recipe(self, "ptq", self.method, calib, sim, skipped, order,
+                                "observed", outputs, shared)
         _note_static(ctx, layers, skipped, calib, folded)
-        return sim.eval()
+        return StageOutput(sim.eval(), recipe=recipe, float_model=float_model)
 
 
 def _note_static(ctx: PassContext, layers: dict[str, Any], skipped: set[str],
@@ -187,7 +179,7 @@ class _QatSchedule:
 
 
 @dataclass
-class QuantizeQAT(Pass):
+class QuantizeQAT(Pass, StaticQuantOptions):
     """Quantization-aware training: fine-tune through simulated INT8 so the weights adapt.
 
     Ranges start from a calibration on ``data.calib`` and then follow a moving average of the
@@ -209,13 +201,9 @@ class QuantizeQAT(Pass):
                                             "(None: never).", low=0)
     freeze_observers_after: int | None = option(1, "Epochs after which activation ranges "
                                                    "freeze (None: never).", low=0)
-    samples: int = option(256, "Calibration samples for the initial ranges.", low=1)
-    method: str = option("minmax", "Calibration method for the initial ranges.", choices=METHODS)
-    per_channel: bool = option(True, "Quantize weights per output channel (else per tensor).")
-    skip: tuple[str, ...] = option((), "Layer names kept in float, e.g. ['fc'].")
-    backend: str = option("x86", "Target engine: x86 or arm.", choices=("x86", "arm"))
-    reduce_range: bool | None = option(None, "7-bit weights for x86 CPUs without VNNI "
-                                             "(None: on for x86 when this CPU lacks VNNI).")
+    # the shared options (StaticQuantOptions); QAT's initial ranges default to min/max
+    method: str = option("minmax", "Calibration method for activation ranges (QAT: for the "
+                                   "initial ranges).", choices=METHODS)
     finetune: Recovery | None = option(None, "Training hook (e.g. ec.Distill.recover()); "
                                              "None: cross-entropy with epochs/lr above.")
 
@@ -236,7 +224,7 @@ class QuantizeQAT(Pass):
             return self.finetune
         return FineTune(epochs=self.epochs, lr=self.lr, max_batches=self.max_batches)
 
-    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+    def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         float_model = copy.deepcopy(model).eval()
         # per-channel symmetric weight quantization is unchanged by folding a BatchNorm (a
         # per-channel scale), so BN can train unfolded; per-tensor needs the folded weights
@@ -260,13 +248,10 @@ class QuantizeQAT(Pass):
         final, outputs, calibrated, shared = self._final_model(trained_float, sim, skipped, calib)
         order = execution_order(trained_float, calib, quantizable_layers(trained_float))
         recipe = _static_recipe(self, "qat", self.method, calib, final, skipped, order, "learned",
-                                outputs)
-        recipe.extra["calibrated_after_training"] = calibrated
-        recipe.extra["one_quantizer_per_tensor"] = shared
-        ctx.quant_recipe, ctx.float_model = recipe, trained_float
+                                outputs, shared, calibrated)
         _note_static(ctx, layers, skipped, calib, folded)
         ctx.note("qat_schedule", schedule.events)
-        return final
+        return StageOutput(final, recipe=recipe, float_model=trained_float)
 
     def _final_model(self, trained_float: nn.Module, trained: nn.Module, skipped: set[str],
                      calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], int]:
@@ -310,7 +295,7 @@ class QuantizeDynamic(Pass):
             raise ConfigError("QuantizeDynamic: layers is empty; name at least one of "
                               f"{', '.join(DYNAMIC_TYPES)}")
 
-    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+    def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         float_model = copy.deepcopy(model).eval()
         layers = dynamic_layers(float_model, self.layers)
         if not layers:
@@ -320,15 +305,13 @@ class QuantizeDynamic(Pass):
         example = ctx.data.samples("val", 1)
         order = execution_order(float_model, example, layers)
         quantized = quantize_dynamic_torch(float_model, self.layers, skipped)
-        ctx.quant_recipe = QuantRecipe(
-            scheme="dynamic", bits=8, per_channel=False, method="minmax", skip=tuple(self.skip),
-            layers=tuple(self.layers), source="dynamic",
-            extra={"skipped_layers": sorted(skipped), "layer_order": order, "rebuild": REBUILD,
-                   "weights": "int8 per tensor", "activations": "quantized per batch at run time",
-                   # ORT's u8·s8 kernels saturate without VNNI: 7-bit weights there
-                   "reduce_range": not cpu_has_vnni()})
-        ctx.float_model = float_model
+        recipe = DynamicRecipe(
+            bits=8, method="minmax", skip=tuple(self.skip), layers=tuple(self.layers),
+            skipped_layers=tuple(sorted(skipped)), layer_order=tuple(order),
+            rebuild=REBUILD,
+            # ORT's u8·s8 kernels saturate without VNNI: 7-bit weights there
+            reduce_range=not cpu_has_vnni())
         ctx.note("quantized_layers", {k: sum(1 for n, m in layers.items() if type(m).__name__ == k
                                              and n not in skipped) for k in self.layers})
         ctx.note("float_layers", sorted(skipped))
-        return quantized
+        return StageOutput(quantized, recipe=recipe, float_model=float_model)

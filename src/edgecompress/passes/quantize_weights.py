@@ -4,7 +4,7 @@ The way language models go to the edge (llama.cpp's Q4_0 / Q8_0 …): each Linea
 rows are cut into groups of ``group_size`` inputs with one float16 scale per group; activations
 stay float. The pass replaces every selected weight by its dequantized grid values — the very
 values the GGUF exporter writes — so the pipeline measures the quantized model's perplexity in
-torch, and records a :class:`~edgecompress.lm.groupquant.WeightOnlyRecipe` (plus the float model)
+torch, and records a :class:`~edgecompress.quant_recipe.WeightOnlyRecipe` (plus the float model)
 for exporters to realise natively.
 """
 
@@ -20,9 +20,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..forms import Form
-from ..lm.groupquant import WeightOnlyRecipe, quantize_groups
+from ..lm.groupquant import quantize_groups
+from ..quant_recipe import WeightOnlyRecipe
 from ..options import option
-from .base import Pass, PassContext
+from .base import Pass, PassContext, StageOutput
 
 log = logging.getLogger("edgecompress")
 
@@ -92,7 +93,7 @@ class QuantizeWeights(Pass):
                               f"skip=['{self.skip}'], not a string")
         self.skip = tuple(self.skip)
 
-    def run(self, model: nn.Module, ctx: PassContext) -> nn.Module:
+    def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         float_model = copy.deepcopy(model).eval()
         layers = list(weight_layers(model, self.embeddings, self.skip))
         if not layers:
@@ -106,13 +107,10 @@ class QuantizeWeights(Pass):
                     quantize_module(module, self.bits, self.group_size, symmetric)
                 except ConfigError as exc:
                     raise ConfigError(f"QuantizeWeights: layer '{name}': {exc}") from None
-        ctx.quant_recipe = WeightOnlyRecipe(bits=self.bits, source="weight_only",
-                                            group_size=self.group_size, symmetric=symmetric,
-                                            embeddings=self.embeddings, skip=self.skip,
-                                            layers=tuple(n for n, _ in layers))
-        ctx.float_model = float_model
-        ctx.note("quantized_weights", len(layers))
-        ctx.note("weight_recipe", ctx.quant_recipe.describe())
-        log.info("QuantizeWeights: %d weight tensors to %s", len(layers),
-                 ctx.quant_recipe.describe())
-        return model
+        recipe = WeightOnlyRecipe(bits=self.bits, group_size=self.group_size,
+                                  symmetric=symmetric, embeddings=self.embeddings,
+                                  skip=self.skip, layers=tuple(n for n, _ in layers))
+        log.info("QuantizeWeights: %d weight tensors to %s", len(layers), recipe.describe())
+        return StageOutput(model, notes={"quantized_weights": len(layers),
+                                         "weight_recipe": recipe.describe()},
+                           recipe=recipe, float_model=float_model)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .._progress import progress
-from .simulate import ActQuant, float_numerics
+from .fakequant import ActQuant, float_numerics
 
 log = logging.getLogger("edgecompress")
 

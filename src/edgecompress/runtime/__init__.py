@@ -25,16 +25,15 @@ def load(path: str | Path, threads: int | None = None, providers: list[str] | No
             refuse a file without records (always the case for ``.ecm``); ``False``: skip.
         **options: runner-specific options.
     """
-    from ..formats import format_for_path
+    from .. import registry
     from ..metadata import read_sidecar, verify_sidecar
-    from ..plugins import load_object
 
-    spec = format_for_path(path)
+    spec = registry.formats.for_path(path)
     sidecar = read_sidecar(path)
     recorded = bool(sidecar.get("weights_sha256"))
     if recorded and verify is not False:
         verify_sidecar(path, sidecar)  # refuse weights altered after export
-    runner_cls = load_object(spec.runner)
+    runner_cls = registry.load_object(spec.runner)
     if providers is not None:
         options["providers"] = providers
     if spec.name in EMBEDDED_RECORDS:  # the record lives inside the file; its runner checks it

@@ -109,8 +109,9 @@ class Runner:
         self.verified: bool | None = None  # set by edgecompress.load: sha256 record matched
         self.path = Path(path)
         self.threads = threads
+        # an exporter verifying a fresh artifact passes its metadata, which is stored afterwards
+        self.metadata: dict[str, Any] = dict(options.pop("metadata", None) or {})
         self.options = options
-        self.metadata: dict[str, Any] = {}
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         if not self.path.exists():

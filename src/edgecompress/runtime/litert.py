@@ -71,7 +71,7 @@ class LiteRTRunner(Runner):
         if len(self._in) != 1:
             raise ArtifactError(f"{self.path} has {len(self._in)} inputs; LiteRTRunner runs "
                                 f"single-input models")
-        self.metadata = read_sidecar(self.path)
+        self.metadata = self.metadata or read_sidecar(self.path)
         self.inputs = [self._spec(d) for d in self._in]
         self.outputs = [self._spec(d) for d in self._out]
 
@@ -102,14 +102,6 @@ class LiteRTRunner(Runner):
             scale, zero_point = out_detail["quantization"]
             return dequantize_array(out, scale, zero_point)
         return out.copy()  # get_tensor's buffer is reused by the next invoke
-
-    def tensor_dtypes(self) -> dict[str, int]:
-        """How many tensors of each dtype the model holds (weights and activations)."""
-        counts: dict[str, int] = {}
-        for d in self.interpreter.get_tensor_details():
-            name = np.dtype(d["dtype"]).name
-            counts[name] = counts.get(name, 0) + 1
-        return counts
 
 
 def _is_quantized(detail: dict[str, Any]) -> bool:

@@ -53,7 +53,7 @@ class NcnnRunner(Runner):
 
     def _load(self) -> None:
         self._ncnn = require("ncnn", "ncnn", "Running an ncnn model")
-        self.metadata = read_sidecar(self.path)
+        self.metadata = self.metadata or read_sidecar(self.path)
         self.param_path, self.bin_path = find_model_files(self.path, self.metadata)
         self.net = self._ncnn.Net()
         self._configure(self.net.opt)

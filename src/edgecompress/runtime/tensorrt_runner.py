@@ -39,7 +39,7 @@ class TensorRTRunner(Runner):
                                       f"on an NVIDIA GPU, and no CUDA GPU is visible here")
         self._trt, self._torch = trt, torch
         self.device = torch.device("cuda", int(self.options.get("device", 0)))
-        self.metadata = read_sidecar(self.path)
+        self.metadata = self.metadata or read_sidecar(self.path)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):

@@ -44,13 +44,13 @@ class TorchRunner(Runner):
         return cls(name, threads=threads, module=module, example_input=example_input)
 
     def _load(self) -> None:
-        from ..deployable import DeployableModel
+        from .. import ecm_file
 
-        dm = DeployableModel.load(self.path, verify=self.options.get("verify") is not False)
-        self.verified = dm.verified
-        self._module = dm.model
-        self._example = dm.example_input()
-        self.metadata = dm.manifest_metadata()
+        saved = ecm_file.read(self.path, verify=self.options.get("verify") is not False)
+        self.verified = saved.verified
+        self._module = saved.model
+        self._example = torch.zeros((1, *saved.input_spec.shape[1:]))
+        self.metadata = ecm_file.runtime_metadata(saved.manifest)
         self._setup()
 
     def _setup(self) -> None:

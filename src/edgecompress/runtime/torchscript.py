@@ -34,7 +34,7 @@ class LiteInterpreterRunner(Runner):
             raise ArtifactError(f"{self.path} is not a TorchScript lite-interpreter file (not a "
                                 f"zip archive; empty, truncated or another file type). "
                                 f"Re-export it with dm.export('torchscript', ...)")
-        self.metadata = read_sidecar(self.path)
+        self.metadata = self.metadata or read_sidecar(self.path)
         self.engine = self.options.get("engine") or self.metadata.get("quant_engine")
         if self.engine:
             supported = torch.backends.quantized.supported_engines

@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgecompress")
 
 IMPORTANCES = ("l1", "l2", "taylor", "bn_scale", "random")
-# criteria that need gradients of the loss on real data
-NEEDS_GRADIENTS = ("taylor",)
 
 
 def make_importance(name: str) -> Any:

@@ -1,16 +1,21 @@
-"""Parity and accuracy of an artifact, measured through its Runner against the torch model."""
+"""Verification of an artifact through its Runner: parity with the reference model, accuracy
+on the evaluation data, latency. Exporters do not verify themselves; the base class calls this."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..artifact import Parity
 from ..data.bundle import DataBundle, iter_batches
-from ..runtime.base import Runner
+from ..runtime.base import LatencyStats, Runner
+
+if TYPE_CHECKING:
+    from ..job import ExportJob
 
 # (max |diff| allowed relative to the reference's largest |output|, min top-1 agreement)
 TOLERANCES: dict[str, tuple[float | None, float]] = {
@@ -18,28 +23,6 @@ TOLERANCES: dict[str, tuple[float | None, float]] = {
     "fp16": (2e-2, 0.98),
     "int8": (None, 0.98),  # INT8 artifacts are held to agreement with the simulated model
 }
-
-
-@dataclass
-class Parity:
-    """How closely an artifact's outputs follow its reference model on real samples."""
-
-    max_abs_diff: float
-    mean_abs_diff: float
-    top1_agreement: float
-    samples: int
-    reference: str
-    max_allowed_diff: float | None
-    min_agreement: float
-    passed: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
-        return (f"{verdict}: max|diff| {self.max_abs_diff:.3g}, top-1 agreement "
-                f"{100 * self.top1_agreement:.2f}% on {self.samples} samples vs {self.reference}")
 
 
 def tolerance_for(precision: str) -> tuple[float | None, float]:
@@ -80,16 +63,49 @@ def check_parity(runner: Runner, reference: nn.Module, x: torch.Tensor, precisio
     return compare(ref, np.asarray(out), precision, reference_name, tolerance)
 
 
-def artifact_accuracy(runner: Runner, data: DataBundle, limit: int | None = None) -> float | None:
-    """Top-1 accuracy of an artifact on ``data.val`` through its runner."""
-    if data.val is None:
+def artifact_accuracy(runner: Runner, data: DataBundle | Iterable[Any] | None,
+                      limit: int | None = None) -> float | None:
+    """Top-1 accuracy of an artifact on labelled batches (or a bundle's ``val``) via its runner."""
+    loader = data.val if isinstance(data, DataBundle) else data
+    if loader is None:
         return None
     correct = total = 0
     dtype = runner.inputs[0].dtype if runner.inputs else "float32"
-    for x, y in iter_batches(data.val, limit):
+    for x, y in iter_batches(loader, limit):
         if y is None:
             return None
         out = np.asarray(runner(x.numpy().astype(dtype)))
         correct += int((out.reshape(out.shape[0], -1).argmax(1) == y.numpy()).sum())
         total += int(y.numel())
     return correct / total if total else None
+
+
+@dataclass
+class Verification:
+    """What verifying an artifact measured."""
+
+    parity: Parity
+    accuracy: float | None
+    latency: LatencyStats | None
+    perplexity: float | None = None  # causal LMs, through the artifact's runtime
+    records: dict[str, Any] = field(default_factory=dict)  # task-specific records (metadata + notes)
+
+
+def verify(runner: Runner, job: "ExportJob", precision: str, opts: Any) -> Verification:
+    """Parity against ``job.reference``, accuracy on ``job.eval_data`` and latency, through
+    ``runner`` (closed afterwards)."""
+    try:
+        parity = check_parity(runner, job.reference, job.parity_inputs, precision,
+                              job.reference_name, opts.tolerance)
+        acc = artifact_accuracy(runner, job.eval_data, opts.accuracy_samples)
+        latency = artifact_latency(runner, opts.benchmark_runs)
+    finally:
+        runner.close()
+    return Verification(parity, acc, latency)
+
+
+def artifact_latency(runner: Runner, runs: int, warmup: int = 5) -> LatencyStats | None:
+    """p50 (p10–p90) of ``runs`` single calls after up to ``warmup`` untimed ones (0: skip)."""
+    if not runs:
+        return None
+    return runner.benchmark(warmup=min(warmup, runs), runs=runs, with_system=False)

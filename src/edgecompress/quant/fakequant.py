@@ -1,0 +1,200 @@
+"""Fake-quantization primitives that compute what ONNX Runtime's QDQ INT8 graph computes.
+
+:class:`ActQuant` quantizes a tensor per-tensor asymmetric 8-bit (scale and zero point as
+ORT's ``compute_scale_zp``); :class:`QuantLayer` wraps a Conv/Linear: its weight fake-quantized
+symmetric int8 per output channel or per tensor, its bias rounded to int32 at input scale ×
+weight scale, its input and output through ActQuant (a ReLU consuming the output fused, as ORT
+fuses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+log = logging.getLogger("edgecompress")
+
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+W_QMAX = 127  # symmetric int8 weights in [-127, 127], as ORT's QDQ quantizer writes them
+ACT_QMIN, ACT_QMAX = -128, 127  # asymmetric 8-bit: u8 and s8 give the same grid (zp shifts by 128)
+W_QMAX_REDUCED = 64  # ORT's reduce_range: 7-bit weights in [-64, 64] (x86 CPUs without VNNI)
+# older torch (before 2.6) lacks it: there a simulated INT8 model exports with a batch of 1 only
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
+def act_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of an asymmetric 8-bit range, as ONNX Runtime computes them."""
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
+    scale = (hi - lo) / float(ACT_QMAX - ACT_QMIN)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(ACT_QMIN - lo / scale).clamp(ACT_QMIN, ACT_QMAX).to(torch.int32)
+    return scale.float(), zero_point
+
+
+def weight_scale(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) -> torch.Tensor:
+    """Scale of symmetric int8 weights, max|w| / qmax as ORT computes it: one per output
+    channel, or a single-element tensor."""
+    if per_channel:
+        absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+    else:
+        absmax = w.detach().abs().max().reshape(1)
+    return torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax)).float()
+
+
+def fake_quant_weight(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX,
+                      scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric fake quantization of a weight to [-qmax, qmax] (gradients pass straight
+    through); ``scale`` is :func:`weight_scale`'s, computed here when not given."""
+    if scale is None:
+        scale = weight_scale(w, per_channel, qmax)
+    zp = torch.zeros_like(scale, dtype=torch.int32)
+    if per_channel:
+        return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -qmax, qmax)
+    return torch.fake_quantize_per_tensor_affine(w, scale, zp, -qmax, qmax)
+
+
+def fake_quant_bias(b: torch.Tensor, input_scale: torch.Tensor,
+                    w_scale: torch.Tensor) -> torch.Tensor:
+    """The bias as the integer kernels add it: int32 at scale input scale × weight scale (ORT
+    and TFLite both store it so), rounded half to even; gradients pass straight through.
+    The rounding is tiny, but in a deep network a value a hair from a rounding boundary of
+    the next quantizer lands on the other side, and such flips grow layer by layer."""
+    scale = input_scale * w_scale
+    return b + (torch.round(b / scale) * scale - b).detach()
+
+
+def fake_quant_plain(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    """``torch.fake_quantize_per_tensor_affine``'s forward in plain ops, bit for bit (its CPU
+    kernel multiplies by the float32 ``1 / scale`` and rounds half to even), which torch.export
+    traces with a dynamic batch. No straight-through gradient: for inference graphs only."""
+    zp = zp.to(x.dtype)
+    q = torch.clamp(torch.round(x * (1.0 / scale)) + zp, ACT_QMIN, ACT_QMAX)
+    return (q - zp) * scale
+
+
+class ActQuant(nn.Module):
+    """Per-tensor asymmetric 8-bit fake quantization with a calibrated (or trained) range.
+
+    ``lo``/``hi`` are buffers, so the range is saved with the weights; ``ready`` is a plain
+    flag (not a tensor) so the forward has no data-dependent branch and ``torch.export``
+    captures it. While ``observing``
+    (quantization-aware training) the range follows an exponential moving average of each
+    training batch's min/max, as torch's MovingAverageMinMaxObserver does.
+    """
+
+    def __init__(self, momentum: float = 0.01):
+        super().__init__()
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.momentum = momentum
+        self.observing = False
+        self.ready = False
+
+    def set_range(self, lo: float, hi: float) -> None:
+        self.lo.fill_(float(lo))
+        self.hi.fill_(float(hi))
+        self.ready = True
+
+    def range(self) -> tuple[float, float]:
+        return float(self.lo), float(self.hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing and self.training:
+            with torch.no_grad():
+                lo, hi = x.detach().min().float(), x.detach().max().float()
+                if self.ready:
+                    lo = self.lo + self.momentum * (lo - self.lo)
+                    hi = self.hi + self.momentum * (hi - self.hi)
+                self.lo.copy_(lo)
+                self.hi.copy_(hi)
+                self.ready = True
+        if not self.ready:
+            return x
+        scale, zp = act_qparams(self.lo, self.hi)
+        if _is_exporting():
+            # torch.export has no shape rule for fake_quantize with tensor qparams, so it could
+            # only export a batch of 1 (saved .ecm programs then rejected larger batches)
+            return fake_quant_plain(x, scale, zp)
+        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(1), zp.reshape(1),
+                                                     ACT_QMIN, ACT_QMAX)
+
+    def extra_repr(self) -> str:
+        return f"range=({float(self.lo):.4g}, {float(self.hi):.4g})"
+
+
+class QuantLayer(nn.Module):
+    """A Conv or Linear layer computing with 8-bit inputs and int8 weights (simulated).
+
+    ``output`` says how ORT's QDQ graph quantizes the layer's output: ``"relu"`` when a ReLU
+    is its only consumer (ORT drops the ReLU and quantizes to its range, so the ReLU is applied
+    here before quantizing; the model's own ReLU after it then changes nothing), ``"plain"``
+    otherwise, ``None`` when a BatchNorm still follows (quantization-aware training before
+    folding).
+    """
+
+    def __init__(self, layer: nn.Module, per_channel: bool = True, output: str | None = None,
+                 weight_qmax: int = W_QMAX):
+        super().__init__()
+        if not isinstance(layer, QUANTIZABLE):
+            raise ConfigError(f"QuantLayer wraps Conv1d/2d/3d or Linear, not {type(layer).__name__}")
+        self.layer = layer
+        self.act_in = ActQuant()
+        self.act_out = ActQuant() if output else None
+        self.output = output
+        self.per_channel = per_channel
+        self.weight_qmax = weight_qmax
+        # set by share_quantizers: act_in is the producer's quantizer, already applied upstream
+        self.input_quantized = False
+        self.float_weights = False  # set by float_numerics (calibration)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.input_quantized:
+            x = self.act_in(x)
+        y = self.layer(x) if self.float_weights else self._int8_layer(x)
+        if self.act_out is None:
+            return y
+        return self.act_out(F.relu(y) if self.output == "relu" else y)
+
+    def _int8_layer(self, x: torch.Tensor) -> torch.Tensor:
+        w_scale = weight_scale(self.layer.weight, self.per_channel, self.weight_qmax)
+        w = fake_quant_weight(self.layer.weight, self.per_channel, self.weight_qmax, w_scale)
+        b = self.layer.bias
+        if b is not None and self.act_in.ready:
+            b = fake_quant_bias(b, act_qparams(self.act_in.lo, self.act_in.hi)[0], w_scale)
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, w, b)
+        return self.layer._conv_forward(x, w, b)
+
+
+@contextlib.contextmanager
+def float_numerics(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as the float model it simulates: float weights, no activation quantizer.
+
+    ORT calibrates every tensor on the float graph. Calibrating with int8 weights (or with
+    upstream activations already quantized) moves each range a little, and a range a little
+    off puts values on a different rounding grid from ORT's."""
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuant)]
+    ready = [q.ready for q in quantizers]
+    for layer in layers:
+        layer.float_weights = True
+    for q in quantizers:
+        q.ready = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.float_weights = False
+        for q, was in zip(quantizers, ready):
+            q.ready = was
