@@ -218,6 +218,9 @@ def markdown(r: dict[str, Any]) -> str:
                              f"{100 * row['top1']:.2f} % |")
     if "distill" in r:
         lines += ["", f"Distillation settings: {r['distill']['settings']}."]
+    elif "--teacher" in r["command"]:
+        lines += ["", "Distillation: not finished yet (results are written after each phase; "
+                      "distill_gain_tflite_int8_points stays None until it is)."]
     lines += ["", f"Goal: {r['goal']}", "",
               f"{r['seconds']:.0f} s; load average {r['load_average_start']:.1f} → "
               f"{r['load_average_end']:.1f} (2 cores)."]
