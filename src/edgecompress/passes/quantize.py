@@ -271,18 +271,20 @@ class QuantizeQAT(Pass, StaticQuantOptions):
         sim.eval()
         trained_float = unwrap(sim)
         folded += fold_batchnorm(trained_float)
-        final, outputs, calibrated, shared = self._final_model(trained_float, sim, skipped, calib)
+        final, outputs, calibrated, shared, late = self._final_model(trained_float, sim, skipped,
+                                                                     calib)
         order = execution_order(trained_float, calib, quantizable_layers(trained_float))
         recipe = _static_recipe(self, "qat", self.method, calib, final, skipped, order, "learned",
                                 outputs, shared, calibrated)
         _note_static(ctx, layers, skipped, calib, folded)
-        _note_calibration(ctx, found)
+        _note_calibration(ctx, found, *late)
         _note_untraced(ctx, trained_float, shared)
         ctx.note("qat_schedule", schedule.events)
         return StageOutput(final, recipe=recipe, float_model=trained_float)
 
     def _final_model(self, trained_float: nn.Module, trained: nn.Module, skipped: set[str],
-                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], int]:
+                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], int,
+                                                   tuple[CalibrationResult, ...]]:
         """The BN-folded simulated model with the learned ranges. Tensors that had no quantizer
         in training (a layer's output while a BatchNorm still followed it, a residual sum read
         only by pooling) are calibrated now on the float model, as ORT calibrates them."""
@@ -292,9 +294,9 @@ class QuantizeQAT(Pass, StaticQuantOptions):
                                               _weight_qmax(self)))
         set_ranges(final, ranges_of(trained))
         missing = {n: q for n, q in act_quantizers(final).items() if not q.ready}
-        if missing:
-            calibrate(final, missing, calib, self.method, desc="QAT output ranges")
-        return final.eval(), outputs, sorted(missing), shared
+        late = (calibrate(final, missing, calib, self.method, desc="QAT output ranges"),) \
+            if missing else ()
+        return final.eval(), outputs, sorted(missing), shared, late
 
 
 @dataclass

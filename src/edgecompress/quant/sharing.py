@@ -248,12 +248,17 @@ def _share(model: nn.Module, graph: Any, version: int) -> nn.Module:
     return model
 
 
-def untraceable_parts(model: nn.Module, limit: int = 8) -> list[str]:
+def untraceable_parts(model: nn.Module, limit: int = 8, attempts: int = 64) -> list[str]:
     """The smallest submodules torch.fx cannot trace (``"blocks.2.attn: <reason>"``), at most
-    ``limit``: what a report names when the simulation cannot follow the whole graph."""
+    ``limit`` of them after at most ``attempts`` traces: what a report names when the
+    simulation cannot follow the whole graph."""
     found: list[str] = []
+    budget = [attempts]
 
     def visit(name: str, module: nn.Module) -> bool:
+        if budget[0] <= 0:
+            return False
+        budget[0] -= 1
         try:
             torch.fx.symbolic_trace(copy.deepcopy(module))
             return True
