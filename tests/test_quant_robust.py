@@ -235,3 +235,20 @@ def test_hf_vit_quantizes_and_names_what_fx_cannot_trace(images, tmp_path):
     kernels = _int8_kernels(art)
     assert kernels.get("QGemm", 0) + kernels.get("QLinearMatMul", 0) >= 6, kernels
     assert kernels.get("QLinearConv", 0) == 1, kernels
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum() > 0 else x  # fx: "traced variables cannot be used as inputs"
+
+
+def test_untraceable_part_is_named_in_the_report_and_ptq_still_runs(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), _DataDependent(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 10))
+    data = _bundle(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
+    dm = ec.Pipeline([ec.passes.QuantizePTQ(samples=16)], measure=FAST).run(model.eval(), data)
+    untraced = dm.report.stages[-1].notes["untraced_by_torch_fx"]
+    assert len(untraced) == 1 and untraced[0].startswith("2: "), untraced
+    assert not dm.quant_recipe.one_quantizer_per_tensor  # each layer quantizes its own input
+    assert sum(isinstance(m, QuantLayer) for m in dm.model.modules()) == 2

@@ -256,6 +256,9 @@ def untraceable_parts(model: nn.Module, limit: int = 8, attempts: int = 64) -> l
     budget = [attempts]
 
     def visit(name: str, module: nn.Module) -> bool:
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers have no forward
+            return all([visit(f"{name}.{c}" if name else c, m)
+                        for c, m in module.named_children()])
         if budget[0] <= 0:
             return False
         budget[0] -= 1
