@@ -252,3 +252,34 @@ def test_untraceable_part_is_named_in_the_report_and_ptq_still_runs(tmp_path):
     assert len(untraced) == 1 and untraced[0].startswith("2: "), untraced
     assert not dm.quant_recipe.one_quantizer_per_tensor  # each layer quantizes its own input
     assert sum(isinstance(m, QuantLayer) for m in dm.model.modules()) == 2
+
+
+def test_ultralytics_yolov8n_from_yaml_calibrates(tmp_path, monkeypatch):
+    """YOLOv8n's DFL input spans a range a few float32 steps wide on random weights: the
+    default percentile method raised "Too many bins". Ultralytics is a test-only dependency
+    (AGPL: used, never copied); the model is built from its yaml, nothing is downloaded."""
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path))  # its settings file, not ~/.config
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    ultralytics = pytest.importorskip("ultralytics")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # ORT's shape inference, incomplete on this graph, saves files here
+    torch.manual_seed(0)
+    model = _First(ultralytics.YOLO("yolov8n.yaml").model)
+    data = _bundle(torch.rand(8, 3, 64, 64), torch.zeros(8, dtype=torch.long), num_classes=None)
+    dm, art = _ptq_onnx(model, data, tmp_path / "yolo.onnx", "percentile")
+    assert any("dfl" in t for t in dm.report.stages[-1].notes["narrow_range_tensors"])
+    assert _int8_kernels(art).get("QLinearConv", 0) == 64, art.notes["ort_kernels"]
+    assert not list(cwd.iterdir())  # sym_shape_infer_temp.onnx went to the export's temp dir
+
+
+class _First(nn.Module):
+    """A detector's first output (the decoded boxes and scores) as one tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out

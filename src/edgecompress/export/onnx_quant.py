@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -65,12 +66,26 @@ def _prepare(float_path: Path, out: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(float_path), str(out), skip_optimization=True)
+        # ORT's symbolic shape inference, when it cannot finish, saves
+        # sym_shape_infer_temp.onnx (+ external data) into the working directory: the temp one
+        with _working_directory(out.parent):
+            quant_pre_process(str(Path(float_path).resolve()), str(out.resolve()),
+                              skip_optimization=True)
         return out
     except Exception as exc:  # noqa: BLE001 - shape inference fails on some exotic graphs
         log.info("quant_pre_process failed (%s); quantizing the graph as exported",
                  str(exc)[:200])
         return float_path
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _layer_nodes(proto: Any, recipe: "QuantRecipe") -> tuple[dict[str, Any], list[str]]:
