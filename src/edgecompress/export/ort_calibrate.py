@@ -77,11 +77,12 @@ def mask_nodes(proto: Any, result: CalibrationResult | None) -> list[str]:
     """Nodes that produce or read a tensor calibration left float (a mask with -inf, an empty
     tensor) or a constant holding non-finite values: ORT would quantize them with an infinite
     range (inf scale, NaN zero point), so they stay float, as the simulated model keeps them."""
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
     tensors = set(result.unquantized) if result is not None else set()
     for init in proto.graph.initializer:
-        if init.data_type in (1, 10, 11):  # float, float16, double
+        if init.data_type in floats:
             values = numpy_helper.to_array(init)
             if values.size and not np.isfinite(values).all():
                 tensors.add(init.name)
