@@ -19,14 +19,15 @@ from ..errors import ConfigError, PassError
 from ..forms import Form
 from ..measure import count_macs, count_params
 from ..options import option
+from ..signature import flatten_outputs
 from ..training import Recovery, seed_everything
 from .base import Pass, PassContext, StageOutput
 from .pruning.analysis import (
     first_param_device,
     layer_widths,
     module_name,
-    output_layers,
     resolve_ignored,
+    same_outputs,
     trace_forward,
     width_changes,
 )
@@ -99,7 +100,7 @@ class StructuredPrune(Pass):
         example = ctx.data.example_input[:1].to(first_param_device(model))
         facts = trace_forward(model.eval(), example, stage)
         resolve_ignored(model, self.ignore, stage)  # unknown names fail here, before any work
-        head = [module_name(model, m) for m in output_layers(facts)]
+        head = [module_name(model, m) for m in facts.heads]
         keep = [*head, *self.ignore]
         cfg = StepConfig(importance=self.importance, global_scope=self.scope == "global",
                          round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
@@ -123,7 +124,7 @@ class StructuredPrune(Pass):
                 prune_step(work, example, first_ratio, cfg, stage, pruner=pruner)
             else:
                 work = self._one_step(work, example, cfg, dense, step, ctx)
-            self._check_output(work, example, facts.output_shape, stage)
+            self._check_output(work, example, facts.outputs, stage)
             if self.finetune is not None:
                 desc = "finetune" if self.steps == 1 else f"finetune_step{step}"
                 work = self.finetune.recover(work, ctx, desc=desc)
@@ -191,8 +192,8 @@ class StructuredPrune(Pass):
         ctx.note("search_ratio", round(high, 4))
         return best
 
-    def _check_output(self, model: nn.Module, example: torch.Tensor, shape: tuple[int, ...],
-                      stage: str) -> None:
+    def _check_output(self, model: nn.Module, example: torch.Tensor,
+                      shapes: dict[str, tuple[int, ...]], stage: str) -> None:
         try:
             with torch.no_grad():
                 out = model.eval()(example)
@@ -201,10 +202,10 @@ class StructuredPrune(Pass):
                             f"{str(exc)[:300]}). The dependency graph missed a coupling in "
                             f"this architecture; add the layers involved to ignore=[...]",
                             stage) from exc
-        if tuple(out.shape) != shape:
-            raise PassError(f"{stage}: pruning changed the output shape from {shape} to "
-                            f"{tuple(out.shape)}; add the output layer's name to ignore=[...]",
-                            stage)
+        after = {name: tuple(t.shape) for name, t in flatten_outputs(out)}
+        if not same_outputs(shapes, after):
+            raise PassError(f"{stage}: pruning changed the outputs from {shapes} to {after}; "
+                            f"add the output layer's name to ignore=[...]", stage)
 
     def _record(self, model: nn.Module, example: torch.Tensor, dense: dict[str, int | None],
                 widths: dict[str, int], ctx: PassContext) -> dict[str, Any]:

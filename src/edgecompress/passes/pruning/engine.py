@@ -14,6 +14,7 @@ flatten→linear — and removes the channel everywhere at once. Added here:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ from torch import nn
 from ..._extras import require
 from ...errors import PassError
 from . import adapters
+from .analysis import output_tensors
+from .attention import find_attentions
 from .importance import accumulate_gradients, make_importance
 
 log = logging.getLogger("edgecompress")
@@ -55,12 +58,36 @@ def _pruner_class() -> type:
 
     class _Pruner(tp.pruner.BasePruner):
         """BasePruner whose round_to keeps the nearest multiple (ties keep more), at least
-        ``round_to`` channels and at most the layer's own width rounded down."""
+        ``round_to`` channels and at most the layer's own width rounded down.
+
+        In a group of channel groups (attention heads, grouped convolutions) Torch-Pruning asks
+        ``_round_to`` for the count of *one* group but passes the layer's total width, so the
+        rounding is done per group here: each head keeps a multiple of
+        ``round_to / gcd(round_to, heads)``, and the layer's width stays a multiple of round_to.
+        Torch-Pruning checks ``_is_atten_group(group)`` just before rounding that group, which
+        is where the group's channel-group count is read.
+        """
+
+        _groups_of_current = 1
+
+        def _is_atten_group(self, group: Any) -> Any:
+            self._groups_of_current = self._get_channel_groups(group)
+            return super()._is_atten_group(group)
 
         def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            groups = self._groups_of_current
+            if groups > 1:
+                step = max(1, round_to // math.gcd(round_to, groups))
+                return channels_to_prune(n_pruned, current_channels // groups, step)
             return channels_to_prune(n_pruned, current_channels, round_to)
 
     return _Pruner
+
+
+def _call(model: nn.Module, example: torch.Tensor) -> Any:
+    # Torch-Pruning's default tries model(*example) first, which runs a batch-of-one input
+    # unbatched on models that accept both
+    return model(example)
 
 
 def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepConfig,
@@ -73,7 +100,8 @@ def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: Ste
     try:
         with adapters.graph_build_guards(model):
             return pruner_class(
-                model, example, importance=make_importance(cfg.importance),
+                model, example, forward_fn=_call, output_transform=output_tensors,
+                importance=make_importance(cfg.importance),
                 global_pruning=cfg.global_scope, pruning_ratio=ratio,
                 max_pruning_ratio=cfg.max_layer_ratio, round_to=cfg.round_to,
                 ignored_layers=[*ignored, *extra.pop("ignored_layers", [])], **extra)
@@ -97,6 +125,7 @@ def prune_step(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepC
 
     ``pruner``: one already built over ``model`` with this ratio (saves tracing it again).
     """
+    attentions = find_attentions(model)
     pruner = pruner or build_pruner(model, example, ratio, cfg, stage)
     if cfg.importance == "taylor":
         accumulate_gradients(model, cfg.grad_batches)
@@ -106,5 +135,5 @@ def prune_step(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepC
             group.prune()
             cut += 1
     model.zero_grad(set_to_none=True)
-    adapters.after_prune(model)
+    adapters.after_prune(model, attentions, pruner.num_heads)
     return cut
