@@ -31,8 +31,10 @@ from .pruning.analysis import (
     trace_forward,
     width_changes,
 )
+from .pruning.diagnose import Unprunable, culprits, failing_block
 from .pruning.engine import StepConfig, build_pruner, count_groups, prune_step
 from .pruning.importance import IMPORTANCES, gradient_batches
+from .pruning.refusal import refusal
 
 log = logging.getLogger("edgecompress")
 
@@ -84,6 +86,11 @@ class StructuredPrune(Pass):
     finetune: Recovery | None = option(None, "Recovery after each pruning step "
                                        "(ec.FineTune(...) or a distillation recovery).",
                                        recipe=True)
+    # Torch-Pruning's graph build ran past 6 minutes on some hybrids, silently; progress is
+    # logged every 15 s whatever the limit
+    time_limit: float | None = option(300.0, "Seconds one dependency-graph build or pruning "
+                                      "step may take before the pass stops with an error "
+                                      "(None: no limit).", low=0, low_open=True)
 
     def validate(self) -> None:
         given = [k for k in ("ratio", "target_macs", "target_params") if getattr(self, k) is not None]
@@ -96,6 +103,12 @@ class StructuredPrune(Pass):
 
     # -- the pass -------------------------------------------------------------------------------
     def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
+        try:
+            return self._prune(model, ctx)
+        except Unprunable as exc:
+            raise PassError(refusal(self, model, ctx, exc), self.name) from exc
+
+    def _prune(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         stage = self.name
         example = ctx.data.example_input[:1].to(first_param_device(model))
         facts = trace_forward(model.eval(), example, stage)
@@ -104,7 +117,7 @@ class StructuredPrune(Pass):
         keep = [*head, *self.ignore]
         cfg = StepConfig(importance=self.importance, global_scope=self.scope == "global",
                          round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
-                         ignored=keep)
+                         ignored=keep, time_limit=self.time_limit)
         ctx.note("kept_whole", keep)
         if self.importance == "taylor":
             cfg.grad_batches = gradient_batches(ctx.data, self.grad_batches)
@@ -124,7 +137,7 @@ class StructuredPrune(Pass):
                 prune_step(work, example, first_ratio, cfg, stage, pruner=pruner)
             else:
                 work = self._one_step(work, example, cfg, dense, step, ctx)
-            self._check_output(work, example, facts.outputs, stage)
+            self._check_output(work, example, facts.outputs, widths, stage)
             if self.finetune is not None:
                 desc = "finetune" if self.steps == 1 else f"finetune_step{step}"
                 work = self.finetune.recover(work, ctx, desc=desc)
@@ -193,19 +206,20 @@ class StructuredPrune(Pass):
         return best
 
     def _check_output(self, model: nn.Module, example: torch.Tensor,
-                      shapes: dict[str, tuple[int, ...]], stage: str) -> None:
-        try:
-            with torch.no_grad():
-                out = model.eval()(example)
-        except Exception as exc:
-            raise PassError(f"{stage}: the pruned model no longer runs ({type(exc).__name__}: "
-                            f"{str(exc)[:300]}). The dependency graph missed a coupling in "
-                            f"this architecture; add the layers involved to ignore=[...]",
-                            stage) from exc
-        after = {name: tuple(t.shape) for name, t in flatten_outputs(out)}
+                      shapes: dict[str, tuple[int, ...]], widths: dict[str, int],
+                      stage: str) -> None:
+        failure = failing_block(model.eval(), example)
+        if failure is not None:
+            exc = failure.error
+            changes = width_changes(widths, layer_widths(model))
+            raise Unprunable(culprits(failure, changes), f"the pruned model no longer runs "
+                             f"({type(exc).__name__}: {str(exc)[:200]}): its forward code "
+                             f"assumes a width the dependency graph could not see") from exc
+        with torch.no_grad():
+            after = {name: tuple(t.shape) for name, t in flatten_outputs(model(example))}
         if not same_outputs(shapes, after):
             raise PassError(f"{stage}: pruning changed the outputs from {shapes} to {after}; "
-                            f"add the output layer's name to ignore=[...]", stage)
+                            f"add the layer producing them to ignore=[...]", stage)
 
     def _record(self, model: nn.Module, example: torch.Tensor, dense: dict[str, int | None],
                 widths: dict[str, int], ctx: PassContext) -> dict[str, Any]:
