@@ -137,7 +137,7 @@ class StructuredPrune(Pass):
                 prune_step(work, example, first_ratio, cfg, stage, pruner=pruner)
             else:
                 work = self._one_step(work, example, cfg, dense, step, ctx)
-            self._check_output(work, example, facts.outputs, widths, stage)
+            self._check_output(work, example, facts.outputs, stage)
             if self.finetune is not None:
                 desc = "finetune" if self.steps == 1 else f"finetune_step{step}"
                 work = self.finetune.recover(work, ctx, desc=desc)
@@ -206,13 +206,11 @@ class StructuredPrune(Pass):
         return best
 
     def _check_output(self, model: nn.Module, example: torch.Tensor,
-                      shapes: dict[str, tuple[int, ...]], widths: dict[str, int],
-                      stage: str) -> None:
+                      shapes: dict[str, tuple[int, ...]], stage: str) -> None:
         failure = failing_block(model.eval(), example)
         if failure is not None:
             exc = failure.error
-            changes = width_changes(widths, layer_widths(model))
-            raise Unprunable(culprits(failure, changes), f"the pruned model no longer runs "
+            raise Unprunable(culprits(failure), f"the pruned model no longer runs "
                              f"({type(exc).__name__}: {str(exc)[:200]}): its forward code "
                              f"assumes a width the dependency graph could not see") from exc
         with torch.no_grad():

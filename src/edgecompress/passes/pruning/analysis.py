@@ -37,17 +37,22 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
     return [t for _, t in flatten_outputs(out) if t.grad_fn is not None]
 
 
-def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts:
-    """Run ``model`` once with autograd on; PassError unless an output is tied to its weights."""
-    producers: dict[Any, nn.Module] = {}
+def record_producers(model: nn.Module, producers: dict[Any, nn.Module]) -> list[Any]:
+    """Hooks filling ``producers`` (output grad_fn -> layer) for every leaf layer with weights
+    (a container's output is the same tensor as its last layer's); remove them after use."""
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor) and output.grad_fn is not None:
             producers[output.grad_fn] = module
 
-    # leaf layers with weights: a container's output is the same tensor as its last layer's
-    hooks = [m.register_forward_hook(record) for m in model.modules()
-             if not any(True for _ in m.children()) and any(True for _ in m.parameters(False))]
+    return [m.register_forward_hook(record) for m in model.modules()
+            if not any(True for _ in m.children()) and any(True for _ in m.parameters(False))]
+
+
+def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts:
+    """Run ``model`` once with autograd on; PassError unless an output is tied to its weights."""
+    producers: dict[Any, nn.Module] = {}
+    hooks = record_producers(model, producers)
     try:
         with torch.enable_grad():
             out = model(x)
@@ -68,10 +73,11 @@ def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts
                         f"autograd graph (forward() detaches, uses no_grad, or leaves torch), "
                         f"so the dependency graph cannot be traced. Remove the detach/no_grad "
                         f"from forward(), or use UnstructuredPrune, which needs no tracing", stage)
-    return ForwardFacts({name: tuple(t.shape) for name, t in named}, _first_layers(tied, producers))
+    return ForwardFacts({name: tuple(t.shape) for name, t in named},
+                        first_layers(tied, producers))
 
 
-def _first_layers(outputs: list[torch.Tensor], producers: dict[Any, nn.Module]) -> list[nn.Module]:
+def first_layers(outputs: list[torch.Tensor], producers: dict[Any, nn.Module]) -> list[nn.Module]:
     """Walk the autograd graph back from each output; the first layer met on each path produces
     (part of) that output, so its output channels must stay (classifier, box and mask heads)."""
     found: dict[int, nn.Module] = {}

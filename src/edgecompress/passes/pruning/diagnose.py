@@ -8,13 +8,13 @@ pruned model's forward (a reshape that assumed the old width). Both are turned i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .analysis import PRUNABLE
+from .analysis import first_layers, record_producers
 
 
 class Unprunable(Exception):
@@ -48,13 +48,7 @@ class ForwardFailure:
     error: BaseException
     block: str | None  # innermost running module with children: the forward code that failed
     layer: nn.Module | None = None  # innermost running layer
-    got: int | None = None  # channels of that layer's input, when it is a Conv/Linear
-
-
-def _in_width(x: Any, layer: nn.Module) -> int | None:
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        return None
-    return int(x.shape[-1] if isinstance(layer, nn.Linear) else x.shape[1])
+    producers: list[str] = field(default_factory=list)  # layers whose outputs fed it
 
 
 def failing_block(model: nn.Module, x: torch.Tensor) -> ForwardFailure | None:
@@ -67,32 +61,33 @@ def failing_block(model: nn.Module, x: torch.Tensor) -> ForwardFailure | None:
     def leave(module: nn.Module, _inputs: Any, _output: Any) -> None:
         stack.pop()
 
+    producers: dict[Any, nn.Module] = {}
     hooks = [h for m in model.modules()
              for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    hooks += record_producers(model, producers)
     try:
-        with torch.no_grad():
+        with torch.enable_grad():  # the failing layer's input leads back to its producers
             model(x)
         return None
     except Exception as exc:  # noqa: BLE001 - any failure is what we locate
         names = _names(model)
         blocks = [m for m, _ in stack if any(True for _ in m.children())]
         failure = ForwardFailure(exc, (names.get(id(blocks[-1])) or None) if blocks else None)
-        if stack and isinstance(stack[-1][0], PRUNABLE):
-            failure.layer, failure.got = stack[-1][0], _in_width(stack[-1][1], stack[-1][0])
+        if stack and not any(True for _ in stack[-1][0].children()):
+            failure.layer = stack[-1][0]
+            given = stack[-1][1]
+            if isinstance(given, torch.Tensor) and given.grad_fn is not None:
+                failure.producers = [names[id(m)] for m in first_layers([given], producers)
+                                     if id(m) in names]
         return failure
     finally:
         for h in hooks:
             h.remove()
 
 
-def culprits(failure: ForwardFailure, changes: dict[str, list[int]]) -> list[str]:
-    """The layers to keep whole so the forward runs again: those whose width went from what the
-    failing layer expects to what it got (the coupling the graph missed), else the block."""
-    layer = failure.layer
-    if layer is not None and failure.got is not None:
-        expected = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
-        producers = [name for name, (before, after) in changes.items()
-                     if before == expected and after == failure.got]
-        if producers:
-            return producers
+def culprits(failure: ForwardFailure) -> list[str]:
+    """The layers to keep whole so the forward runs again: those whose outputs fed the failing
+    layer (their width is the coupling the graph missed), else the failing block."""
+    if failure.producers:
+        return failure.producers
     return [failure.block] if failure.block else []
