@@ -48,7 +48,13 @@ class StructuredPrune(Pass):
     Give one of ``ratio`` (fraction of channels removed), ``target_macs`` or ``target_params``
     (fraction of the dense model's MACs/parameters to keep; the channel ratio is found by
     bisection). With ``steps > 1`` pruning is iterative and ``finetune`` runs after each step.
-    The classifier head (the layer producing the outputs) is always kept whole.
+
+    The layers producing the model's outputs (a classifier, a detector's box and score heads, a
+    segmenter's mask classifier, an encoder's last norm) are kept whole, so every output keeps
+    its shape; outputs may be a tensor, a tuple/list, a dict or a Hugging Face ``ModelOutput``.
+    Attention heads (Hugging Face and timm attentions, ``nn.MultiheadAttention``) keep their
+    count and lose the same dimensions each. A coupling Torch-Pruning cannot map is refused
+    with the layers named and an ``ignore=`` that was checked to work.
     """
 
     name = "structured_prune"
@@ -77,7 +83,7 @@ class StructuredPrune(Pass):
                                   "kernels); layers at or below it are left whole. 1 or None "
                                   "turns rounding off.", low=1)
     ignore: tuple[str, ...] = option((), "Names of layers (or containers) to keep whole; the "
-                                     "classifier head is always kept.")
+                                     "layers producing the outputs are always kept.")
     max_layer_ratio: float = option(0.9, "No layer loses more than this fraction of its channels.",
                                     low=0, high=1, low_open=True, high_open=True)
     steps: int = option(1, "Iterative pruning: reach the goal in this many steps, fine-tuning "
