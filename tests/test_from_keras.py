@@ -27,7 +27,8 @@ BUILD = textwrap.dedent("""
     keras.utils.set_random_seed(0)
     out = sys.argv[1]
     x = keras.Input((16, 16, 1))
-    h = keras.layers.Conv2D(8, 3, padding="same")(x)
+    h = keras.layers.Normalization(mean=0.3, variance=2.0)(x)  # constants the trace captures
+    h = keras.layers.Conv2D(8, 3, padding="same")(h)
     h = keras.layers.BatchNormalization()(h)
     h = keras.layers.ReLU()(h)
     r = keras.layers.Conv2D(8, 3, padding="same")(h)
@@ -36,7 +37,7 @@ BUILD = textwrap.dedent("""
     h = keras.layers.GlobalAveragePooling2D()(h)
     y = keras.layers.Dense(10, activation="softmax")(h)
     m = keras.Model(x, y)
-    bn = m.layers[2]  # non-trivial statistics, so the BatchNorm fold is exercised
+    bn = m.layers[3]  # non-trivial statistics, so the BatchNorm fold is exercised
     g, b, mu, var = bn.get_weights()
     bn.set_weights([g * 1.5, b + 0.1, mu + 0.2, var * 2.0])
     m.save(out + "/cnn.keras")
@@ -70,6 +71,12 @@ def test_keras_file_converts_within_1e4_of_keras(converted):
     assert info["conversion_max_abs_diff"] <= 1e-4
     assert info["inputs"][0]["shape"] == [None, 16, 16, 1]
     assert "tf2onnx" in info["converter"]
+
+
+def test_captured_constants_stay_constants_not_extra_inputs(converted):
+    info = converted.edgecompress_source
+    assert len(info["inputs"]) == 1  # tf2onnx alone made Normalization's mean/variance inputs
+    assert len(info["captured_constants_inlined"]) == 2
 
 
 def test_tensorflow_never_loads_here(converted):

@@ -34,9 +34,12 @@ def plot_report(report: Report, path: str | Path, title: str = "edgecompress") -
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
-    handles, labels = axes[1].get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=min(5, len(uniq)), fontsize=8)
+    uniq = {}  # from both panels: without latencies (not measured) the right one is empty
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        uniq.update(zip(labels, handles))
+    if uniq:
+        fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=min(5, len(uniq)), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     out = Path(path)

@@ -99,6 +99,36 @@ def _inputs(workdir: Path, specs: list[Any]) -> list[Any]:
     return inputs
 
 
+def _captured_constants(fn: Any, specs: list[Any]) -> dict[str, Any]:
+    """The constant tensors the traced function captured (not variables), by graph name.
+
+    tf2onnx turns such captures into extra graph *inputs* (measured: keras.applications
+    EfficientNetB0's Normalization mean and variance came out as two more inputs), so their
+    values are put back into the ONNX file as initializers (:func:`_inline_constants`)."""
+    import numpy as np
+    import tensorflow as tf
+
+    graph = fn.get_concrete_function(*specs).graph
+    return {inner.name: np.asarray(outer) for outer, inner in
+            zip(graph.external_captures, graph.internal_captures)
+            if inner.dtype != tf.resource and hasattr(outer, "numpy")}
+
+
+def _inline_constants(path: Path, constants: dict[str, Any]) -> list[str]:
+    """Turn graph inputs named in ``constants`` into initializers holding their values."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    extra = [i for i in proto.graph.input if i.name in constants]
+    for value in extra:
+        proto.graph.input.remove(value)
+        proto.graph.initializer.append(numpy_helper.from_array(constants[value.name], value.name))
+    if extra:
+        onnx.save(proto, str(path))
+    return [v.name for v in extra]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("source", type=Path)
@@ -123,12 +153,15 @@ def main() -> None:
     inputs = _inputs(args.workdir, specs)
     for i, ref in enumerate(_outputs(fn, inputs)):
         np.save(args.workdir / f"reference_{i}.npy", ref)
+    onnx_path = args.workdir / "model.onnx"
     try:
         tf2onnx.convert.from_function(fn, input_signature=specs, opset=args.opset,
-                                      output_path=str(args.workdir / "model.onnx"))
+                                      output_path=str(onnx_path))
     except Exception as exc:  # noqa: BLE001
         _fail(f"tf2onnx could not convert {src}: {type(exc).__name__}: {exc}")
+    inlined = _inline_constants(onnx_path, _captured_constants(fn, specs))
     meta = {"kind": "saved_model" if is_saved_model else "keras", "inputs": names,
+            "captured_constants_inlined": inlined,
             "shapes": [[d if d is not None else None for d in s.shape.as_list()] for s in specs],
             "tensorflow": tensorflow.__version__, "tf2onnx": tf2onnx.__version__}
     (args.workdir / "meta.json").write_text(json.dumps(meta))

@@ -87,7 +87,8 @@ def from_keras(model_or_path: Any, samples: Samples = None, *, logits: bool = Fa
     images = [s for s in meta["shapes"] if len(s) == 4]
     info = {"converted_from": meta["kind"], "source": str(model_or_path)[:200],
             "converter": f"tf2onnx {meta['tf2onnx']} (TensorFlow {meta['tensorflow']}, "
-                         f"subprocess {seconds:.1f} s) + onnx2torch"}
+                         f"subprocess {seconds:.1f} s) + onnx2torch",
+            "captured_constants_inlined": meta.get("captured_constants_inlined", [])}
     return convert_proto(proto, inputs, reference, info, logits=logits,
                          layout="NHWC" if images else None, tolerance=tolerance,
                          batchnorm=batchnorm)
