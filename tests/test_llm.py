@@ -240,7 +240,11 @@ def test_q4_k_lies_within_one_step_of_the_simulated_weights(text, tmp_path):
     model = tiny_llama(text.vocab_size, hidden=256, layers=1, heads=4, ffn=256)
     dm = ec.Pipeline([ec.passes.QuantizeWeights(bits=4, scheme="asym")], measure=False).run(
         model, text)
-    art = dm.export("gguf", tmp_path / "k.gguf", type="q4_k", benchmark_runs=0)
+    # q4_k searches its own ranges, so next-token agreement with the simulated Q4_1-style
+    # model can miss its bound on this tiny model: kept (marked FAIL then) to read its tensors
+    art = dm.export("gguf", tmp_path / "k.gguf", type="q4_k", benchmark_runs=0,
+                    on_parity_fail="keep")
+    assert art.parity.passed or art.metadata["verification"].startswith("FAIL")
     _, tensors = _read(art.path)
     t = tensors["blk.0.ffn_up.weight"]
     assert t.tensor_type.name == "Q4_K"

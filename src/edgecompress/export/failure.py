@@ -43,7 +43,8 @@ def failure_advice(artifact: Artifact, recipe: Any) -> str:
         tips.append(f"keep sensitive layers in float (skip={_skip_hint(recipe)})")
         tips.append("or quantize dynamically (QuantizeDynamic)")
     elif artifact.precision.startswith("int"):
-        tips.append(f"keep sensitive layers in float (skip={_skip_hint(recipe)})")
+        tips.append("more bits or another weight type" if not getattr(recipe, "layer_order", ())
+                    else f"keep sensitive layers in float (skip={_skip_hint(recipe)})")
     elif artifact.precision == "fp16":
         tips.append("export in fp32 (fp16=False)")
     else:
