@@ -15,7 +15,7 @@ from torch import nn
 from . import ecm_file, registry
 from ._version import __version__
 from .ecm_file import ECM_FORMAT, ECM_VERSION, Builder, ExportedProgramModule
-from .errors import ArtifactError
+from .errors import ArtifactError, ExportError
 from .forms import Form
 from .data.inputs import head, to_device
 from .job import ExportJob
@@ -85,6 +85,7 @@ class DeployableModel:
         exporter = registry.load_object(spec.exporter)(spec)
         plan = exporter.plan(self.quant_recipe, options)
         job = export_job(self, plan.precision, plan.opts.parity_samples)
+        _check_named_inputs(job, spec.name)
         artifact = exporter.export(job, Path(path), plan)
         self.report.add_artifact(artifact.metrics())
         return artifact
@@ -186,6 +187,19 @@ def export_job(dm: DeployableModel, precision: str, parity_samples: int) -> Expo
         calibration=_calibration(dm, recipe), metadata=MappingProxyType(metadata),
         saved=MappingProxyType(saved_fields(dm)), float_model=dm.float_model,
         tokenizer=getattr(dm.data, "tokenizer", None))
+
+
+# formats whose exporters write every input with its name and dtype (ncnn's pnnx, ExecuTorch
+# and TensorRT's profiles here take one input tensor)
+NAMED_INPUT_FORMATS = ("onnx", "tflite", "torchscript", "openvino", "torch")
+
+
+def _check_named_inputs(job: ExportJob, fmt: str) -> None:
+    if job.several_inputs and fmt not in NAMED_INPUT_FORMATS:
+        names = ", ".join(job.signature.input_names)
+        raise ExportError(f"the model takes {len(job.signature.inputs)} named inputs ({names}) "
+                          f"and the {fmt} exporter writes single-input models only; export to "
+                          f"one of {', '.join(NAMED_INPUT_FORMATS)}")
 
 
 def _calibration(dm: DeployableModel, recipe: QuantRecipe | None) -> torch.Tensor | None:

@@ -61,7 +61,7 @@ def accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device | Non
             if y is None:
                 return None
             _check_finite(x, i)
-            out = call_model(model, to_device(x, device))
+            out = _first_output(call_model(model, to_device(x, device)))
             if not _is_scores(out, y):
                 log.info("accuracy not measured: the model's output (%s) is not one tensor of "
                          "class scores per labelled sample", type(out).__name__)
@@ -71,6 +71,15 @@ def accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device | Non
     finally:
         model.train(was_training)
     return correct / total if total else None
+
+
+def _first_output(out: Any) -> Any:
+    """The model's first output by ``flatten_outputs`` (``logits`` of a ModelOutput), as an
+    artifact's runner gives it."""
+    from .signature import flatten_outputs
+
+    flat = flatten_outputs(out)
+    return flat[0][1] if flat else out
 
 
 def _is_scores(out: Any, y: Any) -> bool:

@@ -237,6 +237,7 @@ class Runner:
         return self._checked(self.inputs[0], arr)
 
     def _checked(self, spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
+        arr = _narrowed(arr, np.dtype(spec.dtype))
         if arr.dtype != np.dtype(spec.dtype):
             raise InputError(f"{self.path.name}: input '{spec.name}' has dtype {arr.dtype}; "
                              f"expected {spec.dtype} (convert with x.astype(np.{spec.dtype}))")
@@ -294,6 +295,18 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, threads={self.threads})"
+
+
+def _narrowed(arr: np.ndarray, want: np.dtype) -> np.ndarray:
+    """int64 token ids for a file that takes int32 (LiteRT's converter narrows 64-bit inputs):
+    cast when every value fits, so nothing is lost; anything else is left for the check."""
+    if arr.dtype == want or not (np.issubdtype(arr.dtype, np.integer)
+                                 and np.issubdtype(want, np.integer)):
+        return arr
+    info = np.iinfo(want)
+    if arr.size == 0 or (int(arr.min()) >= info.min and int(arr.max()) <= info.max):
+        return arr.astype(want)
+    return arr
 
 
 def _random(spec: TensorSpec, batch_size: int, rng: np.random.Generator) -> np.ndarray:
