@@ -93,14 +93,13 @@ def reference_named(model: nn.Module, x: Any) -> list[tuple[str, np.ndarray]]:
     return [(n, t.detach().float().cpu().numpy()) for n, t in flatten_outputs(out)]
 
 
-def named_parity(runner: Any, reference: nn.Module, x: Any, precision: str,
+def named_parity(runner: Any, reference: nn.Module, x: Any, compare: Any, precision: str,
                  reference_name: str, tolerance: float | None = None) -> Any:
-    """Parity of every output (matched by name, else by position) under ``verify.compare``;
-    the worst one is returned (a failing one first), each is logged. Used for models with
-    several inputs or outputs until per-output parity records land in ``export/verify.py``."""
+    """Parity of every output (matched by name, else by position) under ``compare`` (the
+    verifier's ``compare(ref, out, precision, reference_name, tolerance)``); the worst one is
+    returned (a failing one first), each is logged. Used for models with several inputs or
+    outputs until per-output parity records land in ``export/verify.py``."""
     import logging
-
-    from .verify import compare
 
     ref = reference_named(reference, x)
     got = named_outputs(runner, x)

@@ -61,7 +61,7 @@ def check_parity(runner: Runner, reference: nn.Module, x: torch.Tensor, precisio
                  reference_name: str, tolerance: float | None = None) -> Parity:
     if not isinstance(x, torch.Tensor) or len(runner.outputs) > 1:  # several inputs/outputs
         from .flat import named_parity
-        return named_parity(runner, reference, x, precision, reference_name, tolerance)
+        return named_parity(runner, reference, x, compare, precision, reference_name, tolerance)
     ref = reference_outputs(reference, x)
     out = runner(x.numpy().astype(runner.inputs[0].dtype if runner.inputs else np.float32))
     return compare(ref, np.asarray(out), precision, reference_name, tolerance)

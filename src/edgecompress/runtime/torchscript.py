@@ -58,8 +58,7 @@ class LiteInterpreterRunner(Runner):
     def _specs(self) -> None:
         sig = self.metadata.get("signature")
         if isinstance(sig, dict) and sig.get("inputs"):
-            self.inputs = [TensorSpec(str(t["name"]), (None, *t["shape"][1:]), str(t["dtype"]))
-                           for t in sig["inputs"]]
+            self.inputs = [_recorded_input(t, self.path) for t in sig["inputs"]]
         else:
             shape = (self.metadata.get("input") or {}).get("shape")
             if not shape:
@@ -103,3 +102,18 @@ class LiteInterpreterRunner(Runner):
             out: Any = self.module(*[self._torch.from_numpy(v) for v in feeds.values()])
         return [(n, t.detach().float().numpy() if t.is_floating_point() else t.numpy())
                 for n, t in flatten_outputs(out)]
+
+
+def _recorded_input(t: Any, path: Any) -> TensorSpec:
+    """One input of the recorded signature, refusing what no real model takes (a crafted
+    shape would make the probe allocate terabytes; a crafted dtype is no numpy type)."""
+    from ..metadata import check_input_shape
+    from ..signature import INPUT_DTYPES
+
+    shape = t.get("shape") if isinstance(t, dict) else None
+    ok = isinstance(shape, list) and len(shape) >= 1 and str(t.get("dtype")) in INPUT_DTYPES
+    if not ok or str(t.get("dtype")) == "bfloat16":
+        raise ArtifactError(f"{path}: recorded input {t!r} is not a usable input (name, shape, "
+                            f"dtype); the metadata is corrupt or crafted")
+    check_input_shape({"shape": [1, *shape[1:]]}, path)
+    return TensorSpec(str(t.get("name")), (None, *shape[1:]), str(t["dtype"]))
