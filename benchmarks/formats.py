@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 import edgecompress as ec
+from edgecompress._extras import available
 from edgecompress.formats import FORMATS
 from edgecompress.models import small_cnn
 from edgecompress.registry import load_object
@@ -212,7 +213,7 @@ def plan(fmt: str, precision: str) -> tuple[dict[str, Any] | None, str | None]:
     """(export options, None), or (None, why this cell is skipped)."""
     spec = FORMATS[fmt]
     if not spec.available():
-        missing = [m for m in spec.modules if not ec.formats.available(m)]
+        missing = [m for m in spec.modules if not available(m)]
         return None, (f"not installed here: {', '.join(missing)} (pip install "
                       f"'edgecompress[{spec.extra}]')")
     try:

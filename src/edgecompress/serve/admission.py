@@ -7,11 +7,15 @@ after which a retry is likely to succeed; nothing ever queues without bound.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
+
+import numpy as np
+
+from .batching import Batcher, Job
 
 
 class Rejected(Exception):
@@ -45,16 +49,18 @@ class RateLimit:
 class Admission:
     """``workers`` inference threads and at most ``queue`` requests waiting for one.
 
-    :meth:`submit` runs a function on a worker when there is room and raises :class:`Rejected`
-    otherwise, so memory is bounded by ``workers + queue`` requests in flight.
+    :meth:`predict` and :meth:`submit` run work on a worker when there is room and raise
+    :class:`Rejected` otherwise, so memory is bounded by ``workers + queue`` requests in flight.
+    Predictions that wait are stacked into one runner call of up to ``max_batch`` rows (see
+    :mod:`~edgecompress.serve.batching`).
     """
 
-    def __init__(self, workers: int, queue: int):
+    def __init__(self, workers: int, queue: int, max_batch: int = 1, batch_wait_ms: float = 0.0):
         if workers < 1 or queue < 0:
             raise ValueError(f"workers must be >= 1 and queue >= 0 (got {workers}, {queue})")
         self.workers = workers
         self.queue = queue
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ec-infer")
+        self.batcher = Batcher(workers, max_batch, batch_wait_ms)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._rate: RateLimit | None = None
@@ -96,19 +102,26 @@ class Admission:
 
     async def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on a worker thread; :class:`Rejected` when there is no room."""
-        import asyncio
+        return await self._enqueue(fn=fn, args=args)
 
+    async def predict(self, model: Any, x: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """``model.run(x)`` on a worker, stacked with other waiting requests when it can be:
+        the output rows of ``x``, the seconds of the runner call and the rows that call held.
+        :class:`Rejected` when there is no room."""
+        return await self._enqueue(model=model, x=x)
+
+    async def _enqueue(self, **work: Any) -> Any:
         self._admit()
-        t0 = time.perf_counter()
-        try:
-            future = self.pool.submit(fn, *args)
-        except RuntimeError:  # the pool is shutting down
-            self._done(0.0)
-            raise Rejected("the server is shutting down", retry_after=5) from None
+        loop = asyncio.get_running_loop()
         # the slot is freed when the work ends, not when the client stops waiting: a client that
         # disconnects must not let more work pile up behind the workers than the bound allows
-        future.add_done_callback(lambda _: self._done(time.perf_counter() - t0))
-        return await asyncio.wrap_future(future)
+        job = Job(loop, loop.create_future(), done=self._done, **work)
+        try:
+            self.batcher.put(job)
+        except RuntimeError:  # shutting down
+            self._done(0.0)
+            raise Rejected("the server is shutting down", retry_after=5) from None
+        return await job.future
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=False)
+        self.batcher.close()

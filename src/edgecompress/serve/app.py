@@ -1,5 +1,6 @@
-"""The HTTP API: ``/health``, ``/model`` (GET: metadata; POST: swap), ``/predict``, ``/metrics``,
-``/events``. Every client error is a JSON ``{"error": ..., "status": ...}`` that says what was
+"""The HTTP API: ``/health``, ``/model`` (GET: metadata; POST: swap), ``/predict`` (a raw ASGI
+handler FastAPI never sees, see :mod:`~edgecompress.serve.predict`), ``/metrics``, ``/events``.
+Every client error is a JSON ``{"error": ..., "status": ...}`` that says what was
 wrong; an unexpected failure inside a request is a 500 for that request, never a dead server.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 import hmac
 import shutil
 import logging
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -18,12 +18,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..errors import EdgeCompressError, InputError
-from ..runtime.preprocess import top_k
-from .admission import Rejected
+from ..errors import EdgeCompressError
 from .config import ServeConfig
 from .health import health
-from .inputs import TENSOR_TYPES, RequestError, decode_image, decode_tensor, media_type
+from .inputs import RequestError, media_type
+from .predict import PredictEndpoint
 from .state import ServerState, build_state
 
 log = logging.getLogger("edgecompress")
@@ -33,59 +32,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None,
            **detail: Any) -> JSONResponse:
     return JSONResponse({"error": message, "status": status, **detail}, status_code=status,
                         headers=headers)
-
-
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds ``limit_bytes`` (never read whole)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit_bytes:
-        raise RequestError(413, f"body of {int(declared):,} bytes exceeds the limit of "
-                                f"{limit_bytes:,} bytes", limit_bytes=limit_bytes)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise RequestError(413, f"body exceeds the limit of {limit_bytes:,} bytes",
-                               limit_bytes=limit_bytes)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # lets request.form() parse what was already read
-    return body
-
-
-async def _predict_input(request: Request, body: bytes, model: Any) -> tuple[Any, bool]:
-    kind = media_type(request.headers.get("content-type"))
-    if kind == "multipart/form-data":
-        form = await request.form()
-        upload = form.get("file") or form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise RequestError(400, "the multipart form needs a file field named 'file'")
-        return decode_image(await upload.read(), model), True
-    if kind.startswith("image/"):
-        return decode_image(body, model), True
-    if kind in TENSOR_TYPES:
-        return decode_tensor(body, kind, request.headers, model), False
-    raise RequestError(415, f"unsupported content type '{kind or '(none)'}': send an image "
-                            f"(multipart field 'file' or image/*), application/json "
-                            f'{{"inputs": [...]}}, application/x-npy or application/octet-stream '
-                            f"with an X-Shape header")
-
-
-def _predict_payload(model: Any, out: Any, k: int, seconds: float, as_image: bool) -> dict[str, Any]:
-    payload: dict[str, Any] = {"model_version": model.version, "sha256": model.sha256,
-                               "inference_ms": round(seconds * 1000, 4),
-                               "output_shape": list(out.shape)}
-    if out.ndim == 2:
-        payload["top_k"] = top_k(out, k, model.metadata.get("class_names"))
-    if not as_image or out.ndim != 2:
-        payload["outputs"] = out.tolist()
-    return payload
-
-
-def _run_timed(model: Any, x: Any) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = model.run(x)
-    return out, time.perf_counter() - t0
 
 
 def _check_declared_size(request: Request, limit_bytes: int) -> None:
@@ -153,7 +99,22 @@ class CountRequests:
             self.metrics.requests.labels(path, str(status[0])).inc()
 
 
-def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI:
+class ServeApp(FastAPI):
+    """FastAPI, except that ``/predict`` goes straight to its raw ASGI handler (no telemetry
+    check, middleware or routing per request); every other path is FastAPI's."""
+
+    def __init__(self, predict: PredictEndpoint, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.predict = predict
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/predict":
+            await self.predict(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(config: ServeConfig, state: ServerState | None = None) -> ServeApp:
     """The FastAPI application serving ``config.artifact`` (the model is loaded and verified
     here, before the server accepts a connection)."""
     s = state or build_state(config)
@@ -166,13 +127,12 @@ def create_app(config: ServeConfig, state: ServerState | None = None) -> FastAPI
         finally:
             s.stop()
 
-    app = FastAPI(title="edgecompress serve", lifespan=lifespan)
+    app = ServeApp(PredictEndpoint(s), title="edgecompress serve", lifespan=lifespan)
     app.state.server = s
 
     app.add_middleware(CountRequests, metrics=s.metrics)
     _add_error_handlers(app, s)
     _add_info_routes(app, s)
-    _add_predict_route(app, s)
     _add_swap_route(app, s)
     return app
 
@@ -189,13 +149,6 @@ def _add_error_handlers(app: FastAPI, s: ServerState) -> None:
         s.metrics.errors.labels(request.url.path, str(exc.status)).inc()
         s.stats.add(None, error=True)
         return _error(exc.status, exc.message, **exc.detail)
-
-    @app.exception_handler(Rejected)
-    async def rejected(request: Request, exc: Rejected) -> JSONResponse:
-        s.metrics.errors.labels(request.url.path, "503").inc()
-        s.stats.add(None, rejected=True)
-        return _error(503, exc.reason, headers={"Retry-After": str(exc.retry_after)},
-                      retry_after=exc.retry_after)
 
 
 def _add_info_routes(app: FastAPI, s: ServerState) -> None:
@@ -214,30 +167,6 @@ def _add_info_routes(app: FastAPI, s: ServerState) -> None:
     @app.get("/metrics")
     async def get_metrics() -> Response:
         return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-def _add_predict_route(app: FastAPI, s: ServerState) -> None:
-    @app.post("/predict")
-    async def predict(request: Request, top: int | None = None) -> JSONResponse:
-        t0 = time.perf_counter()
-        body = await read_body(request, int(s.config.max_body_mb * 1024 * 1024))
-        with s.slot.acquire() as model:  # in flight on this model, even across a swap
-            x, as_image = await _predict_input(request, body, model)
-            try:
-                out, seconds = await s.admission.submit(_run_timed, model, x)
-            except InputError as exc:
-                raise RequestError(400, str(exc)) from exc
-            except (Rejected, RequestError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a runtime failure on one input is a 500
-                log.error("the model failed on a request: %r", exc)
-                raise RequestError(500, f"the model failed on this input: "
-                                        f"{type(exc).__name__}: {exc}") from exc
-        s.metrics.latency.observe(seconds)
-        s.metrics.request_latency.observe(time.perf_counter() - t0)
-        s.stats.add(seconds)
-        # a JSONResponse directly: FastAPI's jsonable_encoder walk costs more than the model
-        return JSONResponse(_predict_payload(model, out, top or s.config.top_k, seconds, as_image))
 
 
 def _add_swap_route(app: FastAPI, s: ServerState) -> None:

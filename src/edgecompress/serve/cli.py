@@ -19,6 +19,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="inference threads (one process, one copy of the model)")
     p.add_argument("--queue", type=int, default=16,
                    help="requests that may wait for a worker; more get 503 + Retry-After")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="requests waiting for a worker are stacked into one runner call of at "
+                        "most this many rows (models with a dynamic batch dimension; 1: never)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="a worker holding a partial batch waits this long for more (0: runs "
+                        "what is queued at once; more: larger batches, higher latency)")
     p.add_argument("--threads", type=int, default=None, help="runtime threads per call")
     p.add_argument("--token-file", default=None,
                    help="file holding the token for POST /model (else EDGECOMPRESS_SERVE_TOKEN; "
@@ -53,7 +59,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
         thermal = ThermalPolicy(hot_c=args.hot, cool_c=args.cool if args.cool is not None
                                 else args.hot - 10, action=action, max_rps=args.max_rps)
     config = ServeConfig(args.artifact, host=args.host, port=args.port, workers=args.workers,
-                         queue=args.queue, threads=args.threads, token=read_token(args.token_file),
+                         queue=args.queue, max_batch=args.max_batch,
+                         batch_wait_ms=args.batch_wait_ms, threads=args.threads, token=read_token(args.token_file),
                          max_body_mb=args.max_body_mb, state_dir=args.state_dir, keep=args.keep,
                          watch=args.watch, fallback=args.fallback, thermal=thermal,
                          max_latency_ms=args.max_latency_ms)

@@ -17,13 +17,17 @@ TOKEN_ENV = "EDGECOMPRESS_SERVE_TOKEN"
 class ServeConfig:
     """Options of one server. ``workers`` are inference threads in the one server process
     (one copy of the model in memory; swap and watchdog state stay consistent); ``queue`` is
-    how many more requests may wait before new ones get 503."""
+    how many more requests may wait before new ones get 503. Requests that wait are stacked
+    into one runner call of up to ``max_batch`` rows when the model's batch dimension is
+    dynamic; ``batch_wait_ms`` > 0 lets a worker wait that long for a fuller batch."""
 
     artifact: Path
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
     queue: int = 16
+    max_batch: int = 8
+    batch_wait_ms: float = 0.0
     threads: int | None = None  # runtime threads per call (None: the runtime's default)
     token: str | None = None  # None: POST /model is disabled
     max_body_mb: float = 8.0  # /predict bodies
@@ -45,6 +49,9 @@ class ServeConfig:
         if self.workers < 1 or self.queue < 0:
             raise ConfigError(f"--workers must be >= 1 and --queue >= 0 (got {self.workers}, "
                               f"{self.queue})")
+        if self.max_batch < 1 or self.batch_wait_ms < 0:
+            raise ConfigError(f"--max-batch must be >= 1 and --batch-wait-ms >= 0 (got "
+                              f"{self.max_batch}, {self.batch_wait_ms})")
         if self.max_body_mb <= 0 or self.keep < 1:
             raise ConfigError("--max-body-mb must be > 0 and --keep >= 1")
 

@@ -7,6 +7,7 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -26,6 +27,10 @@ class Metrics:
         self.request_latency = Histogram("edgecompress_request_seconds",
                                          "Whole /predict time (decode, queue, run, encode)",
                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("edgecompress_batch_rows",
+                                    "Rows in the runner call that served each /predict "
+                                    "(above 1: stacked with other requests)",
+                                    buckets=BATCH_BUCKETS, registry=r)
         Gauge("edgecompress_queue_length", "Requests waiting for a worker",
               registry=r).set_function(queue_length)
         Gauge("edgecompress_in_flight", "Requests admitted and not finished",

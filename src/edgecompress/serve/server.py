@@ -17,12 +17,13 @@ def run(config: ServeConfig) -> None:
     from .app import create_app
 
     app = create_app(config)
-    log.info("serving %s on http://%s:%d (%d workers, queue %d, swap %s)", config.artifact,
-             config.host, config.port, config.workers, config.queue,
+    log.info("serving %s on http://%s:%d (%d workers, queue %d, batches up to %d, swap %s)",
+             config.artifact, config.host, config.port, config.workers, config.queue,
+             config.max_batch,
              "enabled" if config.token else "disabled")
     # uvicorn's own limit keeps idle connections from piling up on a small device; a short
     # keep-alive timeout races busy clients (the server closes a connection as a request
     # arrives on it, and that request fails), so it is longer than any stall under load
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
                 limit_concurrency=max(64, 4 * (config.workers + config.queue)),
-                timeout_keep_alive=30)
+                timeout_keep_alive=30, access_log=False)

@@ -35,7 +35,8 @@ class ServerState:
                 monitor.start()
         self.events.record("start", f"serving {self.slot.primary.path.name}",
                            sha256=self.slot.primary.sha256, workers=self.config.workers,
-                           queue=self.config.queue, swap_enabled=self.config.token is not None)
+                           queue=self.config.queue, max_batch=self.config.max_batch,
+                           swap_enabled=self.config.token is not None)
 
     def stop(self) -> None:
         for monitor in (self.watchdog, self.watcher):
@@ -58,7 +59,7 @@ def build_state(config: ServeConfig) -> ServerState:
     store = VersionStore(config.state_dir / "versions", keep=config.keep)
     slot = ModelSlot(primary, events, store, fallback=fallback, threads=config.threads,
                      max_latency_ms=config.max_latency_ms)
-    admission = Admission(config.workers, config.queue)
+    admission = Admission(config.workers, config.queue, config.max_batch, config.batch_wait_ms)
     watchdog = None
     if config.thermal is not None:
         watchdog = ThermalWatchdog(config.thermal, slot, admission, events,
