@@ -296,11 +296,11 @@ def test_percentile_histogram_spans_all_samples_as_orts_does():
     calibration gives it every batch at once. Two passes reproduce the latter exactly."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from edgecompress.quant.calibrate import HISTOGRAM_SETTINGS, _RangeCollector
+    from edgecompress.quant.calibrate import HISTOGRAM_SETTINGS, RangeCollector
 
     batches = [torch.randn(32, 8) * (1 + i) for i in range(4)]  # the range grows batch by batch
     for method in ("percentile", "entropy"):
-        ours = _RangeCollector(method)
+        ours = RangeCollector(method)
         for _ in range(ours.passes):
             for b in batches:
                 ours.add("t", b)

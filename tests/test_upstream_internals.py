@@ -80,3 +80,55 @@ def test_litert_interpreter_ops_details(tmp_path):
     assert {"CONV_2D", "FULLY_CONNECTED"} <= names, names
     tensors = {d["index"] for d in interp.get_tensor_details()}
     assert all(int(i) in tensors for op in ops for i in op["inputs"] if int(i) >= 0)
+
+
+class _Heads(nn.Module):
+    """A fused-qkv self-attention (timm's layout) followed by a classifier over the mean token."""
+
+    def __init__(self, dim=32, heads=4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj, self.fc = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 5)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+        return self.fc(self.proj(y.transpose(1, 2).reshape(b, n, -1)).mean(1))
+
+
+def test_torch_pruning_checks_the_group_just_before_rounding_it():
+    """engine._Pruner reads a group's channel-group count in _is_atten_group(group), which
+    BasePruner._prune calls for each group right before _round_to; and it skips a group whose
+    estimate_importance(group) returns None (how an unmappable group is left out)."""
+    from edgecompress.passes.pruning.engine import _pruner_class
+
+    assert list(inspect.signature(tp.pruner.BasePruner._is_atten_group).parameters) == ["self", "group"]
+    assert list(inspect.signature(tp.pruner.BasePruner.estimate_importance).parameters) == ["self", "group"]
+    assert "num_heads" in inspect.signature(tp.pruner.BasePruner).parameters
+    calls = []
+
+    class Recording(_pruner_class()):
+        def _is_atten_group(self, group):
+            calls.append("check")
+            return super()._is_atten_group(group)
+
+        def _round_to(self, n_pruned, current_channels, round_to):
+            calls.append(("round", self._groups_of_current))
+            return super()._round_to(n_pruned, current_channels, round_to)
+
+    model = _Heads()
+    pruner = Recording(model, torch.randn(1, 6, 32), importance=tp.importance.MagnitudeImportance(),
+                       pruning_ratio=0.5, round_to=8, num_heads={model.qkv: 4},
+                       ignored_layers=[model.fc])
+    pruner.step()
+    rounds = [i for i, c in enumerate(calls) if isinstance(c, tuple)]
+    assert rounds and all(calls[i - 1] == "check" for i in rounds), calls
+    assert ("round", 4) in calls  # the attention group was rounded per head
+    assert model.qkv.out_features % (3 * 4) == 0 and model.qkv.out_features < 96
+
+    skipped = Recording(_Heads(), torch.randn(1, 6, 32), importance=lambda group: None,
+                        pruning_ratio=0.5, ignored_layers=[])
+    before = sum(p.numel() for p in skipped.model.parameters())
+    skipped.step()
+    assert sum(p.numel() for p in skipped.model.parameters()) == before

@@ -14,15 +14,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from ..errors import ExportError
 from ..quant.mapping import map_layers
+from ..quant.calibrate import CalibrationResult
+from .ort_calibrate import (calibration_notes, equal_batch_size, mask_nodes, supports_cache,
+                            write_calibration_cache)
 from .ort_quant import SAME_SCALE_OPS, CalibrationReader, calibration_method
 
 if TYPE_CHECKING:
@@ -62,12 +66,26 @@ def _prepare(float_path: Path, out: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(float_path), str(out), skip_optimization=True)
+        # ORT's symbolic shape inference, when it cannot finish, saves
+        # sym_shape_infer_temp.onnx (+ external data) into the working directory: the temp one
+        with _working_directory(out.parent):
+            quant_pre_process(str(Path(float_path).resolve()), str(out.resolve()),
+                              skip_optimization=True)
         return out
     except Exception as exc:  # noqa: BLE001 - shape inference fails on some exotic graphs
         log.info("quant_pre_process failed (%s); quantizing the graph as exported",
                  str(exc)[:200])
         return float_path
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _layer_nodes(proto: Any, recipe: "QuantRecipe") -> tuple[dict[str, Any], list[str]]:
@@ -157,19 +175,25 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe", calibration
     samples = calibration.float().numpy()
     reduce = recipe.reduce_range
     fmt = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
-    with _quiet():
-        quantize_static(str(src), str(out), CalibrationReader(samples, proto.graph.input[0].name),
+    with tempfile.TemporaryDirectory() as work, _quiet():
+        reader, cache, found = _calibration(src, samples, proto.graph.input[0].name,
+                                            recipe.method, Path(work))
+        masked = [n for n in mask_nodes(proto, found) if n not in exclude]
+        exclude = exclude + masked
+        quantize_static(str(src), str(out), reader,
                         quant_format=fmt, per_channel=recipe.per_channel,
                         reduce_range=reduce, activation_type=act, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=method,
-                        extra_options={"TensorQuantOverrides": overrides} if overrides else None)
+                        extra_options={"TensorQuantOverrides": overrides} if overrides else None,
+                        **cache)
     notes: dict[str, Any] = {
         "quantizer": f"onnxruntime.quantization.quantize_static ({fmt.name})",
         "calibration": f"{recipe.method} on {samples.shape[0]} samples",
         "activation_type": "uint8" if recipe.backend == "x86" else "int8",
         "weight_type": f"int8 {'per-channel' if recipe.per_channel else 'per-tensor'}"
                        f"{' (reduce_range: 7-bit values, no VNNI)' if reduce else ''}",
-        "float_nodes": exclude, "learned_ranges_written": len(overrides)}
+        "float_nodes": exclude, "learned_ranges_written": len(overrides),
+        **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {})}
     if missing:
         notes["layers_not_matched"] = missing
         if overrides:
@@ -177,6 +201,19 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe", calibration
                         "ranges were calibrated by ONNX Runtime instead of the QAT ranges",
                         len(missing))
     return notes
+
+
+def _calibration(src: Path, samples: np.ndarray, input_name: str, method: str,
+                 work: Path) -> tuple[Any, dict[str, Any], CalibrationResult | None]:
+    """The reader and calibration-cache argument for ``quantize_static``, and what our robust
+    calibration left out (see :mod:`.ort_calibrate`). ONNX Runtime without a calibration cache
+    calibrates itself, on batches of equal size (its histogram collector needs them)."""
+    if supports_cache():
+        cache, found = write_calibration_cache(src, samples, input_name, method, work)
+        return (CalibrationReader(samples, input_name), {"calibration_cache_path": str(cache)},
+                found)
+    batch = equal_batch_size(len(samples))
+    return CalibrationReader(samples, input_name, batch_size=batch), {}, None
 
 
 def _dynamic(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[str, Any]:

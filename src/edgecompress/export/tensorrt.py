@@ -37,6 +37,7 @@ from ..onnx_utils import load_onnx, write_metadata
 from ..options import option
 from .base import Exporter, ExportOptions, ExportPlan
 from .onnx import export_float_onnx
+from .ort_calibrate import equal_batch_size
 from .ort_quant import CalibrationReader, calibration_method
 from .verify import Verification
 
@@ -156,7 +157,9 @@ def symmetric_qdq(float_path: Path, out_path: Path, job: ExportJob) -> dict[str,
     samples = job.calibration.float().cpu().numpy()
     prepared = out_path.with_name("prepared.onnx")
     quant_pre_process(str(float_path), str(prepared), skip_optimization=True)
-    quantize_static(str(prepared), str(out_path), CalibrationReader(samples, INPUT_NAME),
+    # equal batches: ORT's histogram collector cannot stack a smaller last batch
+    reader = CalibrationReader(samples, INPUT_NAME, batch_size=equal_batch_size(len(samples)))
+    quantize_static(str(prepared), str(out_path), reader,
                     quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
                     reduce_range=False, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=calibration_method(recipe.method),

@@ -19,19 +19,22 @@ from ..errors import ConfigError, PassError
 from ..forms import Form
 from ..measure import count_macs, count_params
 from ..options import option
+from ..signature import flatten_outputs
 from ..training import Recovery, seed_everything
 from .base import Pass, PassContext, StageOutput
 from .pruning.analysis import (
     first_param_device,
     layer_widths,
     module_name,
-    output_layers,
     resolve_ignored,
+    same_outputs,
     trace_forward,
     width_changes,
 )
+from .pruning.diagnose import Unprunable, culprits, failing_block
 from .pruning.engine import StepConfig, build_pruner, count_groups, prune_step
 from .pruning.importance import IMPORTANCES, gradient_batches
+from .pruning.refusal import refusal
 
 log = logging.getLogger("edgecompress")
 
@@ -45,7 +48,13 @@ class StructuredPrune(Pass):
     Give one of ``ratio`` (fraction of channels removed), ``target_macs`` or ``target_params``
     (fraction of the dense model's MACs/parameters to keep; the channel ratio is found by
     bisection). With ``steps > 1`` pruning is iterative and ``finetune`` runs after each step.
-    The classifier head (the layer producing the outputs) is always kept whole.
+
+    The layers producing the model's outputs (a classifier, a detector's box and score heads, a
+    segmenter's mask classifier, an encoder's last norm) are kept whole, so every output keeps
+    its shape; outputs may be a tensor, a tuple/list, a dict or a Hugging Face ``ModelOutput``.
+    Attention heads (Hugging Face and timm attentions, ``nn.MultiheadAttention``) keep their
+    count and lose the same dimensions each. A coupling Torch-Pruning cannot map is refused
+    with the layers named and an ``ignore=`` that was checked to work.
     """
 
     name = "structured_prune"
@@ -74,7 +83,7 @@ class StructuredPrune(Pass):
                                   "kernels); layers at or below it are left whole. 1 or None "
                                   "turns rounding off.", low=1)
     ignore: tuple[str, ...] = option((), "Names of layers (or containers) to keep whole; the "
-                                     "classifier head is always kept.")
+                                     "layers producing the outputs are always kept.")
     max_layer_ratio: float = option(0.9, "No layer loses more than this fraction of its channels.",
                                     low=0, high=1, low_open=True, high_open=True)
     steps: int = option(1, "Iterative pruning: reach the goal in this many steps, fine-tuning "
@@ -83,6 +92,11 @@ class StructuredPrune(Pass):
     finetune: Recovery | None = option(None, "Recovery after each pruning step "
                                        "(ec.FineTune(...) or a distillation recovery).",
                                        recipe=True)
+    # Torch-Pruning's graph build ran past 6 minutes on some hybrids, silently; progress is
+    # logged every 15 s whatever the limit
+    time_limit: float | None = option(300.0, "Seconds one dependency-graph build or pruning "
+                                      "step may take before the pass stops with an error "
+                                      "(None: no limit).", low=0, low_open=True)
 
     def validate(self) -> None:
         given = [k for k in ("ratio", "target_macs", "target_params") if getattr(self, k) is not None]
@@ -95,15 +109,21 @@ class StructuredPrune(Pass):
 
     # -- the pass -------------------------------------------------------------------------------
     def run(self, model: nn.Module, ctx: PassContext) -> StageOutput:
+        try:
+            return self._prune(model, ctx)
+        except Unprunable as exc:
+            raise PassError(refusal(self, model, ctx, exc), self.name) from exc
+
+    def _prune(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         stage = self.name
         example = ctx.data.example_input[:1].to(first_param_device(model))
         facts = trace_forward(model.eval(), example, stage)
         resolve_ignored(model, self.ignore, stage)  # unknown names fail here, before any work
-        head = [module_name(model, m) for m in output_layers(facts)]
+        head = [module_name(model, m) for m in facts.heads]
         keep = [*head, *self.ignore]
         cfg = StepConfig(importance=self.importance, global_scope=self.scope == "global",
                          round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
-                         ignored=keep)
+                         ignored=keep, time_limit=self.time_limit)
         ctx.note("kept_whole", keep)
         if self.importance == "taylor":
             cfg.grad_batches = gradient_batches(ctx.data, self.grad_batches)
@@ -123,7 +143,7 @@ class StructuredPrune(Pass):
                 prune_step(work, example, first_ratio, cfg, stage, pruner=pruner)
             else:
                 work = self._one_step(work, example, cfg, dense, step, ctx)
-            self._check_output(work, example, facts.output_shape, stage)
+            self._check_output(work, example, facts.outputs, stage)
             if self.finetune is not None:
                 desc = "finetune" if self.steps == 1 else f"finetune_step{step}"
                 work = self.finetune.recover(work, ctx, desc=desc)
@@ -191,20 +211,19 @@ class StructuredPrune(Pass):
         ctx.note("search_ratio", round(high, 4))
         return best
 
-    def _check_output(self, model: nn.Module, example: torch.Tensor, shape: tuple[int, ...],
-                      stage: str) -> None:
-        try:
-            with torch.no_grad():
-                out = model.eval()(example)
-        except Exception as exc:
-            raise PassError(f"{stage}: the pruned model no longer runs ({type(exc).__name__}: "
-                            f"{str(exc)[:300]}). The dependency graph missed a coupling in "
-                            f"this architecture; add the layers involved to ignore=[...]",
-                            stage) from exc
-        if tuple(out.shape) != shape:
-            raise PassError(f"{stage}: pruning changed the output shape from {shape} to "
-                            f"{tuple(out.shape)}; add the output layer's name to ignore=[...]",
-                            stage)
+    def _check_output(self, model: nn.Module, example: torch.Tensor,
+                      shapes: dict[str, tuple[int, ...]], stage: str) -> None:
+        failure = failing_block(model.eval(), example)
+        if failure is not None:
+            exc = failure.error
+            raise Unprunable(culprits(failure), f"the pruned model no longer runs "
+                             f"({type(exc).__name__}: {str(exc)[:200]}): its forward code "
+                             f"assumes a width the dependency graph could not see") from exc
+        with torch.no_grad():
+            after = {name: tuple(t.shape) for name, t in flatten_outputs(model(example))}
+        if not same_outputs(shapes, after):
+            raise PassError(f"{stage}: pruning changed the outputs from {shapes} to {after}; "
+                            f"add the layer producing them to ignore=[...]", stage)
 
     def _record(self, model: nn.Module, example: torch.Tensor, dense: dict[str, int | None],
                 widths: dict[str, int], ctx: PassContext) -> dict[str, Any]:

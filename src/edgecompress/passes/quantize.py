@@ -21,9 +21,10 @@ from ..errors import ConfigError, DataError
 from ..fold import fold_batchnorm
 from ..forms import Form
 from ..options import option
-from ..quant.calibrate import calibrate
+from ..quant.calibrate import CalibrationResult, calibrate
 from ..quant.dynamic import DYNAMIC_TYPES, dynamic_layers, quantize_dynamic_torch
 from ..quant.mapping import execution_order
+from ..quant.sharing import untraceable_parts
 from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni, output_modes,
                               quantizable_layers, ranges_of, resolve_skip, set_observing,
                               set_ranges, share_quantizers, unwrap, wrap)
@@ -134,11 +135,35 @@ class QuantizePTQ(Pass, StaticQuantOptions):
         outputs = output_modes(float_model, set(layers) - skipped)
         sim, shared = share_quantizers(wrap(copy.deepcopy(float_model), self.per_channel,
                                             skipped, outputs, _weight_qmax(self)))
-        calibrate(sim, act_quantizers(sim), calib, self.method, desc="PTQ calibration")
+        found = calibrate(sim, act_quantizers(sim), calib, self.method, desc="PTQ calibration")
         recipe = _static_recipe(self, "ptq", self.method, calib, sim, skipped, order,
                                 "observed", outputs, shared)
         _note_static(ctx, layers, skipped, calib, folded)
+        _note_calibration(ctx, found)
+        _note_untraced(ctx, float_model, shared)
         return StageOutput(sim.eval(), recipe=recipe, float_model=float_model)
+
+
+def _note_calibration(ctx: PassContext, *found: CalibrationResult) -> None:
+    """Tensors calibration left in float or could only partly observe go in the report."""
+    merged: dict[str, Any] = {}
+    for result in found:
+        for key, value in result.notes().items():
+            merged[key] = ({**merged[key], **value} if isinstance(value, dict)
+                           else merged[key] + value) if key in merged else value
+    for key, value in merged.items():
+        ctx.note(key, value)
+
+
+def _note_untraced(ctx: PassContext, model: nn.Module, shared: int) -> None:
+    """When torch.fx cannot follow the model, name the parts it cannot trace: there each layer
+    quantizes its own input in the simulation (ORT's graph quantizes each tensor once; the
+    export's parity check measures the difference)."""
+    if not shared:
+        parts = untraceable_parts(model)
+        ctx.note("untraced_by_torch_fx", parts)
+        log.warning("QuantizePTQ/QAT: torch.fx cannot trace %s; the simulated INT8 model "
+                    "quantizes each layer's own input there", "; ".join(parts) or "the model")
 
 
 def _note_static(ctx: PassContext, layers: dict[str, Any], skipped: set[str],
@@ -232,7 +257,8 @@ class QuantizeQAT(Pass, StaticQuantOptions):
         layers, skipped = _static_layers(float_model, self.skip, "QuantizeQAT")
         calib = ctx.data.calibration_inputs(self.samples)[:self.samples]
         sim = wrap(copy.deepcopy(float_model), self.per_channel, skipped, None, _weight_qmax(self))
-        calibrate(sim, act_quantizers(sim), calib, self.method, desc="QAT initial ranges")
+        found = calibrate(sim, act_quantizers(sim), calib, self.method,
+                          desc="QAT initial ranges")
         recovery = self._recovery()
         schedule = _QatSchedule(sim, steps_per_epoch(ctx.data.train, recovery), self.freeze_bn_after,
                                 self.freeze_observers_after)
@@ -245,16 +271,20 @@ class QuantizeQAT(Pass, StaticQuantOptions):
         sim.eval()
         trained_float = unwrap(sim)
         folded += fold_batchnorm(trained_float)
-        final, outputs, calibrated, shared = self._final_model(trained_float, sim, skipped, calib)
+        final, outputs, calibrated, shared, late = self._final_model(trained_float, sim, skipped,
+                                                                     calib)
         order = execution_order(trained_float, calib, quantizable_layers(trained_float))
         recipe = _static_recipe(self, "qat", self.method, calib, final, skipped, order, "learned",
                                 outputs, shared, calibrated)
         _note_static(ctx, layers, skipped, calib, folded)
+        _note_calibration(ctx, found, *late)
+        _note_untraced(ctx, trained_float, shared)
         ctx.note("qat_schedule", schedule.events)
         return StageOutput(final, recipe=recipe, float_model=trained_float)
 
     def _final_model(self, trained_float: nn.Module, trained: nn.Module, skipped: set[str],
-                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], int]:
+                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], int,
+                                                   tuple[CalibrationResult, ...]]:
         """The BN-folded simulated model with the learned ranges. Tensors that had no quantizer
         in training (a layer's output while a BatchNorm still followed it, a residual sum read
         only by pooling) are calibrated now on the float model, as ORT calibrates them."""
@@ -264,9 +294,9 @@ class QuantizeQAT(Pass, StaticQuantOptions):
                                               _weight_qmax(self)))
         set_ranges(final, ranges_of(trained))
         missing = {n: q for n, q in act_quantizers(final).items() if not q.ready}
-        if missing:
-            calibrate(final, missing, calib, self.method, desc="QAT output ranges")
-        return final.eval(), outputs, sorted(missing), shared
+        late = (calibrate(final, missing, calib, self.method, desc="QAT output ranges"),) \
+            if missing else ()
+        return final.eval(), outputs, sorted(missing), shared, late
 
 
 @dataclass

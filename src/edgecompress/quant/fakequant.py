@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.fx
@@ -37,7 +37,9 @@ def act_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch
     lo = torch.clamp(lo, max=0.0)
     hi = torch.clamp(hi, min=0.0)
     scale = (hi - lo) / float(ACT_QMAX - ACT_QMIN)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    # ORT's compute_scale_zp: a scale below float32's smallest normal becomes 1 (a constant or
+    # all-zero tensor), else 1 / scale overflows
+    scale = torch.where(scale >= torch.finfo(torch.float32).tiny, scale, torch.ones_like(scale))
     zero_point = torch.round(ACT_QMIN - lo / scale).clamp(ACT_QMIN, ACT_QMAX).to(torch.int32)
     return scale.float(), zero_point
 
@@ -83,6 +85,21 @@ def fake_quant_plain(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> 
     return (q - zp) * scale
 
 
+MASK_FILL = 1e30  # |x| beyond it is a mask fill (HF fills masked scores with finfo.min), not data
+
+
+def observed_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Min and max of ``x``'s finite values below :data:`MASK_FILL` (None when none is): an
+    attention mask's -inf must not stretch a range to infinity."""
+    x = x.detach().float()
+    keep = x.abs() < MASK_FILL
+    if not bool(keep.all()):
+        x = x[keep]
+        if x.numel() == 0:
+            return None
+    return x.min(), x.max()
+
+
 class ActQuant(nn.Module):
     """Per-tensor asymmetric 8-bit fake quantization with a calibrated (or trained) range.
 
@@ -110,17 +127,28 @@ class ActQuant(nn.Module):
         return float(self.lo), float(self.hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():  # indices, masks: ORT quantizes float tensors only
+            return x
         if self.observing and self.training:
-            with torch.no_grad():
-                lo, hi = x.detach().min().float(), x.detach().max().float()
-                if self.ready:
-                    lo = self.lo + self.momentum * (lo - self.lo)
-                    hi = self.hi + self.momentum * (hi - self.hi)
-                self.lo.copy_(lo)
-                self.hi.copy_(hi)
-                self.ready = True
+            self._observe(x)
         if not self.ready:
             return x
+        return self._quantize(x)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        seen = observed_range(x)
+        if seen is None:  # nothing finite in this batch: the range stays as it is
+            return
+        lo, hi = seen
+        if self.ready:
+            lo = self.lo + self.momentum * (lo - self.lo)
+            hi = self.hi + self.momentum * (hi - self.hi)
+        self.lo.copy_(lo)
+        self.hi.copy_(hi)
+        self.ready = True
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         scale, zp = act_qparams(self.lo, self.hi)
         if _is_exporting():
             # torch.export has no shape rule for fake_quantize with tensor qparams, so it could
@@ -157,6 +185,19 @@ class QuantLayer(nn.Module):
         # set by share_quantizers: act_in is the producer's quantizer, already applied upstream
         self.input_quantized = False
         self.float_weights = False  # set by float_numerics (calibration)
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped layer's attributes (``weight``, ``bias``, ``in_features``,
+        ``kernel_size``...), which model code reads in its forward (HF ViT reads
+        ``projection.weight.dtype``, timm EdgeNeXt a layer's weight): the float values, as the
+        float model has them."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layer = self.__dict__["_modules"].get("layer")
+            if layer is None or name.startswith("_"):
+                raise
+            return getattr(layer, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_quantized:

@@ -8,6 +8,7 @@ rewrites the simulated model (with torch.fx) so it does the same.
 
 from __future__ import annotations
 
+import copy
 import logging
 import operator
 from typing import TYPE_CHECKING, Any, Iterable
@@ -46,7 +47,7 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
     """
     wanted = set(layers)
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = torch.fx.symbolic_trace(copy.deepcopy(model)).graph  # tracing can touch caches
     except Exception:  # noqa: BLE001 - fx raises many kinds of errors
         return {name: None for name in wanted}
     modules = dict(model.named_modules())
@@ -206,12 +207,23 @@ def share_quantizers(model: nn.Module, version: int = SHARING_VERSION) -> tuple[
     Returns the model and the sharing version applied (0 when fx cannot trace it: the layers
     then quantize their own inputs, which the export's parity check measures).
     """
-    try:
-        graph = _LeafTracer().trace(model)
+    try:  # a throwaway copy: tracing can leave proxies in a module's caches (timm LeViT)
+        graph = _LeafTracer().trace(copy.deepcopy(model))
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors
         log.info("simulated INT8: torch.fx cannot trace %s (%s); each layer quantizes its own "
                  "input", type(model).__name__, str(exc)[:200])
         return model, 0
+    work = copy.deepcopy(model)  # a surgery that fails half-way leaves ``model`` as it was
+    try:
+        return _share(work, graph, version), version
+    except Exception as exc:  # noqa: BLE001 - graph surgery on code fx traced oddly
+        log.info("simulated INT8: cannot share quantizers in %s (%s: %s); each layer "
+                 "quantizes its own input", type(model).__name__, type(exc).__name__,
+                 str(exc)[:200])
+        return model, 0
+
+
+def _share(model: nn.Module, graph: Any, version: int) -> nn.Module:
     modules = dict(model.named_modules())
     through = version >= 2
     quantized: set[Any] = set()  # source nodes whose output is quantized once, where produced
@@ -233,7 +245,37 @@ def share_quantizers(model: nn.Module, version: int = SHARING_VERSION) -> tuple[
     if any(n.op == "call_module" and isinstance(modules.get(n.target), ActQuant)
            for n in graph.nodes):
         model = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
-    return model, version
+    return model
+
+
+def untraceable_parts(model: nn.Module, limit: int = 8, attempts: int = 64) -> list[str]:
+    """The smallest submodules torch.fx cannot trace (``"blocks.2.attn: <reason>"``), at most
+    ``limit`` of them after at most ``attempts`` traces: what a report names when the
+    simulation cannot follow the whole graph."""
+    found: list[str] = []
+    budget = [attempts]
+
+    def visit(name: str, module: nn.Module) -> bool:
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers have no forward
+            return all([visit(f"{name}.{c}" if name else c, m)
+                        for c, m in module.named_children()])
+        if budget[0] <= 0:
+            return False
+        budget[0] -= 1
+        try:
+            torch.fx.symbolic_trace(copy.deepcopy(module))
+            return True
+        except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors
+            if len(found) >= limit:
+                return False
+            children_ok = all([visit(f"{name}.{c}" if name else c, m)
+                               for c, m in module.named_children()])
+            if children_ok:
+                found.append(f"{name or type(module).__name__}: {str(exc).splitlines()[0][:120]}")
+            return False
+
+    visit("", model)
+    return found
 
 
 def _is_quantized(node: Any, modules: dict[str, nn.Module]) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 from torch import nn
 
 from .analysis import PRUNABLE
+from .attention import Attention, find_attentions, head_counts, update_attributes
 
 # attention modules whose head size is recomputed from the input inside forward()
 _WINDOW_ATTENTION = {"ShiftedWindowAttention", "ShiftedWindowAttentionV2",
@@ -127,6 +128,7 @@ def pruner_options(model: nn.Module) -> dict[str, Any]:
     """Extra Torch-Pruning arguments for ``model`` (num_heads, layers to keep whole)."""
     options: dict[str, Any] = {}
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    heads.update(head_counts(find_attentions(model)))
     if heads:
         options["num_heads"] = heads
     roots = inner_only_layers(model)
@@ -137,7 +139,9 @@ def pruner_options(model: nn.Module) -> dict[str, Any]:
     return options
 
 
-def after_prune(model: nn.Module) -> None:
-    """Bring plain attributes in line with the pruned weights."""
+def after_prune(model: nn.Module, attentions: list[Attention], heads: dict[nn.Module, int]) -> None:
+    """Bring plain attributes in line with the pruned weights (``attentions`` found before
+    pruning; ``heads``: Torch-Pruning's head counts after it)."""
+    update_attributes(attentions, heads)
     if type(model).__name__ == "VisionTransformer" and hasattr(model, "conv_proj"):
         model.hidden_dim = model.conv_proj.out_channels

@@ -15,27 +15,44 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, PassError
+from ...signature import flatten_outputs
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass
 class ForwardFacts:
-    """Facts from one forward pass: output shape and the layers in the order they ran."""
+    """Facts from one forward pass: the named output shapes and the layers producing them."""
 
-    output_shape: tuple[int, ...]
-    order: list[nn.Module]
+    outputs: dict[str, tuple[int, ...]]
+    heads: list[nn.Module]  # the first layers met walking back from each output (kept whole)
 
 
 def _out_width(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output tied to its weights (what the graph is traced from)."""
+    return [t for _, t in flatten_outputs(out) if t.grad_fn is not None]
+
+
+def record_producers(model: nn.Module, producers: dict[Any, nn.Module]) -> list[Any]:
+    """Hooks filling ``producers`` (output grad_fn -> layer) for every leaf layer with weights
+    (a container's output is the same tensor as its last layer's); remove them after use."""
+
+    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            producers[output.grad_fn] = module
+
+    return [m.register_forward_hook(record) for m in model.modules()
+            if not any(True for _ in m.children()) and any(True for _ in m.parameters(False))]
+
+
 def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts:
-    """Run ``model`` once with autograd on; PassError unless it gives one tensor tied to its weights."""
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
-             for m in model.modules() if isinstance(m, PRUNABLE)]
+    """Run ``model`` once with autograd on; PassError unless an output is tied to its weights."""
+    producers: dict[Any, nn.Module] = {}
+    hooks = record_producers(model, producers)
     try:
         with torch.enable_grad():
             out = model(x)
@@ -45,27 +62,43 @@ def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts
     finally:
         for h in hooks:
             h.remove()
-    if not isinstance(out, torch.Tensor):
-        raise PassError(f"{stage}: the model returns a {type(out).__name__}; structured pruning "
-                        f"traces models that return one tensor (wrap the model so forward() "
-                        f"returns the logits)", stage)
-    if out.grad_fn is None:
-        raise PassError(f"{stage}: the model's output is not connected to its weights in the "
+    named = flatten_outputs(out)
+    if not named:
+        raise PassError(f"{stage}: the model returns a {type(out).__name__} holding no tensor; "
+                        f"structured pruning traces models whose outputs are tensors (or tuples, "
+                        f"dicts, ModelOutputs of tensors)", stage)
+    tied = output_tensors(out)
+    if not tied:
+        raise PassError(f"{stage}: the model's outputs are not connected to its weights in the "
                         f"autograd graph (forward() detaches, uses no_grad, or leaves torch), "
                         f"so the dependency graph cannot be traced. Remove the detach/no_grad "
                         f"from forward(), or use UnstructuredPrune, which needs no tracing", stage)
-    return ForwardFacts(tuple(out.shape), order)
+    return ForwardFacts({name: tuple(t.shape) for name, t in named},
+                        first_layers(tied, producers))
 
 
-def output_layers(facts: ForwardFacts) -> list[nn.Module]:
-    """The classifier head: the last layer that ran whose width equals the output's channels."""
-    if len(facts.output_shape) < 2:
-        return []
-    width = facts.output_shape[1]
-    for module in reversed(facts.order):
-        if _out_width(module) == width:
-            return [module]
-    return []
+def first_layers(outputs: list[torch.Tensor], producers: dict[Any, nn.Module]) -> list[nn.Module]:
+    """Walk the autograd graph back from each output; the first layer met on each path produces
+    (part of) that output, so its output channels must stay (classifier, box and mask heads)."""
+    found: dict[int, nn.Module] = {}
+    seen: set[int] = set()
+    stack = [t.grad_fn for t in outputs]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        if fn in producers:
+            found.setdefault(id(producers[fn]), producers[fn])
+            continue
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return list(found.values())
+
+
+def same_outputs(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]) -> bool:
+    """Whether pruning kept every output and its shape after the first dimension (the batch, or
+    the number of detections, which may differ)."""
+    return list(before) == list(after) and all(before[k][1:] == after[k][1:] for k in before)
 
 
 def resolve_ignored(model: nn.Module, names: Iterable[str], stage: str) -> list[nn.Module]:

@@ -12,6 +12,7 @@ from torch import nn
 from ..._extras import require
 from ...data.bundle import iter_batches
 from ...errors import DataError
+from ...signature import flatten_outputs
 
 if TYPE_CHECKING:
     from ...data.bundle import DataBundle
@@ -67,4 +68,5 @@ def accumulate_gradients(model: nn.Module, batches: list[tuple[torch.Tensor, tor
     with torch.enable_grad():
         for x, y in batches:
             out = model(x.to(device))
-            F.cross_entropy(out, y.to(device)).backward()
+            logits = out if isinstance(out, torch.Tensor) else flatten_outputs(out)[0][1]
+            F.cross_entropy(logits, y.to(device)).backward()

@@ -1,0 +1,95 @@
+"""Activation ranges for ONNX Runtime's static quantizer, robust to real activations.
+
+ORT's own calibrators crash on tensors real models produce: ``np.histogram`` raises "Too many
+bins for data range" on a near-constant tensor and "autodetected range of [0.0, inf] is not
+finite" on an attention mask, and its histogram collector stacks the batches with
+``np.asarray``, which fails when the last batch is smaller (samples not a multiple of the
+batch size). Here ORT's augmented calibration graph (every float tensor an output) is run on
+the samples and the values go to :class:`~edgecompress.quant.calibrate.RangeCollector` — the
+same code that calibrates the simulated torch model, with ORT's histogram algorithms and
+thresholds — and the ranges reach ``quantize_static`` through its calibration cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..quant.calibrate import CalibrationResult, RangeCollector
+from .ort_quant import calibration_method
+
+log = logging.getLogger("edgecompress")
+
+
+def supports_cache() -> bool:
+    """True when this ONNX Runtime's ``quantize_static`` reads a calibration cache."""
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def equal_batch_size(n: int, limit: int = 32) -> int:
+    """The largest batch size up to ``limit`` that splits ``n`` samples into equal batches
+    (ORT's histogram collector cannot stack batches of different sizes)."""
+    return max(b for b in range(1, min(limit, n) + 1) if n % b == 0)
+
+
+def write_calibration_cache(model_path: Path, samples: np.ndarray, input_name: str,
+                            method: str, work: Path,
+                            batch_size: int = 32) -> tuple[Path, CalibrationResult]:
+    """Calibrate ``model_path`` on ``samples``; write ORT's calibration cache; its path and
+    what calibration left out."""
+    from onnxruntime.quantization.calibrate import (TensorData, TensorsData, create_calibrator,
+                                                    save_tensors_data)
+
+    # a histogram calibrator's augmented graph outputs each float tensor itself
+    calibrator = create_calibrator(model_path, None,
+                                   augmented_model_path=str(work / "augmented.onnx"),
+                                   calibrate_method=calibration_method("percentile"))
+    names = [o.name for o in calibrator.infer_session.get_outputs()]
+    wanted = set(calibrator.tensors_to_calibrate)
+    collector = RangeCollector(method)
+    for _ in range(collector.passes):
+        for start in range(0, len(samples), batch_size):
+            outputs = calibrator.infer_session.run(
+                None, {input_name: samples[start:start + batch_size]})
+            for name, value in zip(names, outputs):
+                if name in wanted:
+                    collector.add(name, value)
+        collector.next_pass()
+    ranges = collector.result()  # tensors left float (masks) have no range
+    data = {name: TensorData(lowest=np.array(lo, dtype=np.float32),
+                             highest=np.array(hi, dtype=np.float32))
+            for name, (lo, hi) in ranges.items()}
+    path = work / "calibration.json"
+    save_tensors_data(TensorsData(calibration_method(method), data), path)
+    result = collector.result_
+    if result.notes():
+        log.info("ONNX calibration: %s", {k: len(v) for k, v in result.notes().items()})
+    return path, result
+
+
+def mask_nodes(proto: Any, result: CalibrationResult | None) -> list[str]:
+    """Nodes that produce or read a tensor calibration left float (a mask with -inf, an empty
+    tensor) or a constant holding non-finite values: ORT would quantize them with an infinite
+    range (inf scale, NaN zero point), so they stay float, as the simulated model keeps them."""
+    from onnx import TensorProto, numpy_helper
+
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+    tensors = set(result.unquantized) if result is not None else set()
+    for init in proto.graph.initializer:
+        if init.data_type in floats:
+            values = numpy_helper.to_array(init)
+            if values.size and not np.isfinite(values).all():
+                tensors.add(init.name)
+    return [n.name for n in proto.graph.node
+            if tensors & (set(n.input) | set(n.output)) and n.name]
+
+
+def calibration_notes(result: CalibrationResult | None) -> dict[str, Any]:
+    """The export notes' view of what calibration left out (nothing when it left out nothing)."""
+    return {} if result is None else result.notes()
