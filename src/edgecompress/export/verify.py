@@ -12,6 +12,7 @@ from torch import nn
 
 from ..artifact import Parity
 from ..data.bundle import DataBundle, iter_batches
+from ..errors import InputError
 from ..runtime.base import LatencyStats, Runner
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ def compare(ref: np.ndarray, out: np.ndarray, precision: str, reference: str,
 
 def check_parity(runner: Runner, reference: nn.Module, x: torch.Tensor, precision: str,
                  reference_name: str, tolerance: float | None = None) -> Parity:
+    if not isinstance(x, torch.Tensor) or len(runner.outputs) > 1:  # several inputs/outputs
+        from .flat import named_parity
+        return named_parity(runner, reference, x, compare, precision, reference_name, tolerance)
     ref = reference_outputs(reference, x)
     out = runner(x.numpy().astype(runner.inputs[0].dtype if runner.inputs else np.float32))
     return compare(ref, np.asarray(out), precision, reference_name, tolerance)
@@ -74,7 +78,13 @@ def artifact_accuracy(runner: Runner, data: DataBundle | Iterable[Any] | None,
     for x, y in iter_batches(loader, limit):
         if y is None:
             return None
-        out = np.asarray(runner(x.numpy().astype(dtype)))
+        if not isinstance(x, torch.Tensor):  # several inputs: accuracy needs class scores
+            from .flat import runner_inputs
+            out = np.asarray(runner(runner_inputs(runner, x)))
+            if out.ndim != 2 or out.shape[0] != y.shape[0]:
+                return None
+        else:
+            out = np.asarray(runner(x.numpy().astype(dtype)))
         correct += int((out.reshape(out.shape[0], -1).argmax(1) == y.numpy()).sum())
         total += int(y.numel())
     return correct / total if total else None
@@ -98,14 +108,25 @@ def verify(runner: Runner, job: "ExportJob", precision: str, opts: Any) -> Verif
         parity = check_parity(runner, job.reference, job.parity_inputs, precision,
                               job.reference_name, opts.tolerance)
         acc = artifact_accuracy(runner, job.eval_data, opts.accuracy_samples)
-        latency = artifact_latency(runner, opts.benchmark_runs)
+        latency = artifact_latency(runner, opts.benchmark_runs, x=job.example)
     finally:
         runner.close()
     return Verification(parity, acc, latency)
 
 
-def artifact_latency(runner: Runner, runs: int, warmup: int = 5) -> LatencyStats | None:
-    """p50 (p10–p90) of ``runs`` single calls after up to ``warmup`` untimed ones (0: skip)."""
+def artifact_latency(runner: Runner, runs: int, warmup: int = 5,
+                     x: Any = None) -> LatencyStats | None:
+    """p50 (p10–p90) of ``runs`` single calls after up to ``warmup`` untimed ones (0: skip), on
+    the real input ``x`` (a batch of 1) when given."""
     if not runs:
         return None
-    return runner.benchmark(warmup=min(warmup, runs), runs=runs, with_system=False)
+    feeds = None
+    if x is not None:
+        from .flat import runner_inputs
+        feeds = runner_inputs(runner, x)
+        feeds = next(iter(feeds.values())) if isinstance(x, torch.Tensor) else feeds
+        try:
+            runner.check_inputs(feeds)
+        except InputError:  # the artifact takes another layout (NHWC): time a sample of it
+            feeds = None
+    return runner.benchmark(warmup=min(warmup, runs), runs=runs, x=feeds, with_system=False)
