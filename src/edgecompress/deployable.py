@@ -15,8 +15,9 @@ from torch import nn
 from . import ecm_file, registry
 from ._version import __version__
 from .ecm_file import ECM_FORMAT, ECM_VERSION, Builder, ExportedProgramModule
-from .errors import ArtifactError
+from .errors import ArtifactError, ExportError
 from .forms import Form
+from .data.inputs import head, to_device
 from .job import ExportJob
 from .quant_recipe import QuantRecipe
 from .report import Report
@@ -58,15 +59,19 @@ class DeployableModel:
     verified: bool | None = None  # loaded from a file whose sha256 records matched
 
     # -- use ------------------------------------------------------------------------------------
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        """An input of the right shape: real data when a bundle is attached, else zeros."""
+    def example_input(self, batch_size: int = 1) -> Any:
+        """An input of the right shapes and dtypes — a tensor, or a tuple / dict of tensors for
+        a model that takes several: real data when a bundle is attached, else zeros."""
+        from .data.inputs import batch_size as size_of, repeat
+
         if self.data is not None and self.data.example_input is not None:
             x = self.data.example_input
-            return x.expand(batch_size, *x.shape[1:]).clone() if batch_size != x.shape[0] else x
-        return torch.zeros((batch_size, *self.input_spec.shape[1:]))
+            return repeat(x, batch_size) if batch_size != size_of(x) else x
+        return self.input_spec.zeros(batch_size)
 
-    def sample_inputs(self, n: int = 64) -> torch.Tensor:
-        """Up to ``n`` real inputs from the bundle's validation data (parity checks use these)."""
+    def sample_inputs(self, n: int = 64) -> Any:
+        """Up to ``n`` real inputs from the bundle's validation data (parity checks and latency
+        use these); the structure of :meth:`example_input`."""
         if self.data is None:
             return self.example_input()
         return self.data.samples("val", n)
@@ -80,6 +85,7 @@ class DeployableModel:
         exporter = registry.load_object(spec.exporter)(spec)
         plan = exporter.plan(self.quant_recipe, options)
         job = export_job(self, plan.precision, plan.opts.parity_samples)
+        _check_named_inputs(job, spec.name)
         artifact = exporter.export(job, Path(path), plan)
         self.report.add_artifact(artifact.metrics())
         return artifact
@@ -147,7 +153,9 @@ class DeployableModel:
         return copy.deepcopy(self)
 
     def __repr__(self) -> str:
-        return (f"DeployableModel({type(self.model).__name__}, input={self.input_spec.shape}, "
+        inputs = {t.name: tuple(t.shape) for t in self.input_spec.all}
+        shown = self.input_spec.shape if len(inputs) == 1 else inputs
+        return (f"DeployableModel({type(self.model).__name__}, input={shown}, "
                 f"form={self.form.value}, stages={len(self.report.stages)}, "
                 f"recipe={self.quant_recipe.precision if self.quant_recipe else None})")
 
@@ -168,15 +176,30 @@ def export_job(dm: DeployableModel, precision: str, parity_samples: int) -> Expo
         reference, name = dm.float_model, "float torch model (float fallback)"
     else:
         reference, name = dm.model, "torch model"
-    example = dm.example_input(1).cpu()
+    example = to_device(head(dm.example_input(1), 1), "cpu")
+    signature = Signature.of(dm.model, example, dm.input_spec.name, layout=dm.input_spec.layout)
+    metadata = {**model_metadata(dm), "signature": signature.to_dict()}
     return ExportJob(
         source=source, reference=reference, reference_name=name, recipe=recipe,
-        signature=Signature.of(dm.model, example, dm.input_spec.name, layout=dm.input_spec.layout),
-        example=example, parity_inputs=dm.sample_inputs(parity_samples),
+        signature=signature, example=example,
+        parity_inputs=to_device(dm.sample_inputs(parity_samples), "cpu"),
         eval_data=dm.data.val if dm.data is not None else None,
-        calibration=_calibration(dm, recipe), metadata=MappingProxyType(model_metadata(dm)),
+        calibration=_calibration(dm, recipe), metadata=MappingProxyType(metadata),
         saved=MappingProxyType(saved_fields(dm)), float_model=dm.float_model,
         tokenizer=getattr(dm.data, "tokenizer", None))
+
+
+# formats whose exporters write every input with its name and dtype (ncnn's pnnx, ExecuTorch
+# and TensorRT's profiles here take one input tensor)
+NAMED_INPUT_FORMATS = ("onnx", "tflite", "torchscript", "openvino", "torch")
+
+
+def _check_named_inputs(job: ExportJob, fmt: str) -> None:
+    if job.several_inputs and fmt not in NAMED_INPUT_FORMATS:
+        names = ", ".join(job.signature.input_names)
+        raise ExportError(f"the model takes {len(job.signature.inputs)} named inputs ({names}) "
+                          f"and the {fmt} exporter writes single-input models only; export to "
+                          f"one of {', '.join(NAMED_INPUT_FORMATS)}")
 
 
 def _calibration(dm: DeployableModel, recipe: QuantRecipe | None) -> torch.Tensor | None:

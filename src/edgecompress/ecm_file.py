@@ -180,13 +180,13 @@ class ExportedProgramModule(nn.Module):
         self.program = program_module
         self.static_batch = static_batch  # larger batches run in calls of this size
 
-    def forward(self, x: Any, *rest: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         # a static program's guards reject any other batch size (not only in runners: also
         # dm.model(x) after DeployableModel.load), so run a bigger batch in pieces
         n = self.static_batch
-        if rest or n is None or x.shape[0] == n:
-            return self.program(x, *rest)
-        return torch.cat([self.program(part) for part in x.split(n)])
+        if len(args) != 1 or kwargs or n is None or args[0].shape[0] == n:
+            return self.program(*args, **kwargs)
+        return torch.cat([self.program(part) for part in args[0].split(n)])
 
     def train(self, mode: bool = True) -> "ExportedProgramModule":
         self.training = mode
@@ -221,30 +221,41 @@ def _tensor_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def _export_program(model: nn.Module, example: torch.Tensor) -> tuple[bytes | None, bool]:
+def _export_program(model: nn.Module, example: Any) -> tuple[bytes | None, bool]:
     """Serialize ``model`` as a torch.export program (None when the model does not export),
     and whether the program only takes a batch of 1.
 
     The batch dimension is exported as dynamic (from a batch of 2: torch specialises size-1
     dimensions); a model that only works at one batch size falls back to a static export.
     """
+    from .data.inputs import head, repeat
+
     model = model.eval()
-    batch2 = torch.cat([example[:1], example[:1]])
-    attempts = (((batch2,), ({0: torch.export.Dim("batch", min=1, max=4096)},)),
-                ((example[:1],), None))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    attempts = [(*_export_args(repeat(example, 2), batch), False),
+                (*_export_args(head(example, 1), None), True)]
     last: Exception | None = None
-    for args, dynamic in attempts:
+    for args, kwargs, dynamic, static in attempts:
         try:
             with torch.no_grad():
-                ep = torch.export.export(model, args, dynamic_shapes=dynamic, strict=False)
+                ep = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
             buf = io.BytesIO()
             torch.export.save(ep, buf)
-            return buf.getvalue(), dynamic is None
+            return buf.getvalue(), static
         except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds of errors
             last = exc
     log.info("model not saved as a torch.export program (%s); reloading it will need a builder",
              str(last).splitlines()[0][:200] if str(last) else type(last).__name__)
     return None, False
+
+
+def _export_args(x: Any, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any] | None, Any]:
+    """``(args, kwargs, dynamic_shapes)`` for torch.export of model inputs ``x`` (a tensor, a
+    tuple or a dict), with dimension 0 of every input dynamic when ``batch`` is given."""
+    if isinstance(x, dict):
+        return (), x, ({k: {0: batch} for k in x} if batch is not None else None)
+    args = (x,) if isinstance(x, torch.Tensor) else tuple(x)
+    return args, None, (tuple({0: batch} for _ in args) if batch is not None else None)
 
 
 def _load_program(data: bytes, path: Path, static_batch: bool = False) -> nn.Module:

@@ -30,8 +30,9 @@ class ExportJob:
             says which (simulated INT8, float, float fallback).
         recipe: the INT8 recipe to realise (None: a float export, also for a float fallback).
         signature: the named inputs and outputs with dtypes and shapes.
-        example: one real input (batch 1) to trace with.
-        parity_inputs: real inputs for the parity check.
+        example: one real input (batch 1) to trace with: a tensor, or a tuple / dict of tensors
+            for a model that takes several (``signature.inputs`` names them, in call order).
+        parity_inputs: real inputs for the parity check (same structure as ``example``).
         eval_data: labelled batches for the artifact's accuracy (None: not measured).
         calibration: inputs to calibrate a static recipe with (the recipe's own samples, else
             samples of the bundle; None for float and dynamic exports).
@@ -46,8 +47,8 @@ class ExportJob:
     reference_name: str
     recipe: QuantRecipe | None
     signature: Signature
-    example: torch.Tensor
-    parity_inputs: torch.Tensor
+    example: Any
+    parity_inputs: Any
     eval_data: Iterable[Any] | None = None
     calibration: torch.Tensor | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -55,10 +56,23 @@ class ExportJob:
     float_model: nn.Module | None = None
     tokenizer: Any = None
 
-    def example_batch(self, n: int) -> torch.Tensor:
+    def example_batch(self, n: int) -> Any:
         """``n`` copies of the example input (for tracers that specialise a batch of 1)."""
-        x = self.example
-        return x.expand(n, *x.shape[1:]).clone() if n != x.shape[0] else x
+        from .data.inputs import batch_size, repeat
+
+        return repeat(self.example, n) if n != batch_size(self.example) else self.example
+
+    @property
+    def example_args(self) -> tuple[Any, ...]:
+        """The example as positional arguments in call order (what tracers take)."""
+        from .data.inputs import tensors
+
+        return tuple(tensors(self.example))
+
+    @property
+    def several_inputs(self) -> bool:
+        """True when the model takes more than one tensor, or takes its input as a dict."""
+        return not isinstance(self.example, torch.Tensor)
 
     @property
     def layout(self) -> str | None:

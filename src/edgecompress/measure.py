@@ -6,6 +6,7 @@ import io
 import logging
 import lzma
 import zipfile
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,22 +69,25 @@ def sparsity(model: nn.Module) -> float:
     return zeros / total if total else 0.0
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> int | None:
-    """Multiply-accumulates of one forward pass on ``example_input`` (batch of 1).
+def count_macs(model: nn.Module, example_input: Any) -> int | None:
+    """Multiply-accumulates of one forward pass on ``example_input`` (batch of 1; a tensor, a
+    tuple or a dict of tensors).
 
     Counted with torch's own FLOP counter (conv, matmul, attention), which reports 2 FLOPs per
     MAC. Returns None when the model cannot be run under the counter (e.g. quantized kernels).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = example_input[:1]
+    from .data.inputs import call_model, head, to_device
+
+    x = head(example_input, 1)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     try:
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            model(x.to(device))
+            call_model(model, to_device(x, device))
         return int(counter.get_total_flops()) // 2
     except Exception as exc:  # noqa: BLE001 - report "n/a" rather than fail a whole pipeline
         log.debug("MAC count failed: %s", exc)

@@ -212,8 +212,10 @@ def check_num_classes(model: nn.Module, data: DataBundle) -> None:
     import torch
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    from .data.inputs import call_model, head, to_device
+
     with torch.no_grad():
-        out = model(data.example_input[:1].to(device))
+        out = call_model(model, to_device(head(data.example_input, 1), device))
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] != data.num_classes:
         raise ConfigError(f"the data says num_classes={data.num_classes}, but the model gives "
                           f"{out.shape[1]} outputs per sample; build the model for "
@@ -305,7 +307,8 @@ class _RunState:
                 "data": data.name, "structure": self.structure,
                 "target": getattr(self.ctx.target, "name", None)}
         return DeployableModel(model=self.work,
-                               input_spec=InputSpec.from_tensor(data.example_input, layout),
+                               input_spec=InputSpec.from_example(data.example_input, self.work,
+                                                                 layout),
                                form=form, report=self.report, history=self.history,
                                quant_recipe=self.ctx.quant_recipe,
                                float_model=self.ctx.float_model, info=info, data=data,

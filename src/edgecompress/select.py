@@ -116,7 +116,8 @@ def select(dm: "DeployableModel", target: "str | Target | None" = None,
     notes = _machine_notes(tgt)
     candidates = [_export(d, fmt, precision, variant, out, threads, export_options)
                   for d, fmt, precision, variant in _plan(dm, formats, tgt)]
-    _time_interleaved([c for c in candidates if c.error is None and c.parity_ok], threads, runs)
+    _time_interleaved([c for c in candidates if c.error is None and c.parity_ok], threads, runs,
+                      dm.example_input(1))
     usable = [c for c in candidates if c.usable]
     best = min(usable, key=lambda c: c.p50_ms) if usable else None
     notes += _comparisons(candidates, best)
@@ -181,8 +182,10 @@ def _export(dm: "DeployableModel", fmt: str, precision: str, variant: str, out: 
     return cand
 
 
-def _time_interleaved(cands: list[Candidate], threads: int | None, runs: int) -> None:
-    """p50 of single runs, the candidates alternating so load changes hit them all alike."""
+def _time_interleaved(cands: list[Candidate], threads: int | None, runs: int,
+                      example: Any = None) -> None:
+    """p50 of single runs on the user's real ``example`` (a batch of 1), the candidates
+    alternating so load changes hit them all alike."""
     from .runtime import load
 
     if not cands:
@@ -190,13 +193,14 @@ def _time_interleaved(cands: list[Candidate], threads: int | None, runs: int) ->
     # ORT's spinning threads would steal the cores from the runtime timed next
     runners = [load(c.path, threads=threads, spinning=False) for c in cands]
     try:
-        x = runners[0].sample_input(1)
-        for r in runners:  # warm-up: first calls allocate and pick kernels
+        xs = [_real_input(r, example) for r in runners]
+        for r, x in zip(runners, xs):  # warm-up: first calls allocate and pick kernels
             for _ in range(3):
                 r(x)
         times: list[list[float]] = [[] for _ in runners]
         for _ in range(runs):
             for i, r in enumerate(runners):
+                x = xs[i]
                 t0 = time.perf_counter()
                 r(x)
                 times[i].append(time.perf_counter() - t0)
@@ -206,6 +210,25 @@ def _time_interleaved(cands: list[Candidate], threads: int | None, runs: int) ->
     for c, t in zip(cands, times):
         ms = np.asarray(t) * 1000
         c.p50_ms, c.p25_ms, c.p75_ms = (round(float(np.percentile(ms, p)), 4) for p in (50, 25, 75))
+
+
+def _real_input(runner: Any, example: Any) -> Any:
+    """``example`` as ``runner`` takes it (its names and dtypes), or a random sample of the
+    runner's own spec when the artifact takes another layout (NHWC)."""
+    import torch
+
+    from .errors import InputError
+    from .export.flat import runner_inputs
+
+    if example is None:
+        return runner.sample_input(1)
+    feeds = runner_inputs(runner, example)
+    try:
+        runner.check_inputs(feeds)
+    except InputError:
+        log.info("select: %s takes another input layout; timing a sample of its own", runner.path)
+        return runner.sample_input(1)
+    return next(iter(feeds.values())) if isinstance(example, torch.Tensor) else feeds
 
 
 def _machine_notes(tgt: "Target | None") -> list[str]:

@@ -14,6 +14,7 @@ from .forms import Form
 from .measure import compressed_sizes, count_macs, count_params, serialized_state, sparsity
 from .options import option, validate_options
 from .report import StageMetrics
+from .data.inputs import head, to_device
 from .training import accuracy
 
 
@@ -55,8 +56,9 @@ def measure_stage(model: Any, form: Form, data: DataBundle, cfg: Measure, name: 
         m.accuracy = accuracy(model, data.val, limit_samples=cfg.accuracy_samples)
     if cfg.latency:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        runner = TorchRunner.from_module(model, data.example_input[:1].to(device), cfg.threads)
-        _record_latency(m, runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
+        x = head(data.example_input, 1)  # the user's real sample, not noise
+        runner = TorchRunner.from_module(model, to_device(x, device), cfg.threads)
+        _record_latency(m, runner.benchmark(cfg.latency_warmup, cfg.latency_runs, x=x,
                                             with_system=False))
     return m
 
@@ -83,5 +85,5 @@ def _measure_onnx(model: Any, data: DataBundle, cfg: Measure, name: str) -> Stag
             m.accuracy = artifact_accuracy(runner, data, cfg.accuracy_samples)
         if cfg.latency:
             _record_latency(m, runner.benchmark(cfg.latency_warmup, cfg.latency_runs,
-                                                with_system=False))
+                                                x=head(data.example_input, 1), with_system=False))
     return m

@@ -28,6 +28,7 @@ from ._checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoin
 from ._progress import progress
 from .context import pick_device
 from .data.bundle import iter_batches
+from .data.inputs import batch_size, call_model, tensors, to_device
 from .errors import ConfigError, DataError
 from .options import option, options_dict, validate_options
 
@@ -49,7 +50,8 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device | None = None,
              limit_samples: int | None = None) -> float | None:
-    """Top-1 accuracy of ``model`` on ``loader`` (None when the loader has no labels)."""
+    """Top-1 accuracy of ``model`` on ``loader``: None when the loader has no labels or the
+    model's output is not one tensor of class scores (detection, dict, tuple outputs)."""
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
@@ -58,16 +60,38 @@ def accuracy(model: nn.Module, loader: Iterable[Any], device: torch.device | Non
         for i, (x, y) in enumerate(iter_batches(loader, limit_samples)):
             if y is None:
                 return None
-            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-                raise DataError(f"validation batch {i + 1} holds NaN or Inf inputs, so no "
-                                f"accuracy can be measured on it; clean the data (e.g. "
-                                f"torch.nan_to_num) or drop those samples")
-            out = model(x.to(device))
-            correct += int((out.argmax(dim=1).cpu() == y).sum())
+            _check_finite(x, i)
+            out = _first_output(call_model(model, to_device(x, device)))
+            if not _is_scores(out, y):
+                log.info("accuracy not measured: the model's output (%s) is not one tensor of "
+                         "class scores per labelled sample", type(out).__name__)
+                return None
+            correct += int((out.argmax(dim=1).cpu() == y.cpu()).sum())
             total += y.numel()
     finally:
         model.train(was_training)
     return correct / total if total else None
+
+
+def _first_output(out: Any) -> Any:
+    """The model's first output by ``flatten_outputs`` (``logits`` of a ModelOutput), as an
+    artifact's runner gives it."""
+    from .signature import flatten_outputs
+
+    flat = flatten_outputs(out)
+    return flat[0][1] if flat else out
+
+
+def _is_scores(out: Any, y: Any) -> bool:
+    return (isinstance(out, torch.Tensor) and out.dim() == 2 and isinstance(y, torch.Tensor)
+            and y.dim() == 1 and out.shape[0] == y.shape[0] and not y.is_floating_point())
+
+
+def _check_finite(x: Any, i: int) -> None:
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors(x)):
+        raise DataError(f"validation batch {i + 1} holds NaN or Inf inputs, so no "
+                        f"accuracy can be measured on it; clean the data (e.g. "
+                        f"torch.nan_to_num) or drop those samples")
 
 
 @dataclass
@@ -194,9 +218,9 @@ class _Loop:
                 break
             if y is None:
                 raise DataError(f"{self.desc}: training batches need labels")
-            loss = self.step(x.to(self.device), y.to(self.device), epoch)
-            total += loss * x.shape[0]
-            count += x.shape[0]
+            loss = self.step(to_device(x, self.device), y.to(self.device), epoch)
+            total += loss * batch_size(x)
+            count += batch_size(x)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}", **_last_val(state))
         if count == 0:
             hint = (" (a generator or iterator can be read only once: pass a list or a "
@@ -280,7 +304,7 @@ def _resume(path: str, loop: _Loop) -> _TrainState:
 
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
+    return F.cross_entropy(call_model(model, x), y)
 
 
 class Recovery:

@@ -33,7 +33,7 @@ def check_input_shape(info: dict[str, Any], example: Any) -> None:
     from ..errors import DataError
 
     inputs = info.get("inputs") or []
-    if len(inputs) != 1 or example is None:
+    if len(inputs) != 1 or example is None or not hasattr(example, "shape"):
         return
     want = inputs[0]["shape"][1:]
     got = list(example.shape[1:])

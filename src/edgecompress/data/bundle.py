@@ -37,33 +37,71 @@ class Preprocess:
                    layout=d.get("layout", "NCHW"), scale=float(d.get("scale", 1 / 255)))
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(x, y)`` from a batch that is ``(x, y)``, ``[x, y]``, ``{"input":…, "label":…}`` or ``x``."""
+_LABEL_KEYS = ("label", "labels", "y", "target", "targets")
+
+
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    """``(inputs, labels)`` from a batch: a tensor (no labels), an ``(inputs, labels)`` pair whose
+    inputs are a tensor, a tuple or a dict of tensors, or a dict of named model inputs (a
+    tokenizer's ``{"input_ids", "attention_mask"}``; no labels). A dict that also holds labels
+    is refused: say which keys are inputs with ``DataBundle(transform=..., labels=...)``."""
     if isinstance(batch, torch.Tensor):
         return batch, None
     if isinstance(batch, dict):
-        x = batch.get("input", batch.get("x", batch.get("image")))
-        y = batch.get("label", batch.get("y", batch.get("target")))
-        return x, y
+        found = [k for k in _LABEL_KEYS if k in batch]
+        if found:
+            raise DataError(f"a loader yielded a dict with keys {sorted(batch)}; which are the "
+                            f"model's inputs is not guessed: pass DataBundle(transform=lambda "
+                            f"b: {{k: b[k] for k in (...)}}, labels=lambda b: b[{found[0]!r}])")
+        return dict(batch), None
     if isinstance(batch, (tuple, list)) and batch:
         return batch[0], (batch[1] if len(batch) > 1 else None)
     raise DataError(f"a loader yielded a {type(batch).__name__}; expected a tensor, an "
-                    f"(inputs, labels) pair or a dict with 'input' and 'label'")
+                    f"(inputs, labels) pair or a dict of named input tensors (or pass "
+                    f"DataBundle(transform=...) to turn each batch into model inputs)")
 
 
-def check_inputs(x: Any, where: str) -> torch.Tensor:
-    """Raise DataError unless ``x`` is a non-empty, finite, floating-point tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{where}: inputs must be torch tensors, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise DataError(f"{where}: inputs have dtype {x.dtype}; expected a floating-point "
-                        f"tensor (normalise raw uint8 images to float first)")
-    if x.numel() == 0:
-        raise DataError(f"{where}: a batch is empty (shape {tuple(x.shape)})")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise DataError(f"{where}: inputs contain {bad} NaN/Inf values; clean or drop them")
+class Transformed:
+    """A loader whose batches go through ``transform(batch) -> model inputs`` (NNCF's
+    ``Dataset(source, transform)``) and, optionally, ``labels(batch) -> labels``; it yields
+    ``(inputs, labels)`` pairs. ``loader`` is kept so its shuffling state can be rewound."""
+
+    def __init__(self, loader: Iterable[Any], transform: Any, labels: Any = None):
+        self.loader, self.transform, self.labels = loader, transform, labels
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for batch in self.loader:
+            x = self.transform(batch) if self.transform is not None else split_batch(batch)[0]
+            yield x, (self.labels(batch) if self.labels is not None else None)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+
+def check_inputs(x: Any, where: str) -> Any:
+    """Raise DataError unless ``x`` is model inputs (a tensor, a tuple or a dict of tensors),
+    each non-empty, with finite floating-point values (integer ids and bool masks pass)."""
+    from .inputs import is_inputs, named
+
+    if not is_inputs(x):
+        raise DataError(f"{where}: model inputs must be a torch tensor, a tuple or a dict of "
+                        f"tensors, got {type(x).__name__} (a transform= can build them)")
+    for name, t in named(x).items():
+        label = where if isinstance(x, torch.Tensor) else f"{where}, input {name!r}"
+        if t.numel() == 0:
+            raise DataError(f"{label}: a batch is empty (shape {tuple(t.shape)})")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise DataError(f"{label}: inputs contain {bad} NaN/Inf values; clean or drop them")
+        if not (t.is_floating_point() or t.dtype in _INT_DTYPES):
+            raise DataError(f"{label}: inputs have dtype {t.dtype}; expected floating-point "
+                            f"values, int64/int32 ids or a bool mask (normalise raw uint8 "
+                            f"images to float first)")
     return x
+
+
+# uint8 is left out: it is nearly always raw image pixels that were meant to be normalised
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.bool)
 
 
 def _length(loader: Iterable[Any]) -> int | None:
@@ -74,18 +112,22 @@ def _length(loader: Iterable[Any]) -> int | None:
 
 
 def iter_batches(loader: Iterable[Any], limit_samples: int | None = None
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(x, y)`` batches, stopping once ``limit_samples`` inputs have been yielded."""
+                 ) -> Iterator[tuple[Any, torch.Tensor | None]]:
+    """Yield ``(inputs, labels)`` batches, stopping once ``limit_samples`` inputs have been
+    yielded; inputs are a tensor, a tuple or a dict of tensors (see :func:`split_batch`)."""
+    from .inputs import batch_size, head
+
     seen = 0
     for batch in loader:
         x, y = split_batch(batch)
+        n = batch_size(x)
         if limit_samples is not None:
             room = limit_samples - seen
             if room <= 0:
                 return
-            if x.shape[0] > room:
-                x, y = x[:room], (y[:room] if y is not None else None)
-        seen += x.shape[0]
+            if n > room:
+                x, y, n = head(x, room), (y[:room] if y is not None else None), room
+        seen += n
         yield x, y
 
 
@@ -102,6 +144,11 @@ class DataBundle:
         class_names: optional names, stored in artifact metadata.
         preprocess: how raw inputs are normalised, stored in artifact metadata.
         name: a label for reports.
+        transform: ``transform(batch) -> model inputs`` (a tensor, a tuple, or a dict of named
+            tensors such as ``{"input_ids", "attention_mask"}``), applied to every batch of
+            every loader, as NNCF's ``Dataset(source, transform)``.
+        labels: ``labels(batch) -> label tensor`` when ``transform`` is given and the batches
+            carry labels (else accuracy is not measured).
     """
 
     train: Iterable[Any] | None = None
@@ -113,20 +160,30 @@ class DataBundle:
     preprocess: Preprocess | None = None
     name: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)
+    transform: Any = None
+    labels: Any = None
 
     def __post_init__(self) -> None:
         if self.train is None and self.val is None and self.calib is None \
                 and self.example_input is None:
             raise DataError("DataBundle is empty: give at least one of train, val, calib or "
                             "example_input")
+        if self.labels is not None and self.transform is None:
+            raise DataError("DataBundle(labels=...) needs transform= too (which part of a "
+                            "batch the model takes)")
+        if self.transform is not None:
+            for role in ("train", "val", "calib"):
+                loader = getattr(self, role)
+                if loader is not None and not isinstance(loader, Transformed):
+                    setattr(self, role, Transformed(loader, self.transform, self.labels))
         for role in ("train", "val", "calib"):
             self._check_loader(role)
         if self.calib is None and self.train is not None:
             self.calib = self.train
         if self.example_input is None:
-            self.example_input = self._first_input()[:1].clone()
+            self.example_input = _head(self._first_input(), 1)
         check_inputs(self.example_input, "DataBundle.example_input")
-        if self.example_input.dim() == 0:
+        if any(t.dim() == 0 for t in _tensors(self.example_input)):
             raise DataError("DataBundle.example_input must have a batch dimension")
         if self.num_classes is not None and self.num_classes < 1:
             raise DataError(f"DataBundle.num_classes must be >= 1, got {self.num_classes}")
@@ -152,7 +209,7 @@ class DataBundle:
             raise DataError(f"DataBundle.{role} is empty (it yields no batches)") from None
         check_inputs(split_batch(first)[0], f"DataBundle.{role} (first batch)")
 
-    def _first_input(self) -> torch.Tensor:
+    def _first_input(self) -> Any:
         for role in ("val", "calib", "train"):
             loader = getattr(self, role)
             if loader is not None:
@@ -162,9 +219,9 @@ class DataBundle:
     # -- access -------------------------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input without the batch dimension."""
+        """Shape of one input (the first, for a model taking several) without the batch."""
         assert self.example_input is not None
-        return tuple(self.example_input.shape[1:])
+        return tuple(_tensors(self.example_input)[0].shape[1:])
 
     def require(self, role: str, why: str) -> Iterable[Any]:
         """The loader for ``role`` or a DataError that says which pass needed it."""
@@ -173,22 +230,27 @@ class DataBundle:
             raise DataError(f"{why} needs DataBundle.{role}, which was not given")
         return loader
 
-    def samples(self, role: str = "val", n: int = 64) -> torch.Tensor:
-        """Up to ``n`` inputs from ``role`` stacked in one tensor (for parity checks)."""
+    def samples(self, role: str = "val", n: int = 64) -> Any:
+        """Up to ``n`` real inputs from ``role`` in one batch (for parity checks and latency):
+        a tensor, or a tuple/dict of tensors for a model that takes several."""
+        from .inputs import cat
+
         loader = getattr(self, role) or self.calib or self.train
         if loader is None:
             assert self.example_input is not None
             return self.example_input
         xs = [x for x, _ in iter_batches(loader, n)]
-        return torch.cat(xs) if xs else self.example_input  # type: ignore[return-value]
+        return cat(xs) if xs else self.example_input
 
-    def calibration_inputs(self, n: int) -> torch.Tensor:
+    def calibration_inputs(self, n: int) -> Any:
         """``n`` calibration inputs, each checked for NaN/Inf; errors say how many were found."""
+        from .inputs import cat
+
         loader = self.require("calib", "INT8 calibration")
         xs = [check_inputs(x, "calibration data") for x, _ in iter_batches(loader, n)]
         if not xs:
             raise DataError("calibration data is empty: DataBundle.calib yields no samples")
-        return torch.cat(xs)
+        return cat(xs)
 
     def num_batches(self, role: str) -> int | None:
         """How many batches ``role`` ('train', 'val', 'calib') yields, when the loader knows."""
@@ -211,6 +273,7 @@ class DataBundle:
     def describe(self) -> dict[str, Any]:
         """A short description of the data (name, splits, shapes) for reports."""
         return {"name": self.name, "input_shape": list(self.input_shape),
+                "inputs": {k: list(v.shape[1:]) for k, v in _named(self.example_input).items()},
                 "num_classes": self.num_classes,
                 "class_names": list(self.class_names) if self.class_names else None,
                 "preprocess": self.preprocess.to_dict() if self.preprocess else None,
@@ -249,6 +312,21 @@ def _tensor_dataset_inputs(loader: Any) -> torch.Tensor | None:
     if tensors:
         return tensors[0]
     return None
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    from .inputs import tensors
+    return tensors(x)
+
+
+def _named(x: Any) -> dict[str, torch.Tensor]:
+    from .inputs import named
+    return named(x)
+
+
+def _head(x: Any, n: int) -> Any:
+    from .inputs import apply
+    return apply(x, lambda t: t[:n].clone())
 
 
 def take(loader: Iterable[Any], n_batches: int) -> list[Any]:

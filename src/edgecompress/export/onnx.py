@@ -17,11 +17,14 @@ import torch
 from torch import nn
 
 from .._io import atomic_path
+from ..data.inputs import to_device
 from ..errors import ExportError
 from ..job import ExportJob
 from ..onnx_utils import compact_names, load_onnx, write_metadata
 from ..options import option
+from ..signature import Signature
 from .base import Exporter, ExportOptions
+from .flat import WRAPPER_SCOPE, graph_model
 
 log = logging.getLogger("edgecompress")
 
@@ -56,30 +59,25 @@ class OnnxOptions(ExportOptions):
                                       "then runs the cast fp32 path).")
 
 
-def export_float_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 17,
+def export_float_onnx(model: nn.Module, example: Any, path: Path, opset: int = 17,
                       dynamic_batch: bool = True, simplify: bool = True,
-                      exporter: str = "torchscript", save: bool = True) -> tuple[Any, dict[str, Any]]:
+                      exporter: str = "torchscript", save: bool = True,
+                      signature: Signature | None = None) -> tuple[Any, dict[str, Any]]:
     """Export ``model`` to float ONNX at ``path``; return the checked (simplified) graph and
-    notes. ``save=False`` leaves the graph in memory only (the caller writes it once)."""
+    notes. ``save=False`` leaves the graph in memory only (the caller writes it once).
+
+    ``example`` is a tensor, a tuple or a dict of tensors; every graph input and output gets
+    its name (and dtype) from ``signature`` (default: :meth:`Signature.of` the model), with a
+    dynamic dimension 0 on all of them when ``dynamic_batch``."""
     import onnx
 
-    model = model.eval()
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    sig = signature or Signature.of(model, example)
+    module, args = graph_model(model.eval(), example, sig)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     # nn.TransformerEncoder's eval-mode fused kernel has no ONNX export: use the plain ops
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            if exporter == "dynamo":
-                dyn = ({"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None)
-                torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset,
-                                  input_names=["input"], output_names=["output"],
-                                  dynamic_shapes=dyn, external_data=False)
-            else:
-                torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
-                                  input_names=["input"], output_names=["output"],
-                                  dynamic_axes=axes, do_constant_folding=True)
+        _torch_export(module, args, path, sig, opset, dynamic_batch, exporter)
     except Exception as exc:  # noqa: BLE001 - the exporters raise many kinds of errors
         other = "dynamo" if exporter == "torchscript" else "torchscript"
         raise ExportError(f"torch could not export {type(model).__name__} to ONNX with the "
@@ -89,12 +87,52 @@ def export_float_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset
         torch.backends.mha.set_fastpath_enabled(fastpath)
     notes: dict[str, Any] = {"opset": opset, "exporter": exporter, "dynamic_batch": dynamic_batch}
     proto = onnx.load(str(path))
+    _check_io(proto, sig, type(model).__name__)
+    if module is not model:
+        _unscope(proto)
     if simplify:
         proto, notes["simplified"] = _simplify(proto)
     onnx.checker.check_model(proto)
     if save:
         onnx.save(proto, str(path))
     return proto, notes
+
+
+def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, sig: Signature,
+                  opset: int, dynamic_batch: bool, exporter: str) -> None:
+    names_in, names_out = sig.input_names, sig.output_names
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1)
+            dyn = tuple({0: batch} for _ in args) if dynamic_batch else None
+            torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
+                              input_names=names_in, output_names=names_out,
+                              dynamic_shapes=dyn, external_data=False)
+        else:
+            axes = {n: {0: "batch"} for n in (*names_in, *names_out)} if dynamic_batch else None
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                              input_names=names_in, output_names=names_out,
+                              dynamic_axes=axes, do_constant_folding=True)
+
+
+def _check_io(proto: Any, sig: Signature, what: str) -> None:
+    """The graph must take every input the model was called with (torch drops unused ones)."""
+    got = [i.name for i in proto.graph.input]
+    missing = [n for n in sig.input_names if n not in got]
+    if missing:
+        raise ExportError(f"the ONNX graph of {what} has no input {missing}: the model does not "
+                          f"use it on the example, so torch left it out. Leave it out of the "
+                          f"model's inputs (DataBundle transform=) or make the model use it")
+
+
+def _unscope(proto: Any) -> None:
+    """Drop the wrapper's ``/model`` scope from node names, so a wrapped model's nodes are named
+    as they would be unwrapped (the INT8 recipe's layers are matched by these names)."""
+    prefix = f"/{WRAPPER_SCOPE}/"
+    for node in proto.graph.node:
+        if node.name.startswith(prefix):
+            node.name = "/" + node.name[len(prefix):]
 
 
 def _simplify(proto: Any) -> tuple[Any, bool | str]:
@@ -167,14 +205,15 @@ class OnnxExporter(Exporter):
         import onnx
 
         model = job.source
-        example = job.example.to(next((p.device for p in model.parameters()), "cpu"))
+        example = to_device(job.example, next((p.device for p in model.parameters()), "cpu"))
         if precision == "fp16":
             check_fp16_useful(opts.fp16_on_cpu)
         with tempfile.TemporaryDirectory() as work:
             float_path = Path(work) / "float.onnx"
             proto, notes = export_float_onnx(model, example, float_path, opts.opset,
                                              opts.dynamic_batch, opts.simplify, opts.exporter,
-                                             save=precision.startswith("int8") or precision == "fp16")
+                                             save=precision.startswith("int8") or precision == "fp16",
+                                             signature=job.signature)
             if precision == "fp16":
                 notes.update(convert_to_fp16(float_path))
                 proto = load_onnx(float_path)

@@ -181,9 +181,12 @@ class OpenVinoExporter(Exporter):
         from .onnx import export_float_onnx
 
         recipe, model = job.recipe, job.source
-        example = job.example.to(next((p.device for p in model.parameters()), "cpu"))
+        from ..data.inputs import to_device
+
+        example = to_device(job.example, next((p.device for p in model.parameters()), "cpu"))
         target = work / ("float.onnx" if recipe is not None and opts.quantizer == "onnx" else "model.onnx")
-        _, notes = export_float_onnx(model, example, target, opts.opset, opts.dynamic_batch)
+        _, notes = export_float_onnx(model, example, target, opts.opset, opts.dynamic_batch,
+                                     signature=job.signature)
         if recipe is None:
             return notes
         if opts.quantizer == "nncf":

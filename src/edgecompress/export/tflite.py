@@ -28,7 +28,10 @@ from ..errors import ConfigError, ExportError
 from ..metadata import write_sidecar
 from ..options import option
 from ..job import ExportJob
+from ..data.inputs import tensors
+from ..signature import Signature
 from .base import Exporter, ExportOptions
+from .flat import graph_model
 from .tflite_quant import AiEdgeQuantizer, dist_version, inspect_tflite, quiet_tools
 
 if TYPE_CHECKING:
@@ -56,12 +59,16 @@ class TfliteOptions(ExportOptions):
                                        "for debugging.")
 
 
-def convert_float(model: torch.nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
-    """Convert ``model`` to a float32 ``.tflite`` at ``path`` with litert-torch."""
+def convert_float(model: torch.nn.Module, example: Any, path: Path,
+                  signature: Signature | None = None) -> dict[str, Any]:
+    """Convert ``model`` to a float32 ``.tflite`` at ``path`` with litert-torch; ``example`` is
+    a tensor, a tuple or a dict of tensors (the file takes them positionally, in call order,
+    and gives the outputs flattened by ``flatten_outputs``)."""
     litert_torch = require("litert_torch", "tflite", "Exporting to TFLite")
+    module, args = graph_model(model.eval(), example, signature or Signature.of(model, example))
     try:
         with quiet_tools(), torch.no_grad():
-            edge = litert_torch.convert(model.eval(), (example,))
+            edge = litert_torch.convert(module, args)
             edge.export(str(path))
     except Exception as exc:  # noqa: BLE001 - torch.export and the MLIR converter raise many types
         raise ExportError(f"litert-torch could not convert {type(model).__name__} to TFLite: "
@@ -97,12 +104,17 @@ class TfliteExporter(Exporter):
         self._check_options(opts, precision)
         model = job.source.eval().cpu()
         example = job.example
+        if precision == "int8-static" and job.several_inputs:
+            raise ExportError("static INT8 TFLite of a model with several inputs is not "
+                              "supported (the quantizer calibrates one input tensor); export "
+                              "it to 'onnx' (static INT8 with named inputs), or quantize with "
+                              "QuantizeDynamic for a dynamic INT8 TFLite file")
         if precision == "fp32":
-            notes = convert_float(model, example, tmp)
+            notes = convert_float(model, example, tmp, job.signature)
         else:
             with tempfile.TemporaryDirectory() as work:
                 float_path = Path(work) / "float.tflite"
-                notes = convert_float(model, example, float_path)
+                notes = convert_float(model, example, float_path, job.signature)
                 aeq = AiEdgeQuantizer(float_path)
                 if precision == "fp16":
                     aeq.fp16()
@@ -129,7 +141,7 @@ class TfliteExporter(Exporter):
                               f"{precision}); quantize with ec.passes.QuantizePTQ or "
                               f"QuantizeQAT first")
 
-    def _check_written(self, path: Path, precision: str, example: torch.Tensor,
+    def _check_written(self, path: Path, precision: str, example: Any,
                        layout: str | None) -> dict[str, Any]:
         """Refuse a file whose tensors do not match its label; record what it holds."""
         facts = inspect_tflite(path)
@@ -143,8 +155,9 @@ class TfliteExporter(Exporter):
                                   f"kernel inputs {kernels}, not {w_dtype}: the quantizer did not "
                                   f"realise the recipe, so nothing was written. ONNX "
                                   f"(dm.export('onnx', ...)) realises it with ORT's quantizer")
-        if facts["input_shape"] != list(example.shape):
-            raise ExportError(f"litert-torch changed the input shape from {list(example.shape)} "
+        first = tensors(example)[0]
+        if facts["input_shape"] != list(first.shape):
+            raise ExportError(f"litert-torch changed the input shape from {list(first.shape)} "
                               f"to {facts['input_shape']}; the runner could not take the torch "
                               f"model's input. Please report this model")
         facts["io_layout"] = layout

@@ -37,7 +37,9 @@ from ..metadata import write_sidecar
 from ..options import option
 from ..fold import fold_batchnorm
 from ..job import ExportJob
+from ..signature import Signature
 from .base import Exporter, ExportOptions
+from .flat import graph_model
 
 if TYPE_CHECKING:
     from ..quant_recipe import QuantRecipe
@@ -214,14 +216,18 @@ def fold_conv_bn(model: nn.Module) -> tuple[nn.Module, int]:
     return folded, fold_batchnorm(folded)
 
 
-def to_torchscript(model: nn.Module, example: torch.Tensor, method: str) -> tuple[Any, str]:
-    """Trace (or script) ``model``; return the ScriptModule and how it was made."""
+def to_torchscript(model: nn.Module, example: Any, method: str,
+                   signature: Signature | None = None) -> tuple[Any, str]:
+    """Trace (or script) ``model``; return the ScriptModule and how it was made. A model that
+    takes several inputs or gives structured outputs is traced through
+    :class:`~edgecompress.export.flat.FlatModule` (positional inputs, a flat tuple out)."""
     errors = []
+    traced, args = graph_model(model, example, signature or Signature.of(model, example))
     for how in (("trace", "script") if method == "auto" else (method,)):
         try:
             with torch.no_grad():
                 if how == "trace":
-                    return torch.jit.trace(model, example, check_trace=False), how
+                    return torch.jit.trace(traced, args, check_trace=False), how
                 return torch.jit.script(model), how
         except Exception as exc:  # noqa: BLE001 - both raise many kinds of errors
             errors.append(f"{how}: {str(exc).splitlines()[0][:300] if str(exc) else exc!r}")
@@ -255,6 +261,10 @@ class TorchScriptExporter(Exporter):
         model = job.source.eval().cpu()
         example = job.example_batch(2)
         recipe = job.recipe
+        if precision == "int8-static" and job.several_inputs:
+            raise ExportError("static INT8 TorchScript of a model with several inputs is not "
+                              "supported (torch.ao's FX calibration takes one input tensor); "
+                              "export it to 'onnx', or quantize with QuantizeDynamic")
         notes: dict[str, Any] = {"torch": torch.__version__, "machine": platform.machine()}
         engine = engine_for(recipe, opts.engine) if precision.startswith("int8") else None
         with warnings.catch_warnings(), quantized_engine(engine):
@@ -265,7 +275,7 @@ class TorchScriptExporter(Exporter):
                 notes.update(qnotes)
             else:
                 model, notes["conv_bn_folded"] = fold_conv_bn(model)
-            script, notes["capture"] = to_torchscript(model, example, opts.method)
+            script, notes["capture"] = to_torchscript(model, example, opts.method, job.signature)
             script, notes["optimize_for_mobile"] = optimize(script, opts.optimize)
             script._save_for_lite_interpreter(str(tmp))
         if "skipped" in notes["optimize_for_mobile"]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..artifact import Parity
 from ..data.bundle import DataBundle, iter_batches
-from ..errors import ExportError
+from ..errors import ExportError, InputError
 from ..runtime.base import LatencyStats, Runner
 from ..signature import flatten_outputs
 from .compare import compare
@@ -71,14 +71,13 @@ def reference_outputs(model: nn.Module, x: Any) -> dict[str, np.ndarray]:
 
 
 def runner_inputs(runner: Runner, x: Any) -> Any:
-    """``x`` as the numpy arrays ``runner`` takes (a tensor at its first input's dtype)."""
+    """``x`` as the numpy arrays ``runner`` takes: a tensor at its first input's dtype, several
+    inputs (tuple, dict) as named feeds (:func:`.flat.runner_inputs`)."""
     if isinstance(x, torch.Tensor):
         return x.cpu().numpy().astype(runner.inputs[0].dtype if runner.inputs else np.float32)
-    if isinstance(x, Mapping):
-        return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return tuple(v.cpu().numpy() if isinstance(v, torch.Tensor) else v for v in x)
-    return x
+    from .flat import runner_inputs as named_feeds
+
+    return named_feeds(runner, x)
 
 
 def artifact_outputs(runner: Runner, x: Any) -> dict[str, np.ndarray]:
@@ -154,14 +153,25 @@ def verify(runner: Runner, job: "ExportJob", precision: str, opts: Any) -> Verif
                               metric_threshold=getattr(opts, "metric_threshold", None))
         acc = (artifact_accuracy(runner, job.eval_data, opts.accuracy_samples)
                if parity.task in ("classify", "segment") else None)
-        latency = artifact_latency(runner, opts.benchmark_runs)
+        latency = artifact_latency(runner, opts.benchmark_runs, x=job.example)
     finally:
         runner.close()
     return Verification(parity, acc, latency)
 
 
-def artifact_latency(runner: Runner, runs: int, warmup: int = 5) -> LatencyStats | None:
-    """p50 (p10–p90) of ``runs`` single calls after up to ``warmup`` untimed ones (0: skip)."""
+def artifact_latency(runner: Runner, runs: int, warmup: int = 5,
+                     x: Any = None) -> LatencyStats | None:
+    """p50 (p10–p90) of ``runs`` single calls after up to ``warmup`` untimed ones (0: skip), on
+    the real input ``x`` (a batch of 1) when given."""
     if not runs:
         return None
-    return runner.benchmark(warmup=min(warmup, runs), runs=runs, with_system=False)
+    feeds = None
+    if x is not None:
+        from .flat import runner_inputs
+        feeds = runner_inputs(runner, x)
+        feeds = next(iter(feeds.values())) if isinstance(x, torch.Tensor) else feeds
+        try:
+            runner.check_inputs(feeds)
+        except InputError:  # the artifact takes another layout (NHWC): time a sample of it
+            feeds = None
+    return runner.benchmark(warmup=min(warmup, runs), runs=runs, x=feeds, with_system=False)

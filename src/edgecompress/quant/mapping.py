@@ -40,7 +40,8 @@ def execution_order(model: nn.Module, example: torch.Tensor,
     model.eval()
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        model(example[:1].to(device))
+        from ..data.inputs import call_model, head, to_device  # tensor, tuple or dict inputs
+        call_model(model, to_device(head(example, 1), device))
     finally:
         for h in handles:
             h.remove()

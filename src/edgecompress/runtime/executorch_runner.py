@@ -17,7 +17,7 @@ import numpy as np
 from .._extras import require
 from ..errors import ArtifactError
 from ..metadata import read_sidecar
-from .base import Runner, TensorSpec
+from .base import Runner, TensorSpec, recorded_names, renamed
 
 _DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.int64": "int64",
            "torch.int32": "int32", "torch.int8": "int8", "torch.uint8": "uint8"}
@@ -53,13 +53,20 @@ class ExecuTorchRunner(Runner):
         if self.method is None:
             raise ArtifactError(f"{self.path} has no 'forward' method")
         meta = self.method.metadata
-        self.inputs = [_spec(meta.input_tensor_meta(i), f"input_{i}") for i in range(meta.num_inputs())]
-        self.outputs = [_spec(meta.output_tensor_meta(i), f"output_{i}")
-                        for i in range(meta.num_outputs())]
+        self.inputs = renamed([_spec(meta.input_tensor_meta(i), f"input_{i}")
+                               for i in range(meta.num_inputs())],
+                              recorded_names(self.metadata, "inputs"))
+        self.outputs = renamed([_spec(meta.output_tensor_meta(i), f"output_{i}")
+                                for i in range(meta.num_outputs())],
+                               recorded_names(self.metadata, "outputs"))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         out = self.method.execute([self._torch.from_numpy(x)])
         return out[0].numpy().copy()
+
+    def _run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.method.execute([self._torch.from_numpy(x) for x in feeds.values()])
+        return {spec.name: o.numpy().copy() for spec, o in zip(self.outputs, out)}
 
     def close(self) -> None:
         self.method = None

@@ -9,6 +9,7 @@ float unless they ask for ``raw=True``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from .._extras import require
 from ..errors import ArtifactError, InputError
 from ..metadata import read_sidecar
-from .base import Runner, TensorSpec
+from .base import Runner, TensorSpec, recorded_names, renamed
 
 _FLATBUFFER_ID = b"TFL3"  # file identifier every TFLite flatbuffer carries at bytes 4..8
 
@@ -66,14 +67,15 @@ class LiteRTRunner(Runner):
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"LiteRT cannot load {self.path} (truncated or corrupt .tflite?): "
                                 f"{str(exc)[:400]}") from exc
-        self._in = self.interpreter.get_input_details()
-        self._out = self.interpreter.get_output_details()
-        if len(self._in) != 1:
-            raise ArtifactError(f"{self.path} has {len(self._in)} inputs; LiteRTRunner runs "
-                                f"single-input models")
+        self._in = _call_order(self.interpreter.get_input_details())
+        self._out = _call_order(self.interpreter.get_output_details())
         self.metadata = self.metadata or read_sidecar(self.path)
-        self.inputs = [self._spec(d) for d in self._in]
-        self.outputs = [self._spec(d) for d in self._out]
+        # LiteRT's own tensor names are generated (serving_default_args_0:0): the exporter
+        # records the model's names, in the same order
+        self.inputs = renamed([self._spec(d) for d in self._in],
+                              recorded_names(self.metadata, "inputs"))
+        self.outputs = renamed([self._spec(d) for d in self._out],
+                               recorded_names(self.metadata, "outputs"))
 
     def _spec(self, detail: dict[str, Any]) -> TensorSpec:
         dtype = np.dtype(detail["dtype"])
@@ -87,7 +89,17 @@ class LiteRTRunner(Runner):
         return any(_is_quantized(d) for d in (*self._in, *self._out))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        detail = self._in[0]
+        self._set(self._in[0], x)
+        self.interpreter.invoke()
+        return self._get(self._out[0])
+
+    def _run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for detail, x in zip(self._in, feeds.values()):
+            self._set(detail, x)
+        self.interpreter.invoke()
+        return {spec.name: self._get(d) for spec, d in zip(self.outputs, self._out)}
+
+    def _set(self, detail: dict[str, Any], x: np.ndarray) -> None:
         if _is_quantized(detail) and not self.raw:
             scale, zero_point = detail["quantization"]
             x = quantize_array(x, scale, zero_point, np.dtype(detail["dtype"]))
@@ -95,13 +107,24 @@ class LiteRTRunner(Runner):
             self.interpreter.set_tensor(detail["index"], x)
         except ValueError as exc:  # shape or dtype LiteRT refuses
             raise InputError(f"{self.path.name}: LiteRT refused the input: {exc}") from exc
-        self.interpreter.invoke()
-        out_detail = self._out[0]
-        out = self.interpreter.get_tensor(out_detail["index"])
-        if _is_quantized(out_detail) and not self.raw:
-            scale, zero_point = out_detail["quantization"]
+
+    def _get(self, detail: dict[str, Any]) -> np.ndarray:
+        out = self.interpreter.get_tensor(detail["index"])
+        if _is_quantized(detail) and not self.raw:
+            scale, zero_point = detail["quantization"]
             return dequantize_array(out, scale, zero_point)
         return out.copy()  # get_tensor's buffer is reused by the next invoke
+
+
+def _call_order(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tensors in the model's call order: converters name them ``serving_default_args_1:0`` or
+    ``StatefulPartitionedCall:1``, and the interpreter does not list them in that order."""
+    def key(detail: dict[str, Any]) -> tuple[int, int]:
+        name = str(detail.get("name", ""))
+        arg = re.search(r"args_(\d+)", name)
+        tail = re.search(r"(\d+)$", name)
+        return (int(arg.group(1)) if arg else 0, int(tail.group(1)) if tail and not arg else 0)
+    return sorted(details, key=key) if len(details) > 1 else details
 
 
 def _is_quantized(detail: dict[str, Any]) -> bool:

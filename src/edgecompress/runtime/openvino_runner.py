@@ -106,6 +106,11 @@ class OpenVinoRunner(Runner):
         self.request.infer({0: x}, share_inputs=True)
         return np.array(self.request.get_output_tensor(0).data, copy=True)
 
+    def _run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.request.infer(dict(enumerate(feeds.values())), share_inputs=True)
+        return {spec.name: np.array(self.request.get_output_tensor(i).data, copy=True)
+                for i, spec in enumerate(self.outputs)}
+
     def runtime_precisions(self) -> dict[str, int]:
         """``{"<layer type>:<precision>": count}`` of the compute layers OpenVINO compiled."""
         return compute_precisions(self.compiled)

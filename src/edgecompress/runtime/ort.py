@@ -65,3 +65,7 @@ class OrtRunner(Runner):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self._output_name], {self._input_name: x})[0]
+
+    def _run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.outputs]
+        return dict(zip(names, self.session.run(names, feeds)))
