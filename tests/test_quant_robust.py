@@ -5,7 +5,6 @@ their forward quantize; the ONNX artifacts hold int8 kernels."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from torch import nn
