@@ -168,12 +168,13 @@ def images():
 
 
 def _ptq_onnx(model: nn.Module, data: ec.DataBundle, path, method: str = "minmax",
-              step: ec.passes.Pass | None = None) -> tuple[ec.DeployableModel, ec.Artifact]:
+              step: ec.passes.Pass | None = None,
+              **export_options) -> tuple[ec.DeployableModel, ec.Artifact]:
     torch.manual_seed(0)
     step = step or ec.passes.QuantizePTQ(samples=8, method=method)
     dm = ec.Pipeline([step], measure=Measure(latency=False, macs=False, accuracy=False)).run(
         model.eval(), data)
-    return dm, dm.export("onnx", path, benchmark_runs=0)
+    return dm, dm.export("onnx", path, benchmark_runs=0, **export_options)
 
 
 def test_timm_edgenext_reads_a_quantized_layers_weight(images, tmp_path):
@@ -227,7 +228,10 @@ def test_hf_vit_quantizes_and_names_what_fx_cannot_trace(images, tmp_path):
                                     hidden_size=32, num_attention_heads=2,
                                     intermediate_size=64, num_labels=4)
     model = _Logits(transformers.ViTForImageClassification(config), "logits")
-    dm, art = _ptq_onnx(model, images, tmp_path / "vit.onnx")
+    # the file quantizes attention matmuls the untraceable simulation cannot: parity fails
+    # (max|diff| 0.04–0.05, issue #23), so the file is kept marked FAIL to count its kernels
+    dm, art = _ptq_onnx(model, images, tmp_path / "vit.onnx", on_parity_fail="keep")
+    assert art.metadata.get("verification", "").startswith("FAIL") or art.parity.passed
     assert sum(isinstance(m, QuantLayer) for m in dm.model.modules()) == 8  # conv, q k v o, 2 mlp, head
     untraced = dm.report.stages[-1].notes["untraced_by_torch_fx"]
     assert any("patch_embeddings" in part for part in untraced), untraced

@@ -46,7 +46,7 @@ def compare(ref: Outputs | np.ndarray, out: Outputs | np.ndarray, precision: str
     ranges = recipe_output_range(recipe, list(ref))
     records = [_output(name, r, o, precision, tolerance, ranges.get(name), task)
                for name, r, o in pair_outputs(ref, out)]
-    result, metric_problem = _task_result(task, ref, out, precision)
+    result, metric_problem = _task_result(task, ref, out, precision, _tie_margin(records, ref))
     mine = user_metric(metric, metric_threshold, ref, out) if metric is not None else None
     failures = [f"{r.name}: {r.reason}" for r in records if not r.passed]
     failures += [metric_problem] if metric_problem else []
@@ -68,10 +68,20 @@ def _output(name: str, r: np.ndarray, o: np.ndarray | None, precision: str,
                           bounded=not _unbounded(task, name))
 
 
-def _task_result(task: str, ref: Outputs, out: Outputs, precision: str
+def _tie_margin(records: list[OutputParity], ref: Outputs) -> float:
+    """One quantization step of the scored output (INT8), else its allowed |diff|: top-1 flips
+    between classes the reference separates by less are ties."""
+    name = primary(ref)[0]
+    record = next((r for r in records if r.name == name), None)
+    if record is None:
+        return 0.0
+    return float(record.step if record.step is not None else (record.bound or 0.0))
+
+
+def _task_result(task: str, ref: Outputs, out: Outputs, precision: str, tie_margin: float = 0.0
                  ) -> tuple[TaskResult, str | None]:
     try:
-        return task_metric(task, ref, out, precision), None
+        return task_metric(task, ref, out, precision, tie_margin), None
     except (ValueError, IndexError, KeyError) as exc:  # the outputs cannot be compared at all
         name = MIN_METRIC[task][0]
         result = TaskResult(task, name, 0.0, MIN_METRIC[task][1][precision_class(precision)])

@@ -24,6 +24,7 @@ int8/u8 convolution or matmul is refused (never a float file labelled int8).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -175,6 +176,14 @@ class OpenVinoExporter(Exporter):
             notes.update(check_int8_ir(tmp / XML_FILE))
             notes["int8_route"] = opts.quantizer
         return notes
+
+    def check(self, runner: Any, job: ExportJob, precision: str, opts: Any) -> Any:
+        """NNCF recalibrates with its own ranges, so its file is compared with the float model
+        (the simulated model holds the recipe's ranges, which NNCF does not use)."""
+        if job.recipe is not None and opts.quantizer == "nncf":
+            job = dataclasses.replace(job, reference=job.source, reference_name=(
+                "float torch model (NNCF calibrated its own ranges)"))
+        return super().check(runner, job, precision, opts)
 
     def _onnx(self, job: ExportJob, work: Path, opts: Any) -> dict[str, Any]:
         """The intermediate ONNX graph: float, or QDQ for the 'onnx' INT8 route."""
