@@ -137,7 +137,10 @@ def test_compress_from_flags_quiet_and_recipe_saved(tmp_path):
            "--prune-recover-epochs", "1", "--prune-recover-max-batches", "2", "--int8",
            "--int8-samples", "32", "--export", "onnx,tflite,ncnn", "--allow-float-fallback",
            "--target", "rpi5", "--out", "out", "--save-recipe", "flags.yaml",
-           "--benchmark-runs", "2", "--measure-latency-runs", "2", "--threads", "1"]
+           "--benchmark-runs", "2", "--measure-latency-runs", "2", "--threads", "1",
+           # the untrained CNN's near-tied logits can miss the 98 % top-1 bound of INT8 (95.7 %
+           # measured at max|diff| 0.002): keep, marked, what this test checks the flags of
+           "--on-parity-fail", "keep"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "out/report.json").read_text())
