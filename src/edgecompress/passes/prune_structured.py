@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.inputs import call_model, head as first_samples, to_device
 from ..errors import ConfigError, PassError
 from ..forms import Form
 from ..measure import count_macs, count_params
@@ -116,7 +117,8 @@ class StructuredPrune(Pass):
 
     def _prune(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         stage = self.name
-        example = ctx.data.example_input[:1].to(first_param_device(model))
+        # a tensor, or a tuple / dict of tensors (token ids and a mask): one sample of each
+        example = to_device(first_samples(ctx.data.example_input, 1), first_param_device(model))
         facts = trace_forward(model.eval(), example, stage)
         resolve_ignored(model, self.ignore, stage)  # unknown names fail here, before any work
         head = [module_name(model, m) for m in facts.heads]
@@ -220,7 +222,7 @@ class StructuredPrune(Pass):
                              f"({type(exc).__name__}: {str(exc)[:200]}): its forward code "
                              f"assumes a width the dependency graph could not see") from exc
         with torch.no_grad():
-            after = {name: tuple(t.shape) for name, t in flatten_outputs(model(example))}
+            after = {name: tuple(t.shape) for name, t in flatten_outputs(call_model(model, example))}
         if not same_outputs(shapes, after):
             raise PassError(f"{stage}: pruning changed the outputs from {shapes} to {after}; "
                             f"add the layer producing them to ignore=[...]", stage)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...data.inputs import call_model, tensors
 from ...errors import ConfigError, PassError
 from ...signature import flatten_outputs
 
@@ -49,16 +50,18 @@ def record_producers(model: nn.Module, producers: dict[Any, nn.Module]) -> list[
             if not any(True for _ in m.children()) and any(True for _ in m.parameters(False))]
 
 
-def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts:
+def trace_forward(model: nn.Module, x: Any, stage: str) -> ForwardFacts:
     """Run ``model`` once with autograd on; PassError unless an output is tied to its weights."""
     producers: dict[Any, nn.Module] = {}
     hooks = record_producers(model, producers)
     try:
         with torch.enable_grad():
-            out = model(x)
+            out = call_model(model, x)
     except Exception as exc:
+        shapes = [tuple(t.shape) for t in tensors(x)]
         raise PassError(f"{stage}: the model fails on the example input "
-                        f"{tuple(x.shape)}: {type(exc).__name__}: {str(exc)[:300]}", stage) from exc
+                        f"{shapes[0] if len(shapes) == 1 else shapes}: {type(exc).__name__}: "
+                        f"{str(exc)[:300]}", stage) from exc
     finally:
         for h in hooks:
             h.remove()

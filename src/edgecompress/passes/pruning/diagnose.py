@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...data.inputs import call_model
 from .analysis import first_layers, record_producers
 
 
@@ -51,7 +52,7 @@ class ForwardFailure:
     producers: list[str] = field(default_factory=list)  # layers whose outputs fed it
 
 
-def failing_block(model: nn.Module, x: torch.Tensor) -> ForwardFailure | None:
+def failing_block(model: nn.Module, x: Any) -> ForwardFailure | None:
     """Run ``model``; None when it runs, else where it failed."""
     stack: list[tuple[nn.Module, Any]] = []
 
@@ -67,7 +68,7 @@ def failing_block(model: nn.Module, x: torch.Tensor) -> ForwardFailure | None:
     hooks += record_producers(model, producers)
     try:
         with torch.enable_grad():  # the failing layer's input leads back to its producers
-            model(x)
+            call_model(model, x)
         return None
     except Exception as exc:  # noqa: BLE001 - any failure is what we locate
         names = _names(model)
