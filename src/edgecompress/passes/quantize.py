@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
+from ..data.inputs import apply, batch_size, head
 from ..errors import ConfigError, DataError
 from ..fold import fold_batchnorm
 from ..forms import Form
@@ -61,18 +61,18 @@ def _static_layers(model: nn.Module, skip: tuple[str, ...], who: str) -> tuple[d
     return layers, skipped
 
 
-def _static_recipe(p: Any, source: str, method: str, calib: torch.Tensor,
+def _static_recipe(p: Any, source: str, method: str, calib: Any,
                    sim: nn.Module, skipped: set[str], order: list[list[Any]],
                    ranges_kind: str, outputs: dict[str, str | None], shared: int,
                    calibrated: list[str] | None = None) -> StaticRecipe:
     return StaticRecipe(
         bits=8, per_channel=p.per_channel, method=method, backend=p.backend,
-        skip=tuple(p.skip), source=source, calib_samples=calib.detach().cpu(),
+        skip=tuple(p.skip), source=source, calib_samples=apply(calib, lambda t: t.detach().cpu()),
         ranges=ranges_of(sim), skipped_layers=tuple(sorted(skipped)),
         layer_order=tuple(order), rebuild=REBUILD, ranges_kind=ranges_kind,
         outputs=dict(outputs or {}), weight_qmax=_weight_qmax(p),
         reduce_range=_weight_qmax(p) != W_QMAX, one_quantizer_per_tensor=shared,
-        calibrated_after_training=calibrated)
+        calibrated_after_training=calibrated, layers_only=not shared)
 
 
 def _weight_qmax(p: Any) -> int:
@@ -130,7 +130,7 @@ class QuantizePTQ(Pass, StaticQuantOptions):
         float_model = copy.deepcopy(model).eval()
         folded = fold_batchnorm(float_model)
         layers, skipped = _static_layers(float_model, self.skip, "QuantizePTQ")
-        calib = ctx.data.calibration_inputs(self.samples)[:self.samples]
+        calib = head(ctx.data.calibration_inputs(self.samples), self.samples)
         order = execution_order(float_model, calib, layers)
         outputs = output_modes(float_model, set(layers) - skipped)
         sim, shared = share_quantizers(wrap(copy.deepcopy(float_model), self.per_channel,
@@ -167,10 +167,10 @@ def _note_untraced(ctx: PassContext, model: nn.Module, shared: int) -> None:
 
 
 def _note_static(ctx: PassContext, layers: dict[str, Any], skipped: set[str],
-                 calib: torch.Tensor, folded: int) -> None:
+                 calib: Any, folded: int) -> None:
     ctx.note("quantized_layers", len(layers) - len(skipped))
     ctx.note("float_layers", sorted(skipped))
-    ctx.note("calibration_samples", int(calib.shape[0]))
+    ctx.note("calibration_samples", batch_size(calib))
     ctx.note("batchnorm_folded", folded)
 
 
@@ -255,7 +255,7 @@ class QuantizeQAT(Pass, StaticQuantOptions):
         # per-channel scale), so BN can train unfolded; per-tensor needs the folded weights
         folded = 0 if self.per_channel else fold_batchnorm(float_model)
         layers, skipped = _static_layers(float_model, self.skip, "QuantizeQAT")
-        calib = ctx.data.calibration_inputs(self.samples)[:self.samples]
+        calib = head(ctx.data.calibration_inputs(self.samples), self.samples)
         sim = wrap(copy.deepcopy(float_model), self.per_channel, skipped, None, _weight_qmax(self))
         found = calibrate(sim, act_quantizers(sim), calib, self.method,
                           desc="QAT initial ranges")
@@ -283,7 +283,7 @@ class QuantizeQAT(Pass, StaticQuantOptions):
         return StageOutput(final, recipe=recipe, float_model=trained_float)
 
     def _final_model(self, trained_float: nn.Module, trained: nn.Module, skipped: set[str],
-                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], int,
+                     calib: Any) -> tuple[nn.Module, dict[str, str | None], list[str], int,
                                                    tuple[CalibrationResult, ...]]:
         """The BN-folded simulated model with the learned ranges. Tensors that had no quantizer
         in training (a layer's output while a BatchNorm still followed it, a residual sum read
