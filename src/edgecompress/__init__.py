@@ -43,7 +43,7 @@ _LAZY: dict[str, str] = {
     "FineTune": ".training", "Recovery": ".training", "set_progress": "._progress",
     "Distill": ".passes.distill", "select": ".select", "from_onnx": ".convert",
     "from_keras": ".convert", "ConversionError": ".convert",
-    "detection_map": ".mean_ap", "DetectionMAP": ".mean_ap",
+    "detection_map": ".mean_ap", "DetectionMAP": ".mean_ap", "DetectionHead": ".detection",
 }
 # subpackages reachable as attributes (``ec.data``, ``ec.passes``, ...), imported on first access
 _SUBMODULES = ("data", "passes", "targets", "students", "runtime", "serve")
@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve throu
     from .deployable import DeployableModel
     from .formats import FORMATS, FormatSpec, register_format
     from .forms import Form
+    from .detection import DetectionHead
     from .mean_ap import DetectionMAP, detection_map
     from .passes import Pass, PassContext, register_pass
     from .passes.distill import Distill
@@ -86,8 +87,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "ConversionError",
-           "DataBundle", "DataError", "DeployableModel", "DetectionMAP", "DynamicRecipe",
-           "EdgeCompressError", "ExportError", "FORMATS", "FineTune", "Form", "FormatSpec",
+           "DataBundle", "DataError", "DeployableModel", "DetectionHead", "DetectionMAP",
+           "DynamicRecipe", "EdgeCompressError", "ExportError", "FORMATS", "FineTune", "Form", "FormatSpec",
            "InputError", "InputSpec", "LatencyStats", "Measure", "MissingExtraError",
            "ParityError", "Pass", "PassContext", "PassError", "Pipeline", "QuantRecipe",
            "Recovery", "Report", "Runner", "StageOutput", "StaticRecipe", "__version__", "data",
