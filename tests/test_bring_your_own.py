@@ -14,7 +14,7 @@ cells the others do not. Cells not asserted anywhere record what was measured he
 | torchvision SSDlite | passes, not asserted (118 s at load 14) | – | – | – | passes, not asserted |
 | timm EdgeNeXt / LeViT (hybrid) | test_quant_robust | – | – | – | refused, naming blocks / a checked ignore= |
 | torchvision LRASPP | test_task_verify | fails (96 steps) | – | – | passes, not asserted (50 s at load 15) |
-| Ultralytics YOLOv8n | test_quant_robust | passes by cosine, not asserted (150 s at load 15) | – | – | refused with a checked ignore= |
+| Ultralytics YOLOv8n | fails (38 steps)* | passes by cosine, not asserted (150 s at load 15) | – | – | refused with a checked ignore= |
 
 TorchScript static INT8 of a model with several inputs is refused (torch.ao's FX calibration
 takes one tensor), naming ONNX and TFLite. A dash: not tested. "fails": dynamic INT8 of HF ViT
@@ -22,7 +22,10 @@ and DeiT misses the mean bound (2.3 and 1.6 steps > 1.5: torch's dynamic Linear,
 model, quantizes activations to 7 bits, ONNX Runtime to 8). "borderline": HF ViT static INT8
 TFLite passes on 32 N(0, 1) images (max|diff| 0.0054) and fails on 16 U(0, 1) images (mean 2.2
 steps > 1.5: TFLite's int8 FULLY_CONNECTED also rounds the layers' outputs, which the
-simulation keeps float).
+simulation keeps float). *: test_quant_robust's YOLOv8n INT8 ONNX passes because its
+random-init activations vanish (no box above the threshold); given BatchNorm statistics of one
+batch and scoring boxes (docs/bring-your-own-model.md), the INT8 file misses its simulated model
+by 37–38 steps on the box outputs, graph-wide, with layers_only and with the DFL kept float.
 """
 
 from __future__ import annotations
