@@ -14,7 +14,7 @@ cells the others do not. Cells not asserted anywhere record what was measured he
 | torchvision SSDlite | passes, not asserted (118 s at load 14) | – | – | – | passes, not asserted |
 | timm EdgeNeXt / LeViT (hybrid) | test_quant_robust | – | – | – | refused, naming blocks / a checked ignore= |
 | torchvision LRASPP | test_task_verify | fails (96 steps) | – | – | passes, not asserted (50 s at load 15) |
-| Ultralytics YOLOv8n | fails (38 steps)* | passes by cosine, not asserted (150 s at load 15) | – | – | refused with a checked ignore= |
+| Ultralytics YOLOv8n | fails (38 steps)* | passes by cosine (150 s at load 15) | – | – | refused, checked ignore= |
 
 TorchScript static INT8 of a model with several inputs is refused (torch.ao's FX calibration
 takes one tensor), naming ONNX and TFLite. A dash: not tested. "fails": dynamic INT8 of HF ViT
