@@ -109,6 +109,13 @@ def test_torchvision_ssdlite_exports_its_raw_head_and_detects(tmp_path):
                                                                        val=[(x, None)]))
     spec = dm.info["detection"]
     assert spec["kind"] == "boxes_scores" and spec["multi_label"]
+    raw = dm.model
+    with torch.no_grad():  # the batched decode is torchvision's box coding
+        reg = torch.randn(1, raw.anchor_sizes.shape[0], 4) * 0.5
+        anchors = torch.cat([raw.anchor_centres - raw.anchor_sizes / 2,
+                             raw.anchor_centres + raw.anchor_sizes / 2], 1)
+        want = (ssd.box_coder.decode_single(reg[0], anchors) / 64).clamp(0, 1)
+    assert torch.allclose(raw.decode(reg)[0], want, atol=1e-5)
     art = dm.export("onnx", tmp_path / "ssd.onnx", benchmark_runs=0)
     # NMS now runs in the runtime on the raw head: FP32 agrees (task23 saw 63.5 % with
     # torchvision's in-graph NMS on tied scores)
