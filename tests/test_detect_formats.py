@@ -90,6 +90,11 @@ def test_ultralytics_yolov8n_is_recognised_and_detects_through_onnx(tmp_path):
                          preprocess=Preprocess(resize="letterbox"))
     dm = ec.Pipeline([], measure=False).run(yolo, data)  # task inferred from the model
     assert dm.info["detection"]["kind"] == "yolo" and dm.info["detection"]["normalized"]
+    with torch.no_grad():  # the raw head (C2f blocks split for pruning) computes the same
+        want = yolo(x)[0]
+        assert torch.allclose(dm.model(x), torch.cat([want[:, :4] / 64, want[:, 4:]], 1),
+                              atol=1e-5)
+    assert sum(type(m).__name__ == "SplitC2f" for m in dm.model.modules()) == 8
     art = dm.export("onnx", tmp_path / "yolo.onnx", benchmark_runs=0)
     assert art.parity.task == "detect" and art.parity.passed
     runner = ec.load(tmp_path / "yolo.onnx")

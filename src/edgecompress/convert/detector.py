@@ -110,10 +110,15 @@ def _ssd_head(model: Any) -> DetectionHead:
 
 class YOLORawHead(nn.Module):
     """An Ultralytics detector returning only its decoded head (N, 4 + C, A), boxes as
-    fractions of the input size so boxes and scores share one INT8 output scale."""
+    fractions of the input size so boxes and scores share one INT8 output scale. Its C2f
+    blocks are rewritten for pruning (:mod:`.yolo_blocks`; the wrapped model is the pipeline's
+    copy, never the user's)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
+        from .yolo_blocks import split_c2f
+
+        split_c2f(model)  # same outputs; lets structured pruning follow C2f's channels
         self.model = model
 
     def head_modules(self) -> list[str]:
