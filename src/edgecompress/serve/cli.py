@@ -15,6 +15,31 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", type=Path, help="the artifact to serve (.onnx, .tflite, ncnn folder…)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: the network)")
     p.add_argument("--port", type=int, default=8080)
+    add_process_arguments(p)
+    p.add_argument("--token-file", default=None,
+                   help="file holding the token for POST /model (else EDGECOMPRESS_SERVE_TOKEN; "
+                        "neither: swapping over HTTP is disabled)")
+    p.add_argument("--watch", type=Path, default=None,
+                   help="folder to watch: an artifact copied there is verified and swapped in")
+    p.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE),
+                   help="where versions and the event log live")
+    p.add_argument("--keep", type=int, default=3, help="versions kept on disk")
+    p.add_argument("--fallback", type=Path, default=None,
+                   help="a lighter artifact served while the device is too hot")
+    p.add_argument("--hot", type=float, default=None,
+                   help="°C above which the thermal policy acts (omit: no watchdog)")
+    p.add_argument("--cool", type=float, default=None, help="°C below which it goes back "
+                                                            "(default: hot - 10)")
+    p.add_argument("--thermal-action", choices=("throttle", "fallback"), default=None,
+                   help="default: fallback when --fallback is given, else throttle")
+    p.add_argument("--max-rps", type=float, default=5.0, help="request rate while throttled")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="largest /predict body")
+    p.add_argument("--max-latency-ms", type=float, default=None,
+                   help="refuse a swapped-in model whose measured p50 is slower")
+
+
+def add_process_arguments(p: argparse.ArgumentParser) -> None:
+    """How requests are run: processes, threads, queue, batching, event loop."""
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the port, each with its own copy of the "
                         "model; swaps, the thermal state, metrics and events stay one view "
@@ -41,26 +66,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
                    help="HTTP parser (auto: httptools when installed; the serve extra does "
                         "not bring it)")
-    p.add_argument("--token-file", default=None,
-                   help="file holding the token for POST /model (else EDGECOMPRESS_SERVE_TOKEN; "
-                        "neither: swapping over HTTP is disabled)")
-    p.add_argument("--watch", type=Path, default=None,
-                   help="folder to watch: an artifact copied there is verified and swapped in")
-    p.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE),
-                   help="where versions and the event log live")
-    p.add_argument("--keep", type=int, default=3, help="versions kept on disk")
-    p.add_argument("--fallback", type=Path, default=None,
-                   help="a lighter artifact served while the device is too hot")
-    p.add_argument("--hot", type=float, default=None,
-                   help="°C above which the thermal policy acts (omit: no watchdog)")
-    p.add_argument("--cool", type=float, default=None, help="°C below which it goes back "
-                                                            "(default: hot - 10)")
-    p.add_argument("--thermal-action", choices=("throttle", "fallback"), default=None,
-                   help="default: fallback when --fallback is given, else throttle")
-    p.add_argument("--max-rps", type=float, default=5.0, help="request rate while throttled")
-    p.add_argument("--max-body-mb", type=float, default=8.0, help="largest /predict body")
-    p.add_argument("--max-latency-ms", type=float, default=None,
-                   help="refuse a swapped-in model whose measured p50 is slower")
 
 
 def serve_from_args(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from .watchdog import ThermalPolicy
@@ -117,3 +117,14 @@ def _strong(token: str, where: str) -> str:
         raise ConfigError(f"{where} is shorter than 16 characters; make one with "
                           f"python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return token
+
+
+def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
+    """uvicorn's options for ``config`` (one process, or each worker)."""
+    # uvicorn's own limit keeps idle connections from piling up on a small device; a short
+    # keep-alive timeout races busy clients (the server closes a connection as a request
+    # arrives on it, and that request fails), so it is longer than any stall under load
+    return {"host": config.host, "port": config.port, "log_level": "warning",
+            "limit_concurrency": max(64, 4 * (config.infer_threads + config.queue)),
+            "timeout_keep_alive": 30, "access_log": False, "loop": config.loop,
+            "http": config.http}

@@ -9,22 +9,11 @@ import dataclasses
 import logging
 import signal
 import socket
-from typing import Any
 
 from .._extras import require
-from .config import ServeConfig
+from .config import ServeConfig, uvicorn_options
 
 log = logging.getLogger("edgecompress")
-
-
-def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
-    # uvicorn's own limit keeps idle connections from piling up on a small device; a short
-    # keep-alive timeout races busy clients (the server closes a connection as a request
-    # arrives on it, and that request fails), so it is longer than any stall under load
-    return {"host": config.host, "port": config.port, "log_level": "warning",
-            "limit_concurrency": max(64, 4 * (config.infer_threads + config.queue)),
-            "timeout_keep_alive": 30, "access_log": False, "loop": config.loop,
-            "http": config.http}
 
 
 def run(config: ServeConfig) -> None:

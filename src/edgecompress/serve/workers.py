@@ -76,8 +76,7 @@ def worker_main(config_json: str, channel: socket.socket, env: dict[str, str]) -
     import uvicorn
 
     from .app import create_app
-    from .config import ServeConfig
-    from .server import uvicorn_options
+    from .config import ServeConfig, uvicorn_options
     from .state import build_state
 
     logging.basicConfig(level=logging.WARNING)
