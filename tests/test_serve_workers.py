@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -166,6 +167,22 @@ def test_requests_in_flight_during_a_swap_do_not_fail(server, models):
     # every connection (two per worker) moved from the old version to the new one
     assert all(v[0] == start and v[-1] == version for v in seen)
     assert all(v == sorted(v) for v in seen)
+
+
+def test_a_worker_that_dies_is_replaced_on_the_published_version(server):
+    url, _ = server
+    version = httpx.get(url + "/model").json()["version"]
+    victim = httpx.get(url + "/health").json()["pid"]
+    os.kill(victim, signal.SIGKILL)
+    deadline, pids = time.monotonic() + 90, set()
+    while time.monotonic() < deadline:
+        answers = [r for r in _fresh(url, "/health") if r.status_code == 200]
+        pids = {r.json()["pid"] for r in answers}
+        if len(pids) == 2 and victim not in pids:
+            break
+        time.sleep(0.5)
+    assert len(pids) == 2 and victim not in pids
+    assert {r.json()["version"] for r in _fresh(url, "/health")} == {version}
 
 
 def test_the_supervisors_thermal_fallback_reaches_every_worker(models, tmp_path):

@@ -61,6 +61,9 @@ class ServeConfig:
         if self.workers < 1 or self.infer_threads < 0 or self.queue < 0:
             raise ConfigError(f"--workers must be >= 1, --infer-threads >= 0 and --queue >= 0 "
                               f"(got {self.workers}, {self.infer_threads}, {self.queue})")
+        if self.workers > 1 and os.name != "posix":
+            raise ConfigError("--workers > 1 needs a POSIX system (file locks and passing "
+                              "sockets between processes); use --workers 1 here")
         if self.max_batch < 1 or self.batch_wait_ms < 0:
             raise ConfigError(f"--max-batch must be >= 1 and --batch-wait-ms >= 0 (got "
                               f"{self.max_batch}, {self.batch_wait_ms})")

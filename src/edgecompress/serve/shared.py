@@ -13,13 +13,17 @@ process that accepted the candidate; the others only check the file's sha256 and
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: one server process only (ServeConfig refuses --workers > 1)
+    fcntl = None  # type: ignore[assignment]
 
 POINTER = "active.json"
 LOCK = "active.lock"

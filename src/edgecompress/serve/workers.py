@@ -159,13 +159,24 @@ class WorkerPool:
                         break
                     except OSError:
                         continue
+            if not all(p.is_alive() for p in self.procs):
+                self._replace_dead()
 
     def _replace_dead(self) -> None:
         for i, proc in enumerate(self.procs):
             if not proc.is_alive() and not self._stop.is_set():
                 log.warning("server worker %d (pid %s) exited with code %s; starting another",
                             i, proc.pid, proc.exitcode)
+                self._forget_metrics(proc.pid)
                 self._spawn(i)
+
+    def _forget_metrics(self, pid: int) -> None:
+        """Drop a dead worker's live gauges (in flight, queue), or they would count forever."""
+        folder = self.env.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, folder)
 
     def stop_soon(self) -> None:
         """Stop accepting (from a signal handler); :meth:`serve` returns within half a second."""
