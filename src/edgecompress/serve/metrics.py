@@ -69,8 +69,7 @@ class Metrics:
     def set_view(self, version: int, temperature: float | None) -> None:
         """The served version and the last temperature (several workers)."""
         self.gauges["model_version"].set(version)
-        if temperature is not None:
-            self.gauges["temperature_celsius"].set(temperature)
+        self.gauges["temperature_celsius"].set(_nan(temperature))
 
     def render(self) -> bytes:
         if self.shared_dir is None:
