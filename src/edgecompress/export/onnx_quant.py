@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ExportError
 from ..quant.mapping import map_layers
 from ..quant.calibrate import CalibrationResult
+from .detect_quant import float_tail
 from .onnx_scope import layer_scope, layers_only
 from .ort_calibrate import (calibration_notes, equal_batch_size, mask_nodes, supports_cache,
                             write_calibration_cache)
@@ -56,7 +57,9 @@ def quantize_onnx(float_path: Path, out_path: Path, job: "ExportJob", opts: Any)
             notes = _dynamic(proto, prepared, out_path, recipe)
         else:
             feeds = calibration_feeds(job.calibration, proto, job.signature.input_names)
-            notes = _static(proto, prepared, out_path, recipe, feeds, opts.quant_format)
+            # a detector's decode tail stays float (export/detect_quant.py): det24lib, #24
+            tail = float_tail(proto) if job.metadata.get("detection") else []
+            notes = _static(proto, prepared, out_path, recipe, feeds, opts.quant_format, tail)
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
@@ -185,7 +188,8 @@ def calibration_feeds(calibration: Any, proto: Any, names: list[str]) -> dict[st
 
 
 def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
-            samples: dict[str, np.ndarray], quant_format: str = "qdq") -> dict[str, Any]:
+            samples: dict[str, np.ndarray], quant_format: str = "qdq",
+            keep_float: list[str] | None = None) -> dict[str, Any]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     mapping, missing = _layer_nodes(proto, recipe)
@@ -199,7 +203,8 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
     with tempfile.TemporaryDirectory() as work, _quiet():
         reader, cache, found = _calibration(src, samples, recipe.method, Path(work))
         masked = [n for n in mask_nodes(proto, found) if n not in exclude]
-        exclude = exclude + masked
+        tail = [n for n in keep_float or () if n not in exclude and n not in masked]
+        exclude = exclude + masked + tail
         # byom23: a model fx cannot trace is simulated layer by layer; ORT quantizes as much
         ops, unlayered, extra = layer_scope(proto) if layers_only(recipe) else (None, [], {})
         exclude = exclude + [n for n in unlayered if n not in exclude]
@@ -218,7 +223,8 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
                        f"{' (reduce_range: 7-bit values, no VNNI)' if reduce else ''}",
         "float_nodes": exclude, "learned_ranges_written": len(overrides),
         **({"quantized_op_types": ops} if ops else {}),
-        **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {})}
+        **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {}),
+        **({"float_detection_tail": len(tail)} if tail else {})}
     if missing:
         notes["layers_not_matched"] = missing
         if overrides:
