@@ -4,33 +4,83 @@ own detections (pseudo-labels: the FP32 model scores 1.0). Random init (BatchNor
 from one batch, class biases zeroed): a proxy until a trained detector is used, see
 benchmarks/results/detect_int8_head.md.
 
-    PYTHONPATH=src:tests python benchmarks/detect_int8_head.py 64 onnx,tflite all_int8,dfl_float
+    PYTHONPATH=src:tests python benchmarks/detect_int8_head.py --size 64 \
+        --formats onnx,tflite --variants all_int8,dfl_float
 """
-import sys, time, json, torch, numpy as np, edgecompress as ec
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
-from test_detect_formats import yolov8n
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import edgecompress as ec
+from edgecompress.convert.detector import prepare
 from edgecompress.data.bundle import Preprocess
 from edgecompress.runtime.detect import decode
-from edgecompress.convert.detector import prepare
-size = int(sys.argv[1]); fmts = sys.argv[2].split(",")
-yolo = yolov8n()
-torch.manual_seed(1)
-x = torch.rand(32, 3, size, size)
-wrapped = prepare(yolo, x[:1]); head = wrapped.edgecompress_detection
-with torch.no_grad():
-    targets = decode({"output": wrapped(x).numpy()}, head, (size, size))
-data = ec.DataBundle(example_input=x[:1], val=[(x[i:i+8], targets[i:i+8]) for i in range(0, 32, 8)], calib=[x], preprocess=Preprocess(resize="letterbox"))
-box_convs = [f"model.model.22.cv2.{i}.2" for i in range(3)]
-variants = {"all_int8": [], "dfl_float": ["model.model.22.dfl.conv"], "dfl_and_box_convs_float": ["model.model.22.dfl.conv", *box_convs]}
-for name in sys.argv[3].split(","):
-    skip = variants[name]
-    dm = ec.Pipeline([ec.passes.QuantizePTQ(samples=32, skip=tuple(skip))], measure=False).run(yolo, data)
-    for fmt in fmts:
-        path = {"onnx": "/tmp/v8.onnx", "tflite": "/tmp/v8.tflite", "ncnn": "/tmp/v8_ncnn"}[fmt]
-        t = time.time()
-        try:
-            art = dm.export(fmt, path, benchmark_runs=0, overwrite=True, on_parity_fail="keep")
-            e = art.parity.metric_extra; m = art.metadata.get("detection_map") or {}
-            print(json.dumps({"variant": name, "fmt": fmt, "s": round(time.time()-t, 1), "max_abs_diff": art.parity.max_abs_diff, "agreement": art.parity.metric_value, "strict": e.get("strict_agreement"), "map50": m.get("map50"), "sim_map50": m.get("reference_map50"), "map50_95": m.get("map50_95"), "sim_map50_95": m.get("reference_map50_95"), "float_tail": art.notes.get("float_detection_tail")}), flush=True)
-        except Exception as exc:
-            print(name, fmt, "FAILED", type(exc).__name__, str(exc)[:500], flush=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_detect_formats import yolov8n  # noqa: E402  (the tests' BatchNorm-calibrated builder)
+
+BOX_CONVS = [f"model.model.22.cv2.{i}.2" for i in range(3)]
+VARIANTS = {"all_int8": [], "dfl_float": ["model.model.22.dfl.conv"],
+            "dfl_and_box_convs_float": ["model.model.22.dfl.conv", *BOX_CONVS]}
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "ncnn": "_ncnn"}
+
+
+def pseudo_labelled(yolo: torch.nn.Module, size: int) -> ec.DataBundle:
+    """32 random images labelled with the FP32 model's own detections."""
+    torch.manual_seed(1)
+    x = torch.rand(32, 3, size, size)
+    wrapped = prepare(yolo, x[:1])
+    with torch.no_grad():
+        targets = decode({"output": wrapped(x).numpy()}, wrapped.edgecompress_detection,
+                         (size, size))
+    val = [(x[i:i + 8], targets[i:i + 8]) for i in range(0, 32, 8)]
+    return ec.DataBundle(example_input=x[:1], val=val, calib=[x],
+                         preprocess=Preprocess(resize="letterbox"))
+
+
+def measure(dm: ec.DeployableModel, fmt: str, work: Path, variant: str) -> dict:
+    """Export one format (kept even when it fails) and read its detection parity."""
+    start = time.time()
+    try:
+        art = dm.export(fmt, work / f"v8{SUFFIX[fmt]}", benchmark_runs=0, overwrite=True,
+                        on_parity_fail="keep")
+    except Exception as exc:  # a benchmark records every failure and goes on
+        return {"variant": variant, "fmt": fmt, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    extra = art.parity.metric_extra
+    return {"variant": variant, "fmt": fmt, "s": round(time.time() - start, 1),
+            "max_abs_diff": art.parity.max_abs_diff, "agreement": art.parity.metric_value,
+            "strict": extra.get("strict_agreement"),
+            "map": art.metadata.get("detection_map") or {},
+            "float_tail": art.notes.get("float_detection_tail")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--formats", default="onnx,tflite")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = ap.parse_args()
+    yolo = yolov8n()
+    data = pseudo_labelled(yolo, args.size)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants.split(","):
+            step = ec.passes.QuantizePTQ(samples=32, skip=tuple(VARIANTS[variant]))
+            dm = ec.Pipeline([step], measure=False).run(yolo, data)
+            for fmt in args.formats.split(","):
+                rows.append(measure(dm, fmt, Path(tmp), variant))
+                print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
