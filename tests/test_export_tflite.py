@@ -119,9 +119,9 @@ def test_int8_static_takes_the_recipes_activation_ranges(ptq_dm, tmp_path):
     recipe = ptq_dm.quant_recipe
     float_path = tmp_path / "float.tflite"
     convert_float(ptq_dm.float_model.eval(), ptq_dm.example_input(1), float_path)
-    matched = recipe_tensor_ranges(ptq_dm.float_model, recipe.calib_samples[:1], float_path,
-                                   recipe.ranges)
-    assert art.notes["recipe_ranges_imported"] == len(matched) >= 9
+    matched = recipe_tensor_ranges(ptq_dm.model, recipe.calib_samples[:1], float_path)
+    # 8: a max-pool output holds no quantization of its own (it keeps its input's scale)
+    assert art.notes["recipe_ranges_imported"] == len(matched) >= 8
     scales = {d["name"]: d["quantization_parameters"]["scales"]
               for d in LiteRTRunner(art.path).interpreter.get_tensor_details()}
     exact = []
