@@ -114,15 +114,20 @@ class ActQuant(nn.Module):
     training batch's min/max, as torch's MovingAverageMinMaxObserver does.
     """
 
-    def __init__(self, momentum: float = 0.01):
+    def __init__(self, momentum: float = 0.01, fixed: tuple[float, float] | None = None):
         super().__init__()
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
         self.momentum = momentum
         self.observing = False
         self.ready = False
+        # a range ORT fixes whatever calibration sees: [0, 1] for a Softmax output
+        # (onnxruntime.quantization's adjust_tensor_ranges)
+        self.fixed = fixed
 
     def set_range(self, lo: float, hi: float) -> None:
+        if self.fixed is not None:
+            lo, hi = self.fixed
         self.lo.fill_(float(lo))
         self.hi.fill_(float(hi))
         self.ready = True
@@ -145,7 +150,9 @@ class ActQuant(nn.Module):
         if seen is None:  # nothing finite in this batch: the range stays as it is
             return
         lo, hi = seen
-        if self.ready:
+        if self.fixed is not None:
+            lo, hi = (torch.tensor(v) for v in self.fixed)
+        elif self.ready:
             lo = self.lo + self.momentum * (lo - self.lo)
             hi = self.hi + self.momentum * (hi - self.hi)
         self.lo.copy_(lo)

@@ -138,6 +138,12 @@ _QUANTIZED_MODULES = (nn.Sigmoid, nn.Softmax, nn.LeakyReLU, nn.AdaptiveAvgPool1d
                       nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 
 
+def _is_softmax(node: Any, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.Softmax)
+    return node.target in (F.softmax, torch.softmax, "softmax")
+
+
 def _tensor_args(node: Any) -> list[Any]:
     args = [a for a in node.args if isinstance(a, torch.fx.Node)]
     for a in node.args:  # torch.cat's list of tensors
@@ -313,7 +319,8 @@ def _quantize_op_tensors(model: nn.Module, graph: Any, modules: dict[str, nn.Mod
                 continue
             quantized.add(tensor)
             name = f"{tensor.name}_q"
-            model.add_module(name, ActQuant())
+            softmax_out = tensor is out and _is_softmax(node, modules)
+            model.add_module(name, ActQuant(fixed=(0.0, 1.0) if softmax_out else None))
             modules[name] = getattr(model, name)
             _quantize_after(graph, tensor, name)
 
