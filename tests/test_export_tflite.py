@@ -75,7 +75,9 @@ def test_int8_static_has_int8_weights_and_kernels(ptq_dm, fp32, tmp_path):
     art = ptq_dm.export("tflite", tmp_path / "q.tflite", **FAST)
     assert art.precision == "int8-static"
     assert art.parity.passed and art.parity.top1_agreement >= 0.98  # vs the simulated model
-    assert art.parity.reference == "simulated INT8 torch model"
+    assert art.parity.reference.startswith("simulated INT8 torch model")
+    # LiteRT's kernels take 8-bit weights: a 7-bit (reduce_range) recipe is checked at 8 bits
+    assert ("with 8-bit weights" in art.parity.reference) == ptq_dm.quant_recipe.reduce_range
     assert art.notes["weight_dtypes"] == {"int8": 6}
     assert art.notes["kernel_input_dtypes"] == {"int8": 6}
     assert art.notes["io_dtypes"] == {"input": "float32", "output": "float32"}
@@ -119,9 +121,9 @@ def test_int8_static_takes_the_recipes_activation_ranges(ptq_dm, tmp_path):
     recipe = ptq_dm.quant_recipe
     float_path = tmp_path / "float.tflite"
     convert_float(ptq_dm.float_model.eval(), ptq_dm.example_input(1), float_path)
-    matched = recipe_tensor_ranges(ptq_dm.float_model, recipe.calib_samples[:1], float_path,
-                                   recipe.ranges)
-    assert art.notes["recipe_ranges_imported"] == len(matched) >= 9
+    matched = recipe_tensor_ranges(ptq_dm.model, recipe.calib_samples[:1], float_path)
+    # 8: a max-pool output holds no quantization of its own (it keeps its input's scale)
+    assert art.notes["recipe_ranges_imported"] == len(matched) >= 8
     scales = {d["name"]: d["quantization_parameters"]["scales"]
               for d in LiteRTRunner(art.path).interpreter.get_tensor_details()}
     exact = []

@@ -163,3 +163,23 @@ def test_not_an_onnx_file_is_refused(tmp_path):
     bad.write_bytes(b"not a protobuf")
     with pytest.raises(ec.ConversionError, match="not a readable ONNX file"):
         ec.from_onnx(bad)
+
+
+def test_a_bare_matmul_by_a_constant_becomes_a_linear_layer_int8_quantizes(tmp_path, digits):
+    # a Keras Dense without bias arrives as MatMul(x, W): it must become nn.Linear, the layer
+    # PTQ simulates, since ONNX Runtime's quantizer quantizes that MatMul
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((256, 10)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
+             helper.make_node("MatMul", ["f", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(w, "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = ec.from_onnx(proto, digits.samples("val", 16))
+    assert model.edgecompress_source["conversion_notes"]["matmuls_to_gemm"] == 1
+    assert [type(m).__name__ for m in model.modules() if isinstance(m, nn.Linear)] == ["Linear"]
+    dm = ec.Pipeline([ec.passes.QuantizePTQ(samples=64)], measure=False).run(model, digits)
+    art = dm.export("onnx", tmp_path / "m.onnx", benchmark_runs=0)
+    assert art.metrics().parity_ok and art.notes["int8_check"]["int8_weight_tensors"] == 1

@@ -160,6 +160,30 @@ def reshapes_to_flatten(proto: Any) -> int:
     return changed
 
 
+def matmuls_to_gemm(proto: Any) -> int:
+    """Replace each MatMul of a 2-D input by a constant 2-D weight with Gemm (same values).
+
+    A Keras Dense whose bias tf2onnx dropped (or that has none) arrives as a bare MatMul, which
+    onnx2torch turns into ``torch.matmul`` with a constant: no ``nn.Linear``, so PTQ did not
+    simulate its int8 weights while ONNX Runtime's quantizer did quantize the MatMul (a
+    two-input Keras model: 12.9 output steps between its INT8 file and the simulated model). A
+    Gemm with a constant weight becomes ``nn.Linear``."""
+    from onnx import helper
+
+    shapes, weights = _shapes(proto), {t.name for t in proto.graph.initializer if len(t.dims) == 2}
+    changed = 0
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            continue
+        if len(shapes.get(node.input[0]) or []) != 2:
+            continue
+        gemm = helper.make_node("Gemm", list(node.input), list(node.output), name=node.name)
+        proto.graph.node.remove(node)
+        proto.graph.node.insert(i, gemm)
+        changed += 1
+    return changed
+
+
 def strip_final_softmax(proto: Any) -> int | None:
     """Drop a Softmax producing the graph's only output, so the model returns logits (what
     cross-entropy fine-tuning and distillation train on). Its axis, or None when there was none."""
@@ -188,7 +212,7 @@ def prepare(proto: Any, logits: bool, keep_batchnorm: bool = False) -> tuple[Any
         notes["batchnorms_kept"] = mul_add_to_batchnorm(proto)
     out = optimize(proto, keep_batchnorm)
     notes |= {"pools_to_global": pools_to_global(out),
-                             "reshapes_to_flatten": reshapes_to_flatten(out)}
+              "reshapes_to_flatten": reshapes_to_flatten(out), "matmuls_to_gemm": matmuls_to_gemm(out)}
     if logits:
         notes["dropped_final_softmax_axis"] = strip_final_softmax(out)
     check_convertible(out)

@@ -136,8 +136,8 @@ def _overrides(proto: Any, mapping: dict[str, Any],
         tensor = node.input[0] if side == "in" else node.output[0]
         if side == "in":
             tensor = _scale_source(tensor, producers)
-        if side == "out" and outputs.get(layer) == "relu":
-            relu = [n for n in consumers.get(tensor, []) if n.op_type == "Relu"]
+        if side == "out" and outputs.get(layer) in ("relu", "relu6"):  # ReLU6 is a Clip in ONNX
+            relu = [n for n in consumers.get(tensor, []) if n.op_type in ("Relu", "Clip")]
             if len(relu) != 1:
                 continue
             tensor = relu[0].output[0]
@@ -148,7 +148,8 @@ def _overrides(proto: Any, mapping: dict[str, Any],
     # output. Measured: without it QOperator ran every ReLU output on ORT's calibrated range.
     for tensor, value in list(merged.items()):
         relu = producers.get(tensor)
-        if relu is not None and relu.op_type == "Relu" and len(consumers[relu.input[0]]) == 1:
+        if relu is not None and relu.op_type in ("Relu", "Clip") \
+                and len(consumers[relu.input[0]]) == 1:
             merged.setdefault(relu.input[0], value)
     return {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in merged.items()}
 

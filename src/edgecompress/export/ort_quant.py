@@ -17,7 +17,9 @@ Samples = Union[np.ndarray, Mapping[str, np.ndarray]]
 # alike: a range written for their output is ignored (measured: a Flatten after a global pool
 # kept the pool's calibrated scale), so it goes on their input. quant/sharing.py mirrors this
 # list in torch terms so the simulated model shares the same quantizers.
-SAME_SCALE_OPS = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool"})
+# (a Pad here is the zero padding of torch's exports: ORT's QDQPad shares its input's scale then)
+SAME_SCALE_OPS = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
+                            "Pad"})
 
 
 def as_feeds(samples: Samples, input_name: str | None = None) -> dict[str, np.ndarray]:

@@ -69,8 +69,12 @@ def output_step(ref: np.ndarray, recipe_range: Any = None) -> tuple[float, str]:
     lies inside it (the simulated model clamps its quantized outputs to that range).
     """
     lo, hi = float(np.min(ref)), float(np.max(ref))
-    if recipe_range is not None:
-        r_lo, r_hi = (float(v) for v in recipe_range)
+    # several candidates (keras26): the last layer's range, then a final Softmax's [0, 1]
+    candidates = recipe_range if isinstance(recipe_range, list) else [recipe_range]
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        r_lo, r_hi = (float(v) for v in candidate)
         slack = 1e-3 * max(1.0, r_hi - r_lo)
         if r_hi > r_lo and lo >= r_lo - slack and hi <= r_hi + slack:
             return (r_hi - r_lo) / 255.0, "recipe range"
@@ -145,9 +149,16 @@ def recipe_output_range(recipe: Any, names: list[str]) -> dict[str, Any]:
     (the last layer in execution order; :func:`output_step` checks it covers the reference)."""
     if recipe is None or len(names) != 1 or not getattr(recipe, "layer_order", None):
         return {}
-    key = f"{recipe.layer_order[-1][0]}:out"
-    found = getattr(recipe, "ranges", {}).get(key)
-    return {names[0]: found} if found is not None else {}
+    ranges = getattr(recipe, "ranges", {})
+    found = [ranges.get(f"{recipe.layer_order[-1][0]}:out")]
+    # a classifier ending in Softmax: ORT quantizes its output on [0, 1] whatever calibration
+    # saw, and so does the simulated model's quantizer after it; output_step takes the first
+    # candidate that covers the reference (keras26)
+    softmax = [v for k, v in ranges.items() if k.endswith("_q:out") and "softmax" in k.lower()
+               and tuple(v) == (0.0, 1.0)]
+    found += softmax[:1] if len(softmax) == 1 else []
+    found = [f for f in found if f is not None]
+    return {names[0]: found} if found else {}
 
 
 __all__ = ["FLOAT_BOUNDS", "INT8_MAX_STEPS", "INT8_MEAN_STEPS", "OutputParity", "compare_output",

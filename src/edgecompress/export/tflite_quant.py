@@ -167,14 +167,13 @@ class AiEdgeQuantizer:
         self.notes["weight_granularity"] = "per-channel" if recipe.per_channel else "per-tensor"
         return self
 
-    def import_ranges(self, model: torch.nn.Module, sample: torch.Tensor,
-                      recipe: "QuantRecipe") -> None:
-        """Use the recipe's activation ranges (calibrated or QAT-learned) where the TFLite
-        graph has the same tensor; calibration fills in the rest."""
+    def import_ranges(self, simulated: torch.nn.Module, sample: torch.Tensor) -> None:
+        """Use the simulated INT8 model's activation ranges (the recipe's, calibrated or
+        QAT-learned) where the TFLite graph has the same tensor; calibration fills in the
+        rest."""
         from .tflite_ranges import recipe_tensor_ranges
 
-        self.imported = (recipe_tensor_ranges(model, sample, self.float_path, recipe.ranges)
-                         if recipe.ranges else {})
+        self.imported = recipe_tensor_ranges(simulated, sample, self.float_path)
 
     @property
     def _all(self) -> Any:

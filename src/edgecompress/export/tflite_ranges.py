@@ -2,11 +2,12 @@
 
 The recipe keys its ranges by torch layer (``"layer1.0.conv1:out"``), but litert-torch's graph
 names tensors after mangled module paths and fuses ops (a conv and its ReLU become one
-``CONV_2D``), so a lookup by name finds nothing reliable. Both models are instead run on the
-same input and each recipe range goes to the TFLite tensor that holds the same values (NHWC
-or NCHW). Without this, TFLite re-calibrated min/max ranges and ignored what QAT had learned
-or what the recipe's percentile/entropy method chose, which is why it agreed less with the
-simulated INT8 model than ONNX and TorchScript did.
+``CONV_2D``), so a lookup by name finds nothing reliable. The simulated INT8 model (with float
+numerics) and the float TFLite file are instead run on the same input and each quantizer's
+range goes to the TFLite tensor that holds the same values (NHWC or NCHW). Without this,
+TFLite re-calibrated min/max ranges and ignored what QAT had learned or what the recipe's
+percentile/entropy method chose, which is why it agreed less with the simulated INT8 model
+than ONNX and TorchScript did.
 """
 
 from __future__ import annotations
@@ -20,29 +21,53 @@ import torch
 from torch import nn
 
 from .._extras import require
-from ..quant.sharing import output_modes
+from ..quant.fakequant import float_numerics
+from ..quant.simulate import act_quantizers
 
 # A value match must be exact up to float rounding; the tolerance scales with the tensor.
 _RTOL = 1e-3
 
 
-def recipe_tensor_ranges(model: nn.Module, sample: torch.Tensor, float_path: Path,
-                         ranges: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """TFLite tensor name → the recipe's ``(lo, hi)`` for the tensors found in both models.
+def recipe_tensor_ranges(simulated: nn.Module, sample: torch.Tensor,
+                         float_path: Path) -> dict[str, tuple[float, float]]:
+    """TFLite tensor name → ``(lo, hi)`` of the simulated model's quantizer that holds the same
+    values, for the tensors found in both models.
 
-    One TFLite tensor holds one quantization, where the simulated model may quantize a value
-    twice (a layer's output, then the next layer's input): the producer's ``:out`` range wins,
-    since the simulation applies it first, and several ``:in`` ranges of one tensor are united
-    (the TorchScript export's ``_recipe_range`` makes the same choice)."""
-    refs = _torch_activations(model, sample, ranges)
+    Every activation quantizer of the simulated INT8 model counts: the layers' inputs and
+    outputs (after the ReLU they fuse) and the tensors around residual Adds, Muls, Concats and
+    pools (``"<node>_q"``), which are not layers. Reading only the layers' recipe keys left
+    those to ai-edge-quantizer's min/max while the simulation used the recipe's percentile
+    range: on MLPerf's ResNet-8 every residual sum. One TFLite tensor holds one quantization;
+    when the simulation quantizes the same values twice, the first quantizer (the producer's)
+    wins."""
+    refs = _quantizer_inputs(simulated, sample)
     tensors = _tflite_activations(float_path, sample)
-    outs: dict[str, list[Any]] = {}
-    ins: dict[str, list[Any]] = {}
-    for key, ref in refs.items():
-        for name, values in tensors.items():
-            if _holds(values, ref):
-                (outs if key.endswith(":out") else ins).setdefault(name, []).append(ranges[key])
-    return {name: _union(outs.get(name) or ins[name]) for name in {*outs, *ins}}
+    found: dict[str, tuple[float, float]] = {}
+    for values, lo_hi in refs:
+        for name, candidate in tensors.items():
+            if name not in found and _holds(candidate, values):
+                found[name] = lo_hi
+    return found
+
+
+def _quantizer_inputs(simulated: nn.Module, sample: torch.Tensor
+                      ) -> list[tuple[np.ndarray, tuple[float, float]]]:
+    """(the float values each ready activation quantizer of ``simulated`` reads, its range),
+    in execution order; the model runs with float numerics (float weights, no quantization),
+    so the values are the float model's, as in the float TFLite file."""
+    quantizers = {id(q): q for q in act_quantizers(simulated).values() if q.ready}
+    ranges = {key: q.range() for key, q in quantizers.items()}
+    seen: list[tuple[np.ndarray, tuple[float, float]]] = []
+    hooks = [q.register_forward_pre_hook(
+        lambda m, args: seen.append((args[0].detach().float().numpy(), ranges[id(m)])))
+        for q in quantizers.values()]
+    try:
+        with torch.no_grad(), float_numerics(simulated):
+            simulated.eval()(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
 
 
 def apply_ranges(qsvs: dict[str, Any], imported: dict[str, tuple[float, float]]) -> int:
@@ -56,34 +81,6 @@ def apply_ranges(qsvs: dict[str, Any], imported: dict[str, tuple[float, float]])
                       "max": np.full_like(old["max"], hi)}
         count += 1
     return count
-
-
-def _torch_activations(model: nn.Module, sample: torch.Tensor,
-                       ranges: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The float values each recipe range was measured on: a layer's input, or its output
-    after the ReLU the simulated model fuses into it."""
-    modules = dict(model.named_modules())
-    keys = [k for k in ranges if k.rsplit(":", 1)[0] in modules]
-    modes = output_modes(model, {k.rsplit(":", 1)[0] for k in keys})
-    found: dict[str, np.ndarray] = {}
-    hooks = []
-    for key in keys:
-        name, side = key.rsplit(":", 1)
-        if side == "in":
-            hooks.append(modules[name].register_forward_pre_hook(
-                lambda _m, args, k=key: found.__setitem__(k, args[0].detach().numpy())))
-        else:
-            relu = modes.get(name) == "relu"
-            hooks.append(modules[name].register_forward_hook(
-                lambda _m, _a, out, k=key, r=relu: found.__setitem__(
-                    k, (torch.relu(out) if r else out).detach().numpy())))
-    try:
-        with torch.no_grad():
-            model.eval()(sample)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return found
 
 
 def _tflite_activations(path: Path, sample: torch.Tensor) -> dict[str, np.ndarray]:
@@ -107,7 +104,3 @@ def _holds(values: np.ndarray, ref: np.ndarray) -> bool:
     if values.ndim == 4 and ref.ndim == 4:
         views.append(values.transpose(0, 3, 1, 2))
     return any(v.shape == ref.shape and float(np.abs(v - ref).max()) <= tol for v in views)
-
-
-def _union(found: list[Any]) -> tuple[float, float]:
-    return min(float(r[0]) for r in found), max(float(r[1]) for r in found)

@@ -28,6 +28,10 @@ QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 W_QMAX = 127  # symmetric int8 weights in [-127, 127], as ORT's QDQ quantizer writes them
 ACT_QMIN, ACT_QMAX = -128, 127  # asymmetric 8-bit: u8 and s8 give the same grid (zp shifts by 128)
 W_QMAX_REDUCED = 64  # ORT's reduce_range: 7-bit weights in [-64, 64] (x86 CPUs without VNNI)
+# activations ORT's QDQ quantizer removes after a quantized op (its QDQRemovableActivation: Relu
+# and Clip), quantizing the op's output to the activation's range instead; TFLite fuses the same
+# two (RELU, RELU6). Output mode -> the function applied before the output quantizer.
+FUSED_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6}
 # older torch (before 2.6) lacks it: there a simulated INT8 model exports with a batch of 1 only
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
@@ -110,15 +114,20 @@ class ActQuant(nn.Module):
     training batch's min/max, as torch's MovingAverageMinMaxObserver does.
     """
 
-    def __init__(self, momentum: float = 0.01):
+    def __init__(self, momentum: float = 0.01, fixed: tuple[float, float] | None = None):
         super().__init__()
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
         self.momentum = momentum
         self.observing = False
         self.ready = False
+        # a range ORT fixes whatever calibration sees: [0, 1] for a Softmax output
+        # (onnxruntime.quantization's adjust_tensor_ranges)
+        self.fixed = fixed
 
     def set_range(self, lo: float, hi: float) -> None:
+        if self.fixed is not None:
+            lo, hi = self.fixed
         self.lo.fill_(float(lo))
         self.hi.fill_(float(hi))
         self.ready = True
@@ -141,7 +150,9 @@ class ActQuant(nn.Module):
         if seen is None:  # nothing finite in this batch: the range stays as it is
             return
         lo, hi = seen
-        if self.ready:
+        if self.fixed is not None:
+            lo, hi = (torch.tensor(v) for v in self.fixed)
+        elif self.ready:
             lo = self.lo + self.momentum * (lo - self.lo)
             hi = self.hi + self.momentum * (hi - self.hi)
         self.lo.copy_(lo)
@@ -164,9 +175,10 @@ class ActQuant(nn.Module):
 class QuantLayer(nn.Module):
     """A Conv or Linear layer computing with 8-bit inputs and int8 weights (simulated).
 
-    ``output`` says how ORT's QDQ graph quantizes the layer's output: ``"relu"`` when a ReLU
-    is its only consumer (ORT drops the ReLU and quantizes to its range, so the ReLU is applied
-    here before quantizing; the model's own ReLU after it then changes nothing), ``"plain"``
+    ``output`` says how ORT's QDQ graph quantizes the layer's output: ``"relu"`` (``"relu6"``)
+    when a ReLU (ReLU6, a Clip to [0, 6]) is its only consumer (ORT drops the activation and
+    quantizes to its range, so it is applied here before quantizing; the model's own activation
+    after it then changes nothing), ``"plain"``
     otherwise, ``None`` when a BatchNorm still follows (quantization-aware training before
     folding).
     """
@@ -205,7 +217,7 @@ class QuantLayer(nn.Module):
         y = self.layer(x) if self.float_weights else self._int8_layer(x)
         if self.act_out is None:
             return y
-        return self.act_out(F.relu(y) if self.output == "relu" else y)
+        return self.act_out(fused_activation(y, self.output))
 
     def _int8_layer(self, x: torch.Tensor) -> torch.Tensor:
         w_scale = weight_scale(self.layer.weight, self.per_channel, self.weight_qmax)
@@ -216,6 +228,12 @@ class QuantLayer(nn.Module):
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, w, b)
         return self.layer._conv_forward(x, w, b)
+
+
+def fused_activation(y: torch.Tensor, mode: str | None) -> torch.Tensor:
+    """``y`` through the activation output mode ``mode`` fuses (unchanged for "plain")."""
+    fn = FUSED_ACTIVATIONS.get(mode or "")
+    return fn(y) if fn is not None else y
 
 
 @contextlib.contextmanager

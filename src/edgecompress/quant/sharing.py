@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fakequant import ActQuant, QuantLayer
+from .graph_ops import activation_mode, zero_pad
 
 log = logging.getLogger("edgecompress")
 
@@ -32,11 +33,8 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _is_relu(node: Any, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules.get(node.target), nn.ReLU)
-    if node.op == "call_function":
-        return node.target in (F.relu, torch.relu, torch.relu_)
-    return node.op == "call_method" and node.target in ("relu", "relu_")
+    """A ReLU or ReLU6 (see :func:`activation_mode`)."""
+    return activation_mode(node, modules) is not None
 
 
 def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | None]:
@@ -67,7 +65,7 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
                 and isinstance(modules.get(users[0].target), _BATCHNORMS):
             modes[node.target] = None
         elif len(users) == 1 and _is_relu(users[0], modules):
-            modes[node.target] = "relu"
+            modes[node.target] = activation_mode(users[0], modules)
         else:
             modes[node.target] = "plain"
     return modes
@@ -114,6 +112,8 @@ _SAME_SCALE_MODULES = (nn.Flatten, nn.Unflatten, nn.MaxPool1d, nn.MaxPool2d, nn.
 def _same_scale(node: Any, modules: dict[str, nn.Module]) -> bool:
     if not node.args or not isinstance(node.args[0], torch.fx.Node):
         return False
+    if zero_pad(node, modules):
+        return True
     if node.op == "call_module":
         return isinstance(modules.get(node.target), _SAME_SCALE_MODULES)
     if node.op == "call_method":
@@ -130,7 +130,7 @@ def _source(node: Any, modules: dict[str, nn.Module], through_reshapes: bool = F
         if _is_relu(node, modules) and node.args:
             producer = _pass_through(node.args[0], modules)
             layer = _quant_layer(producer, modules)
-            if layer is not None and layer.output == "relu":
+            if layer is not None and layer.output == activation_mode(node, modules):
                 return producer
         if not (through_reshapes and _same_scale(node, modules)):
             return node
@@ -146,6 +146,12 @@ _QUANTIZED_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.imul
 _QUANTIZED_METHODS = {"add", "add_", "mul", "mul_", "sigmoid", "softmax"}
 _QUANTIZED_MODULES = (nn.Sigmoid, nn.Softmax, nn.LeakyReLU, nn.AdaptiveAvgPool1d,
                       nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+
+
+def _is_softmax(node: Any, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.Softmax)
+    return node.target in (F.softmax, torch.softmax, "softmax")
 
 
 def _tensor_args(node: Any) -> list[Any]:
@@ -218,12 +224,14 @@ def share_quantizers(model: nn.Module, version: int = SHARING_VERSION) -> tuple[
     then quantize their own inputs, which the export's parity check measures).
     """
     try:  # a throwaway copy: tracing can leave proxies in a module's caches (timm LeViT)
-        graph = _LeafTracer().trace(copy.deepcopy(model))
+        traced = copy.deepcopy(model)
+        graph = _LeafTracer().trace(traced)
     except Exception as exc:  # noqa: BLE001 - fx raises many kinds of errors
         log.info("simulated INT8: torch.fx cannot trace %s (%s); each layer quantizes its own "
                  "input", type(model).__name__, str(exc)[:200])
         return model, 0
     work = copy.deepcopy(model)  # a surgery that fails half-way leaves ``model`` as it was
+    _copy_tracer_constants(traced, work, graph)
     try:
         return _share(work, graph, version), version
     except Exception as exc:  # noqa: BLE001 - graph surgery on code fx traced oddly
@@ -231,6 +239,17 @@ def share_quantizers(model: nn.Module, version: int = SHARING_VERSION) -> tuple[
                  "quantizes its own input", type(model).__name__, type(exc).__name__,
                  str(exc)[:200])
         return model, 0
+
+
+def _copy_tracer_constants(traced: nn.Module, work: nn.Module, graph: Any) -> None:
+    """Give ``work`` the tensors fx stored on the traced copy (``_tensor_constant0``…: tensors
+    a forward uses that are no parameter or buffer, e.g. in an onnx2torch module). Without
+    them the GraphModule could not be built and a model converted from Keras or ONNX was
+    simulated without shared quantizers: each layer re-quantized its input, residual sums
+    were not quantized at all (keras.applications MobileNetV2)."""
+    for node in graph.nodes:
+        if node.op == "get_attr" and "." not in node.target and not hasattr(work, node.target):
+            setattr(work, node.target, getattr(traced, node.target))
 
 
 def _share(model: nn.Module, graph: Any, version: int) -> nn.Module:
@@ -310,7 +329,8 @@ def _quantize_op_tensors(model: nn.Module, graph: Any, modules: dict[str, nn.Mod
                 continue
             quantized.add(tensor)
             name = f"{tensor.name}_q"
-            model.add_module(name, ActQuant())
+            softmax_out = tensor is out and _is_softmax(node, modules)
+            model.add_module(name, ActQuant(fixed=(0.0, 1.0) if softmax_out else None))
             modules[name] = getattr(model, name)
             _quantize_after(graph, tensor, name)
 
