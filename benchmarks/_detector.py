@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import tempfile
 import types
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+# Ultralytics writes a settings file and may look things up online: neither here
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo_cfg_"))
 
 SHAPES = ("circle", "square", "triangle", "cross")
 # object sizes in pixels are the same in training (small images, fast) and evaluation (320):
@@ -47,8 +53,18 @@ class YoloLoss:
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, targets: Sequence[dict]) -> torch.Tensor:
         self.criterion.device = x.device
         batch = yolo_batch(x, targets)
-        loss, _ = self.criterion(model(x), batch)
+        loss, _ = self.criterion(ultralytics_model(model)(x), batch)
         return loss.sum()
+
+
+def ultralytics_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The Ultralytics DetectionModel inside export wrappers (its train-mode outputs feed the
+    loss; a wrapper's forward returns the eval head only)."""
+    for _ in range(4):
+        if hasattr(model, "yaml"):
+            return model
+        model = getattr(model, "model", model)
+    return model
 
 
 def yolo_batch(x: torch.Tensor, targets: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -117,14 +133,19 @@ def _xywh(b: np.ndarray) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Any, batch_size: int = 16) -> dict[str, float]:
-    """mAP of a torch detector on a DetectionSet (square images of the input size)."""
+def evaluate(model: torch.nn.Module, data: Any, batch_size: int = 16,
+             box_scale: float = 1.0) -> dict[str, float]:
+    """mAP of a torch detector on a DetectionSet (square images of the input size);
+    ``box_scale`` turns the model's boxes into pixels (the input size for fractions)."""
     model.eval()
     preds = []
     for i in range(0, len(data), batch_size):
         x = torch.stack([torch.from_numpy(data.image(j).transpose(2, 0, 1).copy()).float() / 255
                          for j in range(i, min(i + batch_size, len(data)))])
-        preds += decode(model(x)[0].numpy())
+        out = model(x)
+        raw = (out[0] if isinstance(out, (tuple, list)) else out).numpy().copy()
+        raw[:, :4] *= box_scale
+        preds += decode(raw)
     return coco_map(preds, data.targets, len(data.class_names))
 
 
@@ -159,3 +180,10 @@ def load(path: Path) -> torch.nn.Module:
     model = build_yolo(arch["num_classes"], arch["width"], arch["depth"])
     model.load_state_dict(load_file(str(path)))
     return model.eval()
+
+
+def arch_of(path: Path) -> str:
+    """A one-line description of the saved detector (for result tables)."""
+    a = json.loads(Path(path).with_suffix(".json").read_text())
+    return (f"{a['arch']} width {a['width']} depth {a['depth']}, {a['num_classes']} classes, "
+            f"trained {a.get('step')} steps, held-out mAP@0.5 at save {a.get('val', {}).get('map50')}")

@@ -25,12 +25,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _detector as D  # noqa: E402
+from _harness import Run  # noqa: E402
 
 from edgecompress.data import synthetic_detection  # noqa: E402
 
 
 def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--results", type=Path, default=None,
+                    help="also write detect_train.{json,md} here (e.g. benchmarks/results)")
     ap.add_argument("--out", type=Path, required=True, help="safetensors file for the weights")
     ap.add_argument("--minutes", type=float, default=30.0, help="time budget")
     ap.add_argument("--train-size", type=int, default=160)
@@ -111,7 +114,16 @@ def main() -> None:
                 D.save(ema, args.out, {**arch, "step": step, "val": m, "history": history})
             if frac >= 1.0:
                 break
-    print(json.dumps({"best_map50": best, "steps": step, "history": history}))
+    summary = {"best_map50": best, "steps": step, "history": history, "arch": arch,
+               "train_size": args.train_size, "batch": args.batch, "minutes": args.minutes}
+    print(json.dumps(summary))
+    if args.results:
+        run = Run("detect_train", argparse.Namespace(out=args.results, tag=""))
+        run.write(summary, ["# Training the benchmark detector", "", f"`{run.command}`", "",
+                            f"{run.describe_load()}", "", "| step | seconds | mAP@0.5 | mAP@0.5:0.95 |",
+                            "| ---: | ---: | ---: | ---: |"]
+                  + [f"| {h['step']} | {h['seconds']} | {h['map50']} | {h['map50_95']} |"
+                     for h in history])
 
 
 if __name__ == "__main__":
