@@ -15,6 +15,7 @@ faster than FP32 ONNX.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -67,6 +68,9 @@ def _args():
     ap.add_argument("--recovery-batches", type=int, default=96)
     ap.add_argument("--latency-runs", type=int, default=40)
     ap.add_argument("--formats", nargs="+", default=list(FORMATS))
+    ap.add_argument("--plan", nargs="+", default=None, metavar="VARIANT:FMT,FMT",
+                    help="formats per variant, e.g. fp32:onnx qat:onnx,tflite (default: "
+                         "--formats for each of --variants)")
     ap.add_argument("--variants", nargs="+", default=["fp32", "ptq", "qat", "pruned"])
     return ap.parse_args()
 
@@ -92,14 +96,34 @@ def images_of(data) -> np.ndarray:
         np.float32) / 255.0
 
 
+def head() -> "ec.DetectionHead":
+    """What the artifacts carry: the raw YOLO head, boxes as fractions, Ultralytics' predict
+    thresholds (what runner.detect uses)."""
+    return ec.DetectionHead("yolo", normalized=True, score_threshold=0.25, iou_threshold=0.7,
+                            max_detections=300, class_names=D.SHAPES)
+
+
+# mAP is measured as COCO does: nearly every candidate kept (Ultralytics' val: conf 0.001)
+MAP_HEAD = dataclasses.replace(head(), score_threshold=0.001, iou_threshold=0.6)
+
+
 def artifact_map(runner, x: np.ndarray, data) -> dict[str, float]:
-    raw = np.concatenate([_first(runner(x[i:i + 1])) for i in range(len(x))])
-    raw[:, :4] *= x.shape[-1]  # boxes were fractions of the input
-    return D.coco_map(D.decode(raw), data.targets, len(data.class_names))
+    """mAP through the artifact's runner: the library's numpy decode + NMS, detection_map."""
+    return _map(runner.run_named, x, data)
 
 
-def _first(out: Any) -> np.ndarray:
-    return next(iter(out.values())) if isinstance(out, dict) else out
+@torch.no_grad()
+def torch_map(model: torch.nn.Module, x: np.ndarray, data) -> dict[str, float]:
+    model.eval()
+    return _map(lambda b: {"output": model(torch.from_numpy(b)).numpy()}, x, data)
+
+
+def _map(run, x: np.ndarray, data) -> dict[str, float]:
+    from edgecompress.runtime.detect import decode
+
+    preds = [decode(run(x[i:i + 1]), MAP_HEAD, x.shape[-2:])[0] for i in range(len(x))]
+    m = ec.detection_map(preds, data.targets, D.SHAPES)
+    return {"map50": round(m.map50, 4), "map50_95": round(m.map50_95, 4)}
 
 
 def size_on_disk(path: Path) -> int:
@@ -109,7 +133,8 @@ def size_on_disk(path: Path) -> int:
 
 def export_all(name: str, dm, args, x_val: np.ndarray, val, log) -> list[dict[str, Any]]:
     rows = []
-    for fmt in args.formats:
+    plan = dict(p.split(":", 1) for p in args.plan or [])
+    for fmt in plan[name].split(",") if name in plan else args.formats:
         suffix = {"onnx": ".onnx", "tflite": ".tflite", "ncnn": "_ncnn"}[fmt]
         path = args.out_dir / f"{name}{suffix}"
         t0 = time.time()
@@ -181,8 +206,9 @@ def main() -> None:
         if name not in args.variants:
             continue
         t0 = time.time()
-        dm = ec.Pipeline(passes, measure=False, seed=0).run(YoloRaw(inner).eval(), bundle)
-        stage_maps[name] = {"torch": D.evaluate(dm.model, val, box_scale=D.EVAL_SIZE),
+        dm = ec.Pipeline(passes, measure=False, seed=0).run(YoloRaw(inner).eval(), bundle,
+                                                            head=head())
+        stage_maps[name] = {"torch": torch_map(dm.model, x_val, val),
                             "seconds": round(time.time() - t0)}
         log.info("%s pipeline: %s", name, stage_maps[name])
         rows += export_all(name, dm, args, x_val, val, log)

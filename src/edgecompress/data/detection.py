@@ -80,10 +80,8 @@ class DetectionSet:
                                       (train.subset(range(min(calib_size, len(train)))), False))]
         return DataBundle(train=loaders[0], val=loaders[1], calib=loaders[2],
                           num_classes=len(self.class_names), class_names=list(self.class_names),
-                          preprocess=Preprocess(), name=self.name,
-                          extra={"detection": {"letterbox": size, "pad_value": PAD_VALUE,
-                                               "box_format": "xyxy input pixels"}},
-                          transform=lambda b: b[0], labels=lambda b: b[1])
+                          preprocess=Preprocess(resize="letterbox", pad_value=PAD_VALUE),
+                          name=self.name, transform=lambda b: b[0], labels=lambda b: b[1])
 
 
 def _check_target(t: Any, i: int, n_classes: int, name: str) -> None:
