@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ExportError
 from ..quant.mapping import map_layers
 from ..quant.calibrate import CalibrationResult
+from .detect_quant import float_tail
 from .ort_calibrate import (calibration_notes, equal_batch_size, mask_nodes, supports_cache,
                             write_calibration_cache)
 from .ort_quant import SAME_SCALE_OPS, CalibrationReader, calibration_method
@@ -54,7 +55,10 @@ def quantize_onnx(float_path: Path, out_path: Path, job: "ExportJob", opts: Any)
         if recipe.scheme == "dynamic":
             notes = _dynamic(proto, prepared, out_path, recipe)
         else:
-            notes = _static(proto, prepared, out_path, recipe, job.calibration, opts.quant_format)
+            # a detector's decode tail stays float (export/detect_quant.py): det24lib, #24
+            tail = float_tail(proto) if job.metadata.get("detection") else []
+            notes = _static(proto, prepared, out_path, recipe, job.calibration, opts.quant_format,
+                            tail)
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
@@ -158,7 +162,7 @@ def _scale_source(tensor: str, producers: dict[str, Any]) -> str:
 
 
 def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe", calibration: Any,
-            quant_format: str = "qdq") -> dict[str, Any]:
+            quant_format: str = "qdq", keep_float: list[str] | None = None) -> dict[str, Any]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if calibration is None or calibration.shape[0] == 0:
@@ -179,7 +183,8 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe", calibration
         reader, cache, found = _calibration(src, samples, proto.graph.input[0].name,
                                             recipe.method, Path(work))
         masked = [n for n in mask_nodes(proto, found) if n not in exclude]
-        exclude = exclude + masked
+        tail = [n for n in keep_float or () if n not in exclude and n not in masked]
+        exclude = exclude + masked + tail
         quantize_static(str(src), str(out), reader,
                         quant_format=fmt, per_channel=recipe.per_channel,
                         reduce_range=reduce, activation_type=act, weight_type=QuantType.QInt8,
@@ -193,7 +198,8 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe", calibration
         "weight_type": f"int8 {'per-channel' if recipe.per_channel else 'per-tensor'}"
                        f"{' (reduce_range: 7-bit values, no VNNI)' if reduce else ''}",
         "float_nodes": exclude, "learned_ranges_written": len(overrides),
-        **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {})}
+        **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {}),
+        **({"float_detection_tail": len(tail)} if tail else {})}
     if missing:
         notes["layers_not_matched"] = missing
         if overrides:
