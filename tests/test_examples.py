@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import edgecompress as ec
 from edgecompress.passes import PASSES
@@ -103,3 +104,40 @@ def test_jetson_run_without_an_engine_is_an_error_not_a_traceback(tmp_path):
                           timeout=300)
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _TinyYoloHead(torch.nn.Module):
+    """A YOLO-shaped raw head (N, 4 + 2, 16): boxes as fractions, sigmoid class scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 8, stride=8)
+
+    def forward(self, x):
+        out = self.conv(x).flatten(2)
+        return torch.cat([out[:, :4].sigmoid(), out[:, 4:].sigmoid()], 1)
+
+
+def test_detect_on_pi_draws_boxes_into_a_png(tmp_path):
+    from PIL import Image
+
+    from edgecompress.data import synthetic_detection
+
+    torch.manual_seed(0)
+    shapes = synthetic_detection(8, size=32, seed=0)
+    bundle = shapes.bundle(size=32, batch_size=4, val=shapes)
+    head = ec.DetectionHead("yolo", normalized=True, score_threshold=0.3,
+                            class_names=tuple(shapes.class_names))
+    dm = ec.Pipeline([], measure=False).run(_TinyYoloHead().eval(), bundle, head=head)
+    art = dm.export("onnx", tmp_path / "det.onnx", benchmark_runs=0)
+    (tmp_path / "frames").mkdir()
+    for i in range(3):
+        Image.fromarray(synthetic_detection(1, size=64, seed=i).image(0)[:48]).save(
+            tmp_path / "frames" / f"{i}.png")
+    summary = _module("detect_on_pi").main([str(art.path), "--source", str(tmp_path / "frames"),
+                                            "--max-frames", "6", "--skip", "1", "--threads", "1",
+                                            "--out", str(tmp_path / "out.png")])
+    assert summary["frames"] == 6 and summary["detected_frames"] == 3
+    assert summary["boxes_last_frame"] > 0  # random weights: scores near 0.5 pass 0.3
+    with Image.open(tmp_path / "out.png") as png:
+        assert png.size == (64, 48)  # the frame's own size: boxes drawn in its pixels

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgecompress")
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[nn.Module, Any, Any], torch.Tensor]  # (model, inputs, labels) -> loss
 
 
 def seed_everything(seed: int) -> None:
@@ -218,7 +218,7 @@ class _Loop:
                 break
             if y is None:
                 raise DataError(f"{self.desc}: training batches need labels")
-            loss = self.step(to_device(x, self.device), y.to(self.device), epoch)
+            loss = self.step(to_device(x, self.device), _labels_to(y, self.device), epoch)
             total += loss * batch_size(x)
             count += batch_size(x)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}", **_last_val(state))
@@ -229,7 +229,7 @@ class _Loop:
                             f"{epoch + 1}{hint}")
         return total / max(count, 1)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> float:
+    def step(self, x: torch.Tensor, y: Any, epoch: int) -> float:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             loss = self.loss_fn(self.model, x, y)
         if not torch.isfinite(loss):
@@ -244,6 +244,12 @@ class _Loop:
         self.scaler.update()
         self.sched.step()
         return float(loss.detach())
+
+
+def _labels_to(y: Any, device: torch.device) -> Any:
+    """Label tensors move to ``device``; other labels (a detector's per-image target dicts)
+    reach the loss as they are, which moves what it needs."""
+    return y.to(device) if isinstance(y, torch.Tensor) else y
 
 
 def _end_epoch(loop: _Loop, state: "_TrainState", epoch: int, mean_loss: float,
@@ -304,6 +310,10 @@ def _resume(path: str, loop: _Loop) -> _TrainState:
 
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        raise DataError(f"the default training loss is cross-entropy on class-id labels, but "
+                        f"the labels are a {type(y).__name__} (a detector's targets?); give "
+                        f"the loss: ec.FineTune(loss=lambda model, x, y: ...) as finetune=")
     return F.cross_entropy(call_model(model, x), y)
 
 
@@ -348,15 +358,19 @@ class Recovery:
 
 @dataclass
 class FineTune(TrainConfig, Recovery):
-    """Plain supervised fine-tuning (cross-entropy on ``data.train``) used for recovery."""
+    """Supervised fine-tuning on ``data.train`` used for recovery: cross-entropy, or your
+    ``loss(model, inputs, labels) -> scalar tensor`` (a detector's loss on its target dicts)."""
 
     kind: ClassVar[str] = "finetune"
     label: ClassVar[str] = "fine-tuning recovery"
 
+    loss: LossFn | None = option(None, "Your loss(model, inputs, labels) -> scalar tensor "
+                                       "(None: cross-entropy on class ids).", recipe=False)
+
     def recover(self, model: nn.Module, ctx: "PassContext", desc: str = "finetune") -> nn.Module:
-        """Fine-tune ``model`` on ``ctx.data.train`` with cross-entropy; returns it."""
+        """Fine-tune ``model`` on ``ctx.data.train`` with ``loss`` (default cross-entropy)."""
         loader = ctx.data.require("train", desc)
-        result = train(model, loader, cross_entropy_loss, with_device(self, ctx),
+        result = train(model, loader, self.loss or cross_entropy_loss, with_device(self, ctx),
                        val_loader=ctx.data.val, desc=desc, seed=ctx.seed)
         ctx.note(f"{desc}_history", result.history)
         return model
