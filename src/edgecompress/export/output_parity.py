@@ -9,7 +9,12 @@ over max − min of the reference) and by cosine similarity, and is held to a bo
   output's own quantization step — the recipe's range of the layer producing it when the recipe
   has one that covers the reference, else the reference output's range / 255. An INT8 artifact
   differs from its simulated model by rounding (one step at a time, accumulated through the
-  layers); a wrong scale or a broken layer costs many steps.
+  layers); a wrong scale or a broken layer costs many steps. An output of more than
+  ``LARGE_OUTPUT`` elements (a detector's raw head: thousands of anchors; a segmentation map) is
+  held to the max bound at its ``LARGE_OUTPUT_QUANTILE`` quantile of |diff| instead of its single
+  largest element — rounding accumulated over half a million values has a tail no faithful
+  file avoids (a trained YOLOv8n INT8 head: 18–28 steps max, mAP@0.5 within 1 point); the mean
+  bound and the task metric still judge all of them, and the true max is recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ FLOAT_BOUNDS: dict[str, float] = {"fp32": 1e-3, "fp16": 2e-2}
 # measured on the digits CNN / ResNet: ONNX ≤ 1.04 steps max, TFLite ≤ 3.1 max and 0.58 mean
 INT8_MAX_STEPS = 8.0
 INT8_MEAN_STEPS = 1.5
+LARGE_OUTPUT = 65536
+LARGE_OUTPUT_QUANTILE = 0.999
 
 
 @dataclass
@@ -41,6 +48,7 @@ class OutputParity:
     step_source: str | None = None
     passed: bool = True
     reason: str | None = None
+    tail_abs_diff: float | None = None  # large INT8 outputs: the quantile of |diff| judged
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +109,8 @@ def compare_output(name: str, ref: np.ndarray, out: np.ndarray, precision: str,
                           cosine(ref64, out64), None)
     if not bounded or not ref.size:
         return record
+    if diff.size > LARGE_OUTPUT and precision_class(precision) == "int8":
+        record.tail_abs_diff = float(np.quantile(diff, LARGE_OUTPUT_QUANTILE))
     _bound(record, ref64, precision, tolerance, recipe_range)
     if not finite:
         record.passed, record.reason = False, "the artifact gives non-finite values"
@@ -119,10 +129,13 @@ def _bound(record: OutputParity, ref: np.ndarray, precision: str, tolerance: flo
         return
     step, source = output_step(ref, recipe_range)
     record.step, record.step_source, record.bound = step, source, INT8_MAX_STEPS * step
-    if record.max_abs_diff > record.bound:
+    judged = record.max_abs_diff if record.tail_abs_diff is None else record.tail_abs_diff
+    what = ("max|diff|" if record.tail_abs_diff is None
+            else f"{LARGE_OUTPUT_QUANTILE:.1%} quantile of |diff|")
+    if judged > record.bound:
         record.passed = False
-        record.reason = (f"max|diff| {record.max_abs_diff:.3g} = "
-                         f"{record.max_abs_diff / step:.1f} quantization steps > {INT8_MAX_STEPS:g}")
+        record.reason = (f"{what} {judged:.3g} = {judged / step:.1f} quantization steps > "
+                         f"{INT8_MAX_STEPS:g}")
     elif record.mean_abs_diff > INT8_MEAN_STEPS * step:
         record.passed = False
         record.reason = (f"mean|diff| {record.mean_abs_diff:.3g} = "
