@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import inputs as model_inputs
+from ..data.inputs import call_model, to_device
 from ..errors import ConfigError, PassError
 from ..forms import Form
 from ..measure import count_macs, count_params
@@ -116,7 +118,8 @@ class StructuredPrune(Pass):
 
     def _prune(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         stage = self.name
-        example = ctx.data.example_input[:1].to(first_param_device(model))
+        # a tensor, a tuple or a dict of named inputs (ids + attention mask), batch of one
+        example = to_device(model_inputs.head(ctx.data.example_input, 1), first_param_device(model))
         facts = trace_forward(model.eval(), example, stage)
         resolve_ignored(model, self.ignore, stage)  # unknown names fail here, before any work
         head = [module_name(model, m) for m in facts.heads]
@@ -220,7 +223,7 @@ class StructuredPrune(Pass):
                              f"({type(exc).__name__}: {str(exc)[:200]}): its forward code "
                              f"assumes a width the dependency graph could not see") from exc
         with torch.no_grad():
-            after = {name: tuple(t.shape) for name, t in flatten_outputs(model(example))}
+            after = {name: tuple(t.shape) for name, t in flatten_outputs(call_model(model, example))}
         if not same_outputs(shapes, after):
             raise PassError(f"{stage}: pruning changed the outputs from {shapes} to {after}; "
                             f"add the layer producing them to ignore=[...]", stage)

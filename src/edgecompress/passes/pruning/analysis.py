@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...data.inputs import call_model, named
 from ...errors import ConfigError, PassError
 from ...signature import flatten_outputs
 
@@ -49,16 +50,23 @@ def record_producers(model: nn.Module, producers: dict[Any, nn.Module]) -> list[
             if not any(True for _ in m.children()) and any(True for _ in m.parameters(False))]
 
 
+def describe_inputs(x: Any) -> str:
+    """The shapes of model inputs, for messages: ``(1, 3, 64, 64)`` or ``input_ids (1, 16), ...``."""
+    if isinstance(x, torch.Tensor):
+        return str(tuple(x.shape))
+    return ", ".join(f"{k} {tuple(t.shape)}" for k, t in named(x).items())
+
+
 def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts:
     """Run ``model`` once with autograd on; PassError unless an output is tied to its weights."""
     producers: dict[Any, nn.Module] = {}
     hooks = record_producers(model, producers)
     try:
         with torch.enable_grad():
-            out = model(x)
+            out = call_model(model, x)
     except Exception as exc:
         raise PassError(f"{stage}: the model fails on the example input "
-                        f"{tuple(x.shape)}: {type(exc).__name__}: {str(exc)[:300]}", stage) from exc
+                        f"{describe_inputs(x)}: {type(exc).__name__}: {str(exc)[:300]}", stage) from exc
     finally:
         for h in hooks:
             h.remove()

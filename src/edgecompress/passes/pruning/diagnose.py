@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...data.inputs import call_model
 from .analysis import first_layers, record_producers
 
 
@@ -67,7 +68,7 @@ def failing_block(model: nn.Module, x: torch.Tensor) -> ForwardFailure | None:
     hooks += record_producers(model, producers)
     try:
         with torch.enable_grad():  # the failing layer's input leads back to its producers
-            model(x)
+            call_model(model, x)
         return None
     except Exception as exc:  # noqa: BLE001 - any failure is what we locate
         names = _names(model)

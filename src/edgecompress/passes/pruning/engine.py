@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..._extras import require
+from ...data.inputs import call_model
 from ...errors import PassError
 from . import adapters
 from .analysis import output_tensors
@@ -100,7 +101,7 @@ def _pruner_class() -> type:
 def _call(model: nn.Module, example: torch.Tensor) -> Any:
     # Torch-Pruning's default tries model(*example) first, which runs a batch-of-one input
     # unbatched on models that accept both
-    return model(example)
+    return call_model(model, example)
 
 
 def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepConfig,
