@@ -3,13 +3,14 @@ transformers, Ultralytics), each reduced to a tiny model that runs in seconds.""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
 from torch import nn
 
 import edgecompress as ec
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, ExportError
 
 FAST = {"benchmark_runs": 0, "parity_samples": 32}
 
@@ -56,3 +57,64 @@ def test_dynamic_int8_of_a_conv_only_net_says_to_use_static_int8():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     with pytest.raises(ConfigError, match="no Linear/LSTM/GRU layer .* use QuantizePTQ"):
         ec.Pipeline([ec.passes.QuantizeDynamic()], measure=False).run(model, _images())
+
+
+def test_structured_prune_takes_named_inputs():
+    # a BERT fed {input_ids, attention_mask} per batch: the pass sliced the dict (TypeError)
+    transformers = pytest.importorskip("transformers")
+    from edgecompress.measure import count_params
+
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=16)).eval()
+    ids = torch.randint(0, 64, (8, 10), generator=torch.Generator().manual_seed(1))
+    batches = [{"input_ids": ids[i:i + 4], "attention_mask": torch.ones(4, 10, dtype=torch.int64)}
+               for i in (0, 4)]
+    dm = ec.Pipeline([ec.passes.StructuredPrune(ratio=0.5)], measure=False).run(
+        model, ec.DataBundle(val=batches))
+    assert count_params(dm.model) < 0.9 * count_params(model)
+    with torch.no_grad():
+        out = dm.model(**batches[0])
+    assert out.last_hidden_state.shape == (4, 10, 32)  # the embedding width is kept whole
+
+
+class _DictSegmenter(nn.Module):
+    """torchvision's segmentation output: ``{"out": (N, classes, H, W)}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.body(x)}
+
+
+def test_ncnn_exports_a_single_output_inside_a_dict(tmp_path):
+    # torchvision LRASPP / DeepLabV3: torch.jit.trace refused the dict output
+    pytest.importorskip("pnnx")
+    pytest.importorskip("ncnn")
+    torch.manual_seed(0)
+    dm = ec.Pipeline([], measure=False).run(_DictSegmenter().eval(), _images())
+    art = dm.export("ncnn", tmp_path / "seg_ncnn", **FAST)
+    assert art.parity.passed and art.parity.task == "segment", art.parity
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        want = dm.model(x)["out"].numpy()
+    got = np.stack([ec.load(art.path)(x[i:i + 1].numpy())[0] for i in range(2)])
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_ncnn_refuses_several_outputs_naming_them(tmp_path):
+    class TwoOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.conv(x)
+            return y, y.mean((2, 3))
+
+    dm = ec.Pipeline([], measure=False).run(TwoOut().eval(), _images())
+    with pytest.raises(ExportError, match="2 outputs .* export to one of onnx"):
+        dm.export("ncnn", tmp_path / "two_ncnn", **FAST)
