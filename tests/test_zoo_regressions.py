@@ -118,3 +118,24 @@ def test_ncnn_refuses_several_outputs_naming_them(tmp_path):
     dm = ec.Pipeline([], measure=False).run(TwoOut().eval(), _images())
     with pytest.raises(ExportError, match="2 outputs .* export to one of onnx"):
         dm.export("ncnn", tmp_path / "two_ncnn", **FAST)
+
+
+class _PerImage(nn.Module):
+    """A detector's output shape: one dict per image in the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        y = self.conv(x).flatten(2)
+        return [{"boxes": y[i, :, :4], "scores": y[i].mean(0)} for i in range(x.shape[0])]
+
+
+def test_torchscript_refuses_per_image_outputs_instead_of_a_fixed_batch_trace(tmp_path):
+    # torchvision SSDlite: traced with 2 images, the .ptl then failed on 1 ("Expected 2
+    # elements in a list but found 1") inside the runner
+    dm = ec.Pipeline([], measure=False).run(_PerImage().eval(), _images())
+    with pytest.raises(ExportError, match="one set of outputs per image.*'onnx'"):
+        dm.export("torchscript", tmp_path / "det.ptl", **FAST)
+    assert not (tmp_path / "det.ptl").exists()
