@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import subprocess
 import tempfile
 import threading
 import time
@@ -240,12 +241,14 @@ def _cell_text(r: dict[str, Any]) -> str:
     return r["status"] if r["status"] != "refused" else f"refused ({r['error']})"
 
 
-def markdown(rows: list[dict[str, Any]], run: Run, jobs: int, planned: int) -> list[str]:
+def markdown(rows: list[dict[str, Any]], run: Run, jobs: int, planned: int,
+             commit: str) -> list[str]:
     c = counts(rows)
     total = len(rows)
     partial = "" if total == planned else f" (of {planned} planned: partial)"
     lines = ["# Model zoo: random-init models × compression cells", "",
-             f"Command: `{run.command}` (--jobs {jobs}); {run.describe_load()}.", "",
+             f"Command: `{run.command}` (--jobs {jobs}, code at {commit}); "
+             f"{run.describe_load()}.", "",
              f"{total} cells{partial}: " + ", ".join(f"**{v} {k}**" for k, v in c.items())
              + f"; {100 * c['OK'] / max(total, 1):.1f} % OK.", "",
              "OK = written, PASSed its verification, and PASSes an independent re-check "
@@ -279,14 +282,17 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown model or cell: {unknown}; models: {list(MODELS)}, cells: {CELLS}")
     run = Run("model_zoo", args)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
 
     def write(rows: list[dict[str, Any]]) -> tuple[Path, Path]:
         order = {(m, c): i for i, (m, c) in enumerate((m, c) for m in models for c in cells)}
         rows = sorted(rows, key=lambda r: order[r["model"], r["cell"]])
         result = {"counts": counts(rows), "ok_fraction": counts(rows)["OK"] / max(len(rows), 1),
                   "cells_planned": len(order), "jobs": args.jobs, "timeout": args.timeout,
+                  "commit": commit,
                   "rows": rows}
-        return run.write(result, markdown(rows, run, args.jobs, len(order)))
+        return run.write(result, markdown(rows, run, args.jobs, len(order), commit))
 
     rows = sweep(models, cells, args.jobs, args.timeout, write)
     js, md = write(rows)
