@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaf types", ("errors", "options", "forms", "_io", "registry", "signature", "_version",
                     "_extras", "_progress", "data", "report", "measure", "quant", "quant_recipe",
                     "structure", "onnx_utils", "models", "losses", "training", "metadata", "context",
-                    "job", "fold", "targets", "_checkpoint", "_yaml", "_ecm_archive")),
+                    "job", "fold", "targets", "_checkpoint", "_yaml", "_ecm_archive", "mean_ap", "detection")),
     ("runtime", ("runtime", "artifact", "ecm_file", "lm")),
     ("deployable", ("deployable",)),
     ("export", ("export",)),

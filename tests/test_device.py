@@ -24,7 +24,8 @@ TESTS = Path(__file__).resolve().parent
 TORCH_FREE = ["ArtifactError", "ChainError", "ConfigError", "DataError", "EdgeCompressError",
               "ExportError", "FORMATS", "Form", "FormatSpec", "InputError", "LatencyStats",
               "MissingExtraError", "ParityError", "PassError", "Runner", "__version__", "load",
-              "register_format", "system_status"]
+              "register_format", "system_status", "detection_map", "DetectionMAP",
+              "DetectionHead"]
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # import torch now raises ImportError\n"
 

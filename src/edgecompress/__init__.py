@@ -43,6 +43,7 @@ _LAZY: dict[str, str] = {
     "FineTune": ".training", "Recovery": ".training", "set_progress": "._progress",
     "Distill": ".passes.distill", "select": ".select", "from_onnx": ".convert",
     "from_keras": ".convert", "ConversionError": ".convert",
+    "detection_map": ".mean_ap", "DetectionMAP": ".mean_ap", "DetectionHead": ".detection",
 }
 # subpackages reachable as attributes (``ec.data``, ``ec.passes``, ...), imported on first access
 _SUBMODULES = ("data", "passes", "targets", "students", "runtime", "serve")
@@ -56,6 +57,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these resolve throu
     from .deployable import DeployableModel
     from .formats import FORMATS, FormatSpec, register_format
     from .forms import Form
+    from .detection import DetectionHead
+    from .mean_ap import DetectionMAP, detection_map
     from .passes import Pass, PassContext, register_pass
     from .passes.distill import Distill
     from .pipeline import Measure, Pipeline
@@ -84,9 +87,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["Artifact", "ArtifactError", "ChainError", "ConfigError", "ConversionError",
-           "DataBundle", "DataError", "DeployableModel", "DynamicRecipe", "EdgeCompressError",
-           "ExportError", "FORMATS", "FineTune", "Form", "FormatSpec", "InputError", "InputSpec",
-           "LatencyStats", "Measure", "MissingExtraError", "ParityError", "Pass", "PassContext",
-           "PassError", "Pipeline", "QuantRecipe", "Recovery", "Report", "Runner", "StageOutput",
-           "StaticRecipe", "__version__", "data", "from_keras", "from_onnx", "load", "passes",
-           "register_format", "register_pass", "select", "set_progress", "system_status"]
+           "DataBundle", "DataError", "DeployableModel", "DetectionHead", "DetectionMAP",
+           "DynamicRecipe", "EdgeCompressError", "ExportError", "FORMATS", "FineTune", "Form", "FormatSpec",
+           "InputError", "InputSpec", "LatencyStats", "Measure", "MissingExtraError",
+           "ParityError", "Pass", "PassContext", "PassError", "Pipeline", "QuantRecipe",
+           "Recovery", "Report", "Runner", "StageOutput", "StaticRecipe", "__version__", "data",
+           "detection_map", "from_keras", "from_onnx", "load", "passes", "register_format",
+           "register_pass", "select", "set_progress", "system_status"]

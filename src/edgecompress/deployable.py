@@ -224,6 +224,7 @@ def model_metadata(dm: DeployableModel) -> dict[str, Any]:
         "num_classes": dm.info.get("num_classes"),
         "class_names": dm.info.get("class_names"),
         "preprocess": dm.info.get("preprocess"),
+        "detection": dm.info.get("detection"),
         "quant_recipe": recipe,
         "history": [h.get("pass") for h in dm.history],
     }

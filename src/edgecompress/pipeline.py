@@ -11,9 +11,12 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .convert.detector import head_on
+from .convert.detector import prepare as prepare_detector
 from .convert.source import check_input_shape, source_of
 from .data.bundle import DataBundle
 from .deployable import DeployableModel, InputSpec
+from .detection import DetectionHead
 from .errors import ChainError, ConfigError, EdgeCompressError, PassError
 from .forms import Form
 from .passes import Pass, PassContext, StageOutput, get_pass
@@ -78,7 +81,8 @@ class Pipeline:
 
     # -- run ------------------------------------------------------------------------------------
     def run(self, model: Any, data: DataBundle, *, target: Any = None, on_error: str = "raise",
-            builder: str | None = None) -> DeployableModel:
+            builder: str | None = None, task: str = "auto",
+            head: DetectionHead | None = None) -> DeployableModel:
         """Run every pass on a copy of ``model``; return the DeployableModel.
 
         ``on_error="raise"`` (default) raises when a pass fails; the exception's ``partial``
@@ -86,6 +90,11 @@ class Pipeline:
         returns that DeployableModel instead, with the failure recorded in its report.
         ``target`` (a name such as ``"rpi5"`` or an ``ec.targets.Target``) fills pass options
         the user left at their defaults; the report says which.
+        ``task="detect"`` / ``head`` make a detector: Ultralytics and torchvision SSD detectors
+        are recognised (also with ``task="auto"``) and run as their raw head; any other needs
+        ``head=ec.DetectionHead(...)`` describing its outputs. Its artifacts then carry the
+        decode + NMS spec, and ``runner.detect(image)`` gives boxes
+        (:mod:`edgecompress.convert.detector`).
         """
         if on_error not in ("raise", "stop"):
             raise ConfigError(f"on_error must be 'raise' or 'stop', got {on_error!r}")
@@ -97,7 +106,10 @@ class Pipeline:
         _check_data(passes, data)
         source = source_of(model)  # converted from ONNX/Keras: its measured parity and layout
         check_input_shape(source, data.example_input)
-        state = _RunState(self, data, target_obj, builder, copy.deepcopy(model), source)
+        work = copy.deepcopy(model)
+        if isinstance(work, nn.Module):
+            work = prepare_detector(work, data.example_input, task, head)
+        state = _RunState(self, data, target_obj, builder, work, source)
         state.report.info["from_target"] = target_notes
         state.report.stages.append(measure_stage(state.work, forms[0], data, self.measure, "input"))
         state.report.stages[0].notes.update(source)
@@ -259,6 +271,8 @@ class _RunState:
         if isinstance(self.work, nn.Module):
             check_num_classes(self.work, data)
         self.source = source
+        # kept here: passes may rebuild the module (and drop the attribute it rides on)
+        self.detection = head_on(work)
         self.ctx = PassContext(data=data, seed=pipe.seed, device=pipe.device, target=target)
         self.report = Report(info={"data": data.describe(), "seed": pipe.seed,
                                    "target": getattr(target, "name", None)})
@@ -306,6 +320,8 @@ class _RunState:
                 "preprocess": data.preprocess.to_dict() if data.preprocess else None,
                 "data": data.name, "structure": self.structure,
                 "target": getattr(self.ctx.target, "name", None)}
+        if self.detection is not None:
+            info["detection"] = self.detection.with_classes(data.class_names).to_dict()
         return DeployableModel(model=self.work,
                                input_spec=InputSpec.from_example(data.example_input, self.work,
                                                                  layout),

@@ -20,21 +20,37 @@ from ..errors import DataError
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a raw image becomes a model input: ``(pixel * scale - mean) / std`` in ``layout``."""
+    """How a raw image becomes a model input: resized to the input's size (``resize="stretch"``,
+    or ``"letterbox"``: aspect kept, padded with ``pad_value`` centred, as YOLO detectors are
+    trained), channels in ``channel_order``, then ``(pixel * scale - mean) / std`` in ``layout``."""
 
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     layout: str = "NCHW"
     scale: float = 1.0 / 255.0
+    resize: str = "stretch"
+    pad_value: float = 114.0
+    channel_order: str = "RGB"
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("stretch", "letterbox"):
+            raise DataError(f"Preprocess resize must be 'stretch' or 'letterbox'; got "
+                            f"{self.resize!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise DataError(f"Preprocess channel_order must be 'RGB' or 'BGR'; got "
+                            f"{self.channel_order!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": list(self.mean), "std": list(self.std), "layout": self.layout,
-                "scale": self.scale}
+                "scale": self.scale, "resize": self.resize, "pad_value": self.pad_value,
+                "channel_order": self.channel_order}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
         return cls(mean=tuple(d.get("mean", ())), std=tuple(d.get("std", ())),
-                   layout=d.get("layout", "NCHW"), scale=float(d.get("scale", 1 / 255)))
+                   layout=d.get("layout", "NCHW"), scale=float(d.get("scale", 1 / 255)),
+                   resize=d.get("resize", "stretch"), pad_value=float(d.get("pad_value", 114.0)),
+                   channel_order=d.get("channel_order", "RGB"))
 
 
 _LABEL_KEYS = ("label", "labels", "y", "target", "targets")

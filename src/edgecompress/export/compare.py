@@ -38,15 +38,18 @@ def _unbounded(task: str, name: str) -> bool:
 def compare(ref: Outputs | np.ndarray, out: Outputs | np.ndarray, precision: str,
             reference: str, tolerance: float | None = None, *, task: str = "auto",
             recipe: Any = None, metric: Callable[..., float] | None = None,
-            metric_threshold: float | None = None, samples: int | None = None) -> Parity:
+            metric_threshold: float | None = None, samples: int | None = None,
+            detection: Mapping[str, Any] | None = None) -> Parity:
     """Parity of the artifact outputs ``out`` against the reference outputs ``ref`` (named
-    outputs, or one array each) under the bounds of ``precision``."""
+    outputs, or one array each) under the bounds of ``precision``. ``detection``: the
+    artifact's decode + NMS spec (a detector's raw head: its task is ``detect``)."""
     ref, out = _named(ref), _named(out)
-    task = resolve_task(task, ref)
+    task = "detect" if detection and task == "auto" else resolve_task(task, ref)
     ranges = recipe_output_range(recipe, list(ref))
     records = [_output(name, r, o, precision, tolerance, ranges.get(name), task)
                for name, r, o in pair_outputs(ref, out)]
-    result, metric_problem = _task_result(task, ref, out, precision, _tie_margin(records, ref))
+    result, metric_problem = _task_result(task, ref, out, precision, _tie_margin(records, ref),
+                                          detection)
     mine = user_metric(metric, metric_threshold, ref, out) if metric is not None else None
     failures = [f"{r.name}: {r.reason}" for r in records if not r.passed]
     failures += [metric_problem] if metric_problem else []
@@ -78,10 +81,10 @@ def _tie_margin(records: list[OutputParity], ref: Outputs) -> float:
     return float(record.step if record.step is not None else (record.bound or 0.0))
 
 
-def _task_result(task: str, ref: Outputs, out: Outputs, precision: str, tie_margin: float = 0.0
-                 ) -> tuple[TaskResult, str | None]:
+def _task_result(task: str, ref: Outputs, out: Outputs, precision: str, tie_margin: float = 0.0,
+                 detection: Mapping[str, Any] | None = None) -> tuple[TaskResult, str | None]:
     try:
-        return task_metric(task, ref, out, precision, tie_margin), None
+        return task_metric(task, ref, out, precision, tie_margin, detection), None
     except (ValueError, IndexError, KeyError) as exc:  # the outputs cannot be compared at all
         name = MIN_METRIC[task][0]
         result = TaskResult(task, name, 0.0, MIN_METRIC[task][1][precision_class(precision)])

@@ -2,11 +2,18 @@
 
 Detections are read per image from named outputs (``boxes`` / ``scores`` / ``labels``, or
 ``output_<i>_boxes``... for torchvision's list of dicts: already decoded and NMS'd), or decoded
-from one raw YOLO-style head (N, 4 + classes, anchors) or (N, anchors, 4 + classes) with boxes as
-centre x, y, width, height: best class per anchor, score threshold, NMS (torchvision's
-``batched_nms``). A reference detection is matched by an artifact detection of the same label
-with IoU ≥ :data:`MATCH_IOU` and a score within :data:`SCORE_TOLERANCE`; the agreement is
-matched / max(reference, artifact) detections over all images (1.0 when both find nothing).
+from raw outputs by the artifact's :class:`~edgecompress.detection.DetectionHead` (the
+runtime's numpy decode + NMS, the same code ``runner.detect`` runs); one raw YOLO-style head
+(N, 4 + classes, anchors) without a spec is decoded with :data:`RAW_HEAD`.
+
+A reference detection is matched by an artifact detection of the same label with IoU ≥
+:data:`MATCH_IOU` and a score within :data:`SCORE_TOLERANCE` (greedy, best reference first).
+**Ties** (raw heads): a detection that either side may keep or drop within the output's
+tolerance ``tie_margin`` is optional and counts only when matched — one scored within it of the
+score threshold or of the last of a full ``max_detections`` list, or one with a same-class
+candidate that overlaps it beyond the NMS IoU and scores within it (NMS may keep either). The
+agreement is matched / (matched + the larger side's unmatched required detections), 1.0 when
+neither side finds anything; ``strict_agreement`` counts every detection.
 """
 
 from __future__ import annotations
@@ -14,51 +21,59 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
-import torch
+
+from ..detection import DetectionHead
+from ..runtime.detect import candidates, raw_arrays, suppress
 
 MATCH_IOU = 0.5
 SCORE_TOLERANCE = 0.1
-RAW_SCORE_THRESHOLD = 0.25
-RAW_NMS_IOU = 0.45
-MAX_DETECTIONS = 100
+MIN_TIE = 1e-6  # float scores equal to this are ties even in an FP32 artifact
+RAW_HEAD = DetectionHead("yolo", score_threshold=0.25, iou_threshold=0.45, max_detections=100)
 
-Detections = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per image: boxes, scores, labels
+Det = dict[str, np.ndarray]  # boxes, scores, labels (+ optional: bool per detection)
 
 
-def detections(outputs: Mapping[str, np.ndarray]) -> Detections:
-    """Per-image (boxes xyxy, scores, labels) of a detector's named outputs."""
+def detections(outputs: Mapping[str, np.ndarray], head: DetectionHead | None = None,
+               tie_margin: float = 0.0) -> list[Det]:
+    """Per image, the detections of a detector's outputs, each marked ``optional`` or not."""
     prefixes = [k[: -len("boxes")] for k in outputs if k == "boxes" or k.endswith("_boxes")]
-    if prefixes:
+    if head is None and prefixes:
         return [_named(outputs, p) for p in prefixes]
-    raw = next(iter(outputs.values()))
-    if raw.ndim != 3:
-        raise ValueError(f"detection outputs need 'boxes'/'scores'/'labels' or one raw head of "
-                         f"shape (N, 4 + classes, anchors); got {list(raw.shape)}")
-    return [_decode_raw(r) for r in raw]
+    if head is None:
+        raw = next(iter(outputs.values()))
+        if raw.ndim != 3:
+            raise ValueError(f"detection outputs need 'boxes'/'scores'/'labels', a detection "
+                             f"spec, or one raw head of shape (N, 4 + classes, anchors); got "
+                             f"{list(raw.shape)}")
+        head = RAW_HEAD
+        if raw.shape[1] > raw.shape[2]:  # (N, anchors, 4 + classes): make it channel-first
+            outputs = {"output": raw.transpose(0, 2, 1)}
+    boxes, scores = raw_arrays(outputs, head)
+    tie = max(float(tie_margin), MIN_TIE)
+    return [_decoded(candidates(b, s, head, (1, 1)), head, tie) for b, s in zip(boxes, scores)]
 
 
-def _named(outputs: Mapping[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:
+def _named(outputs: Mapping[str, np.ndarray], prefix: str) -> Det:
     boxes = np.asarray(outputs[f"{prefix}boxes"], dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(outputs.get(f"{prefix}scores", np.ones(len(boxes))), dtype=np.float64)
     labels = np.asarray(outputs.get(f"{prefix}labels", np.zeros(len(boxes))), dtype=np.int64)
-    return boxes, scores.reshape(-1), labels.reshape(-1)
+    return {"boxes": boxes, "scores": scores.reshape(-1), "labels": labels.reshape(-1),
+            "optional": np.zeros(len(boxes), dtype=bool)}
 
 
-def _decode_raw(head: np.ndarray) -> tuple[np.ndarray, ...]:
-    """One image's raw head → detections after a score threshold and NMS."""
-    from torchvision.ops import batched_nms
-
-    t = torch.as_tensor(head, dtype=torch.float32)
-    if t.shape[0] < t.shape[1]:  # (4 + classes, anchors): YOLOv8's layout
-        t = t.T
-    cx, cy, w, h = t[:, 0], t[:, 1], t[:, 2], t[:, 3]
-    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-    scores, labels = t[:, 4:].max(1)
-    keep = scores > RAW_SCORE_THRESHOLD
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    kept = batched_nms(boxes, scores, labels, RAW_NMS_IOU)[:MAX_DETECTIONS]
-    return (boxes[kept].double().numpy(), scores[kept].double().numpy(),
-            labels[kept].numpy().astype(np.int64))
+def _decoded(cands: Det, head: DetectionHead, tie: float) -> Det:
+    """NMS'd detections, each optional when a tie could keep or drop it (module docstring)."""
+    kept = suppress(cands, head)
+    optional = kept["scores"] - head.score_threshold <= tie
+    if len(kept["scores"]) >= head.max_detections:
+        optional |= kept["scores"] - kept["scores"].min() <= tie
+    for i in np.nonzero(~optional)[0]:
+        same = cands["labels"] == kept["labels"][i]
+        rivals = same & (np.abs(cands["scores"] - kept["scores"][i]) <= tie)
+        overlap = _iou(kept["boxes"][i], cands["boxes"][rivals])
+        optional[i] = bool(((overlap > head.iou_threshold) & (overlap < 1.0 - 1e-6)).any())
+    return {**{k: v.astype(np.float64) if k != "labels" else v for k, v in kept.items()},
+            "optional": optional}
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -70,39 +85,58 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-12)
 
 
-def _match(ref: tuple[np.ndarray, ...], art: tuple[np.ndarray, ...]) -> tuple[int, list[float]]:
-    """Greedy matching, highest reference score first: (matches, their score differences)."""
-    used = np.zeros(len(art[0]), dtype=bool)
-    matched, score_diffs = 0, []
-    for i in np.argsort(-ref[1]):
-        if not len(art[0]):
+def _match(ref: Det, art: Det) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Greedy matching, highest reference score first: (reference matched, artifact matched,
+    the matches' score differences)."""
+    ref_used = np.zeros(len(ref["boxes"]), dtype=bool)
+    used = np.zeros(len(art["boxes"]), dtype=bool)
+    score_diffs = []
+    for i in np.argsort(-ref["scores"], kind="stable"):
+        if not len(art["boxes"]):
             break
-        iou = _iou(ref[0][i], art[0])
-        iou[(art[2] != ref[2][i]) | used] = -1
+        iou = _iou(ref["boxes"][i], art["boxes"])
+        iou[(art["labels"] != ref["labels"][i]) | used] = -1
         j = int(iou.argmax())
-        if iou[j] >= MATCH_IOU and abs(art[1][j] - ref[1][i]) <= SCORE_TOLERANCE:
-            used[j] = True
-            matched += 1
-            score_diffs.append(float(abs(art[1][j] - ref[1][i])))
-    return matched, score_diffs
+        diff = abs(art["scores"][j] - ref["scores"][i])
+        if iou[j] >= MATCH_IOU and diff <= SCORE_TOLERANCE:
+            used[j] = ref_used[i] = True
+            score_diffs.append(float(diff))
+    return ref_used, used, score_diffs
 
 
-def detection_agreement(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]
+def detection_agreement(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray],
+                        detection: Mapping[str, Any] | None = None, tie_margin: float = 0.0
                         ) -> tuple[float, dict[str, Any]]:
-    """(agreement, record) of the artifact's detections with the reference's."""
-    ref_dets, art_dets = detections(ref), detections(out)
-    matched = total = n_ref = n_art = 0
+    """(agreement, record) of the artifact's detections with the reference's; ``detection``
+    is the artifact's decode + NMS spec (metadata ``"detection"``) for raw-head outputs."""
+    head = DetectionHead.from_dict(detection) if detection else None
+    counts = dict.fromkeys(("matched", "reference_detections", "artifact_detections",
+                            "optional_reference", "optional_artifact", "required_total",
+                            "strict_total"), 0)
     diffs: list[float] = []
-    for r, a in zip(ref_dets, art_dets):
-        m, d = _match(r, a)
-        matched, diffs = matched + m, diffs + d
-        total += max(len(r[0]), len(a[0]))
-        n_ref, n_art = n_ref + len(r[0]), n_art + len(a[0])
-    value = matched / total if total else 1.0
-    return float(value), {"reference_detections": n_ref, "artifact_detections": n_art,
-                          "matched": matched, "match_iou": MATCH_IOU,
-                          "score_tolerance": SCORE_TOLERANCE,
-                          "max_score_diff": max(diffs) if diffs else 0.0}
+    for r, a in zip(detections(ref, head, tie_margin), detections(out, head, tie_margin)):
+        r_hit, a_hit, d = _match(r, a)
+        diffs += d
+        m = int(r_hit.sum())
+        counts["matched"] += m
+        counts["reference_detections"] += len(r_hit)
+        counts["artifact_detections"] += len(a_hit)
+        counts["optional_reference"] += int((r["optional"] & ~r_hit).sum())
+        counts["optional_artifact"] += int((a["optional"] & ~a_hit).sum())
+        counts["required_total"] += m + max(int((~r_hit & ~r["optional"]).sum()),
+                                            int((~a_hit & ~a["optional"]).sum()))
+        counts["strict_total"] += max(len(r_hit), len(a_hit))
+    matched, required, strict = (counts["matched"], counts.pop("required_total"),
+                                 counts.pop("strict_total"))
+    return (matched / required if required else 1.0), {
+        **counts, "strict_agreement": matched / strict if strict else 1.0,
+        "match_iou": MATCH_IOU, "score_tolerance": SCORE_TOLERANCE,
+        "tie_margin": max(float(tie_margin), MIN_TIE) if head or not _named_outputs(ref) else 0.0,
+        "max_score_diff": max(diffs) if diffs else 0.0}
 
 
-__all__ = ["MATCH_IOU", "SCORE_TOLERANCE", "detection_agreement", "detections"]
+def _named_outputs(outputs: Mapping[str, np.ndarray]) -> bool:
+    return any(k == "boxes" or k.endswith("_boxes") for k in outputs)
+
+
+__all__ = ["MATCH_IOU", "RAW_HEAD", "SCORE_TOLERANCE", "detection_agreement", "detections"]

@@ -73,18 +73,24 @@ def infer_task(outputs: Outputs) -> str:
 
 
 def task_metric(task: str, ref: Outputs, out: Outputs, precision: str,
-                tie_margin: float = 0.0) -> TaskResult:
+                tie_margin: float = 0.0, detection: Mapping[str, Any] | None = None) -> TaskResult:
     """The task metric of ``out`` against ``ref`` and its minimum at ``precision``.
 
     ``tie_margin`` (classification): a top-1 flip between two classes whose reference scores
     differ by at most this much is a tie, not a disagreement (near-tied logits of an untrained
     or uncertain model flip within any tolerance; the per-output bound still judges the values).
+    Detection: reference detections scored within it of the score threshold or of a box NMS
+    kept instead are optional. ``detection``: the artifact's decode + NMS spec (raw heads).
     """
     if task not in MIN_METRIC:
         raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     name, minimums = MIN_METRIC[task]
-    value, extra = (_classify(ref, out, tie_margin) if task == "classify"
-                    else METRICS[task](ref, out))
+    if task == "classify":
+        value, extra = _classify(ref, out, tie_margin)
+    elif task == "detect":
+        value, extra = _detect(ref, out, detection, tie_margin)
+    else:
+        value, extra = METRICS[task](ref, out)
     return TaskResult(task, name, value, minimums[precision_class(precision)], extra)
 
 
@@ -125,10 +131,11 @@ def _embedding(ref: Outputs, out: Outputs) -> tuple[float, dict[str, Any]]:
         "mean_cosine": float(np.mean(per_sample)) if per_sample else 1.0}
 
 
-def _detect(ref: Outputs, out: Outputs) -> tuple[float, dict[str, Any]]:
+def _detect(ref: Outputs, out: Outputs, detection: Mapping[str, Any] | None = None,
+            tie_margin: float = 0.0) -> tuple[float, dict[str, Any]]:
     from .detect_metric import detection_agreement
 
-    return detection_agreement(ref, out)
+    return detection_agreement(ref, out, detection, tie_margin)
 
 
 def _primary_pair(ref: Outputs, out: Outputs) -> tuple[np.ndarray, np.ndarray]:

@@ -100,12 +100,15 @@ def _batch_size(x: Any) -> int:
 def check_parity(runner: Runner, reference: nn.Module, x: Any, precision: str,
                  reference_name: str, tolerance: float | None = None, task: str = "auto",
                  recipe: Any = None, metric: Callable[..., float] | None = None,
-                 metric_threshold: float | None = None) -> Parity:
-    """Parity of ``runner``'s artifact with ``reference`` on the inputs ``x``."""
+                 metric_threshold: float | None = None,
+                 detection: Mapping[str, Any] | None = None) -> Parity:
+    """Parity of ``runner``'s artifact with ``reference`` on the inputs ``x`` (``detection``:
+    a detector's decode + NMS spec, see :mod:`edgecompress.detection`)."""
     ref = reference_outputs(reference, x)
     out = artifact_outputs(runner, x)
     return compare(ref, out, precision, reference_name, tolerance, task=task, recipe=recipe,
-                   metric=metric, metric_threshold=metric_threshold, samples=_batch_size(x))
+                   metric=metric, metric_threshold=metric_threshold, samples=_batch_size(x),
+                   detection=detection)
 
 
 def artifact_accuracy(runner: Runner, data: DataBundle | Iterable[Any] | None,
@@ -150,13 +153,30 @@ def verify(runner: Runner, job: "ExportJob", precision: str, opts: Any) -> Verif
         parity = check_parity(runner, job.reference, job.parity_inputs, precision,
                               job.reference_name, opts.tolerance, task=getattr(opts, "task", "auto"),
                               recipe=job.recipe, metric=getattr(opts, "metric", None),
-                              metric_threshold=getattr(opts, "metric_threshold", None))
+                              metric_threshold=getattr(opts, "metric_threshold", None),
+                              detection=job.metadata.get("detection"))
         acc = (artifact_accuracy(runner, job.eval_data, opts.accuracy_samples)
                if parity.task in ("classify", "segment") else None)
+        records = _detection_records(runner, job, parity, opts)
         latency = artifact_latency(runner, opts.benchmark_runs, x=job.example)
     finally:
         runner.close()
-    return Verification(parity, acc, latency)
+    return Verification(parity, acc, latency, records=records)
+
+
+def _detection_records(runner: Runner, job: "ExportJob", parity: Parity, opts: Any
+                       ) -> dict[str, Any]:
+    """A detector's mAP and the reference's on the labelled evaluation data, when it has box
+    targets (``{"detection_map": {...}}``; see :mod:`.detect_eval`)."""
+    spec = job.metadata.get("detection")
+    if parity.task != "detect" or not spec:
+        return {}
+    from .detect_eval import detection_maps
+
+    maps = detection_maps(lambda x: artifact_outputs(runner, x),
+                          lambda x: reference_outputs(job.reference, x), job.eval_data, spec,
+                          job.layout, opts.accuracy_samples)
+    return {"detection_map": maps} if maps else {}
 
 
 def artifact_latency(runner: Runner, runs: int, warmup: int = 5,

@@ -15,20 +15,9 @@ import numpy as np
 
 from ..errors import ArtifactError, InputError
 from .system import peak_rss_mb, system_status
+from .tensor_spec import TensorSpec
 
 log = logging.getLogger("edgecompress")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape (None or a name for a dynamic dimension) and numpy dtype name of a tensor."""
-
-    name: str
-    shape: tuple[int | str | None, ...]
-    dtype: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 def _load_1min() -> float | None:
@@ -176,12 +165,25 @@ class Runner:
         name = self.outputs[0].name if self.outputs else "output"
         return {name: self._run(next(iter(feeds.values())))}
 
-    def __call__(self, x: Any) -> np.ndarray:
-        """The first output for ``x`` (one array, a tuple in call order, or a dict by name)."""
+    def __call__(self, x: Any) -> Any:
+        """The first output for ``x`` (one array, a tuple in call order, or a dict by name);
+        for a detector artifact given an image (a path, a Pillow image, an HWC uint8 array),
+        its detections (:meth:`detect`)."""
+        if self.metadata.get("detection") and _is_image(x):
+            return self.detect(x)
         if not is_several(x) and len(self.inputs) <= 1:
             arr = self.check_input(_to_numpy(x))
             return self._locked(self._run_batches, arr)
         return next(iter(self.run_named(x).values()))
+
+    def detect(self, image: Any) -> dict[str, np.ndarray]:
+        """Detections of a detector artifact on one image (a path, a Pillow image or an HWC
+        uint8 array), in the image's own pixels: ``{"boxes": (N, 4) xyxy float32, "scores":
+        (N,) float32, "labels": (N,) int64}``. Resizing (stretch or letterbox), normalisation,
+        decoding and NMS follow the artifact's metadata (:mod:`edgecompress.runtime.detect`)."""
+        from .detect import detect
+
+        return detect(self, image)
 
     def run_named(self, x: Any) -> dict[str, np.ndarray]:
         """Every output, by name in the artifact's order, for ``x``: one array or tensor, a
@@ -295,6 +297,12 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, threads={self.threads})"
+
+
+def _is_image(x: Any) -> bool:
+    from .detect import is_image
+
+    return is_image(x)
 
 
 def _narrowed(arr: np.ndarray, want: np.dtype) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .base import TensorSpec
+from .tensor_spec import TensorSpec
 
 
 def image_geometry(spec: TensorSpec, layout: str) -> tuple[int, int, int]:
