@@ -139,3 +139,18 @@ def test_torchscript_refuses_per_image_outputs_instead_of_a_fixed_batch_trace(tm
     with pytest.raises(ExportError, match="one set of outputs per image.*'onnx'"):
         dm.export("torchscript", tmp_path / "det.ptl", **FAST)
     assert not (tmp_path / "det.ptl").exists()
+
+
+def test_structured_prune_of_gpt2_names_its_conv1d_layers_and_what_to_use():
+    # transformers' GPT-2 projections are Conv1D, not nn.Linear: the refusal said "no prunable
+    # layers" and nothing about why or what would work
+    transformers = pytest.importorskip("transformers")
+    from edgecompress.errors import PassError
+
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2, use_cache=False)).eval()
+    ids = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(PassError, match="Conv1D ×4.*UnstructuredPrune"):
+        ec.Pipeline([ec.passes.StructuredPrune(ratio=0.3)], measure=False).run(
+            model, ec.DataBundle(val=[ids]))
