@@ -54,25 +54,51 @@ def free_port() -> int:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the server: of its worker processes too with --workers N."""
+    total = 0.0
+    for p in {pid, *server_pids(pid)}:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
-def cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """User + system CPU time so far of a process (or of one of its threads)."""
-    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+def _stat_cpu(stat: Path) -> float:
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(artifact: Path, port: int, args: argparse.Namespace, state: Path,
+def server_pids(pid: int) -> list[int]:
+    """The processes that serve: the server itself, or with --workers N its worker children."""
+    import psutil
+
+    children = [c.pid for c in psutil.Process(pid).children()]
+    return children or [pid]
+
+
+def cpu_seconds(pid: int, loop_only: bool = False) -> float:
+    """User + system CPU time so far of the server's processes (their main threads only, which
+    run the event loops, with ``loop_only``). The supervisor of --workers N only accepts
+    connections; its CPU is counted too."""
+    total = 0.0
+    for p in {pid, *server_pids(pid)}:
+        if loop_only and p == pid and server_pids(pid) != [pid]:
+            continue
+        total += _stat_cpu(Path(f"/proc/{p}/task/{p}/stat" if loop_only else f"/proc/{p}/stat"))
+    return total
+
+
+def server_options(args: argparse.Namespace) -> list[str]:
+    return ["--workers", str(args.workers), "--infer-threads", str(args.infer_threads),
+            "--queue", str(args.queue), "--threads", str(args.threads), "--max-batch",
+            str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--loop",
+            args.loop, "--http", args.http]
+
+
+def start_server(artifact: Path, port: int, options: list[str], state: Path,
                  token_file: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "edgecompress", "serve", str(artifact), "--port", str(port),
-           "--workers", str(args.workers), "--queue", str(args.queue), "--threads",
-           str(args.threads), "--max-batch", str(args.max_batch), "--batch-wait-ms",
-           str(args.batch_wait_ms), "--state-dir", str(state), "--token-file", str(token_file)]
+           *options, "--state-dir", str(state), "--token-file", str(token_file)]
     return _wait_ready(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         text=True), port, "/health")
 
@@ -119,9 +145,9 @@ def measured_level(proc: subprocess.Popen, url: str, port: int, request: bytes, 
                    concurrency: int) -> dict:
     """One load level against the server, with its CPU per request (all of it, and the event
     loop's thread apart from the inference workers) and mean batch rows."""
-    rows0, cpu0, loop0 = batch_rows(url), cpu_seconds(proc.pid), cpu_seconds(proc.pid, proc.pid)
+    rows0, cpu0, loop0 = batch_rows(url), cpu_seconds(proc.pid), cpu_seconds(proc.pid, True)
     res = run_load(port, request, total, concurrency).summary()
-    cpu1, loop1, rows1 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, proc.pid), batch_rows(url)
+    cpu1, loop1, rows1 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, True), batch_rows(url)
     res["server_cpu_ms_per_request"] = round(1000 * (cpu1 - cpu0) / max(1, total), 3)
     res["loop_cpu_ms_per_request"] = round(1000 * (loop1 - loop0) / max(1, total), 3)
     res["workers_cpu_ms_per_request"] = round(res["server_cpu_ms_per_request"]
@@ -191,9 +217,11 @@ def markdown(res: dict) -> str:
     lines = [f"# serve_load: {res['artifact']}", "", f"`{res['command']}` (under `nice -n 10`)",
              "", f"Machine: {res['cpu_count']} cores, load average before {res['load_before']} / "
              f"after {res['load_after']} (other jobs share the machine). Server: "
-             f"{res['workers']} workers, queue {res['queue']}, max batch {res['max_batch']}, "
+             f"{res['workers']} process(es) × {res['infer_threads']} inference threads (0: on "
+             f"the event loop), queue {res['queue']}, max batch {res['max_batch']}, "
              f"batch wait {res['batch_wait_ms']} ms, {res['threads']} runtime thread(s) per "
-             f"call; bound = workers + queue = {res['workers'] + res['queue']}. Client: raw "
+             f"call, loop {res['loop']}, http {res['http']}; bound = processes × (threads + "
+             f"queue) = {res['bound']}. Client: raw "
              f"keep-alive sockets, closed loop (benchmarks/http_load.py).", "",
              "| concurrency | ok | 503 | errors | p50 ms | p99 ms | req/s | vs bare | "
              "rows/call | server CPU ms/req (loop + workers) | client CPU ms/req |",
@@ -227,8 +255,9 @@ def markdown(res: dict) -> str:
               f"on this stack exceeds about c / (floor p50 + bare latency) = "
               f"{res['closed_loop_bound_rps']} req/s = {res['closed_loop_bound_ratio']:.0%} of "
               f"bare. And the event loop is one thread needing "
-              f"{at['loop_cpu_ms_per_request']} ms of CPU per request, so one server process "
-              f"answers at most ~{res['loop_bound_rps']} req/s however many cores it has "
+              f"{at['loop_cpu_ms_per_request']} ms of CPU per request, so {res['workers']} server "
+              f"process(es) answer at most ~{res['loop_bound_rps']} req/s however many cores "
+              f"there are "
               f"({res['loop_bound_rps'] / res['bare_rps']:.0%} of bare in this run; the bare "
               f"runner is faster on a quiet machine, this bound is not). First concurrency "
               f"at >= 85% of bare: {res['first_concurrency_at_85'] or 'none'}.",
@@ -266,7 +295,11 @@ def parse_args() -> argparse.Namespace:
                     help="write a heavier INT8 ONNX into this folder and serve it")
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--concurrency", default="1,2,4,16,64")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=1, help="server processes")
+    ap.add_argument("--infer-threads", type=int, default=os.cpu_count() or 1,
+                    help="inference threads per process (0: on the event loop)")
+    ap.add_argument("--loop", default="auto", help="uvicorn event loop: auto, asyncio, uvloop")
+    ap.add_argument("--http", default="auto", help="uvicorn HTTP parser: auto, h11, httptools")
     ap.add_argument("--queue", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--batch-wait-ms", type=float, default=0.0)
@@ -290,12 +323,12 @@ def run_levels(args: argparse.Namespace, x: np.ndarray, request: bytes, tmp: Pat
     token_file.chmod(0o600)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(args.artifact, port, args, tmp / "state", token_file)
+    proc = start_server(args.artifact, port, server_options(args), tmp / "state", token_file)
     out: dict = {"levels": [], "bare": []}
     body = request.split(b"\r\n\r\n", 1)[1]
     binary = http_request("/predict", body, {**_headers(x), "Accept": "application/octet-stream"})
     try:
-        for c in (cores, min(16, args.workers + args.queue)):  # warm up, batch shapes too
+        for c in (cores, min(16, bound(args))):  # warm up, batch shapes too
             run_load(port, request, 500, c)
         import httpx
 
@@ -314,7 +347,7 @@ def run_levels(args: argparse.Namespace, x: np.ndarray, request: bytes, tmp: Pat
             print(out["levels"][-1], flush=True)
         out["rss_after_mb"] = rss_mb(proc.pid)
         swap_c = max(c["concurrency"] for c in out["levels"]
-                     if c["concurrency"] <= args.workers + args.queue)
+                     if c["concurrency"] <= bound(args))
         out["swap"] = swap_under_load(url, port, args.artifact, token, request, args.requests,
                                       swap_c)
         print("swap:", out["swap"], flush=True)
@@ -325,6 +358,11 @@ def run_levels(args: argparse.Namespace, x: np.ndarray, request: bytes, tmp: Pat
     return out
 
 
+def bound(args: argparse.Namespace) -> int:
+    """Requests admitted at once before 503s: per process, inference threads + queue."""
+    return args.workers * (max(1, args.infer_threads) + args.queue)
+
+
 def _headers(x: np.ndarray) -> dict[str, str]:
     return {"Content-Type": "application/octet-stream", "X-Shape": ",".join(map(str, x.shape))}
 
@@ -332,7 +370,7 @@ def _headers(x: np.ndarray) -> dict[str, str]:
 def summarise(args: argparse.Namespace, run: dict, load_before: list[float]) -> dict:
     cores = os.cpu_count() or 1
     results, bare, floor = run["levels"], run["bare"], run["floor"]
-    bound = args.workers + args.queue
+    limit = bound(args)
     at_cores = next(r for r in results if r["concurrency"] == cores)
     bare_rps = float(np.mean([b[0] for b in bare]))
     bare_cpu = float(np.mean([b[1] for b in bare]))
@@ -341,14 +379,16 @@ def summarise(args: argparse.Namespace, run: dict, load_before: list[float]) -> 
     bare_latency_ms = 1000 * cores / bare_rps
     closed_bound = cores * 1000 / (floor["p50_ms"] + bare_latency_ms)
     res = {"artifact": str(args.artifact), "command": " ".join(["python", *sys.argv]),
-           "cpu_count": cores, "workers": args.workers, "queue": args.queue,
+           "cpu_count": cores, "workers": args.workers, "infer_threads": args.infer_threads,
+           "loop": args.loop, "http": args.http, "queue": args.queue, "bound": limit,
            "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
            "threads": args.threads, "load_before": load_before,
            "load_after": [round(v, 2) for v in os.getloadavg()], "levels": results,
            "bare_rps": round(bare_rps, 1), "bare_rps_runs": [round(b[0], 1) for b in bare],
            "bare_cpu_ms_per_call": round(bare_cpu, 3), "floor": floor,
            "closed_loop_bound_rps": round(closed_bound, 1),
-           "loop_bound_rps": round(1000 / max(1e-6, at_cores["loop_cpu_ms_per_request"]), 1),
+           "loop_bound_rps": round(args.workers * 1000 /
+                                   max(1e-6, at_cores["loop_cpu_ms_per_request"]), 1),
            "closed_loop_bound_ratio": closed_bound / bare_rps,
            "first_concurrency_at_85": next((r["concurrency"] for r in results
                                             if r["throughput_rps"] >= 0.85 * bare_rps), None),
@@ -361,9 +401,9 @@ def summarise(args: argparse.Namespace, run: dict, load_before: list[float]) -> 
     swap = run["swap"]
     res["goals"] = {
         "0 errors below the queue bound": all(r["errors"] == 0 and r["rejected_503"] == 0
-                                              for r in results if r["concurrency"] <= bound),
+                                              for r in results if r["concurrency"] <= limit),
         "503 (never a crash) above it": run["alive"] and all(
-            r["errors"] == 0 and r["rejected_503"] > 0 for r in results if r["concurrency"] > bound),
+            r["errors"] == 0 and r["rejected_503"] > 0 for r in results if r["concurrency"] > limit),
         "throughput >= 85% of bare runner at concurrency = cores (JSON answers)":
             res["ratio_vs_bare"] >= 0.85,
         "throughput >= 85% of bare runner at concurrency = cores (binary answers)":

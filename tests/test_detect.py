@@ -145,3 +145,39 @@ def test_with_box_labels_the_artifact_records_its_map_and_the_delta(tmp_path):
     assert maps["reference_map50"] == pytest.approx(1.0) and maps["map50"] == pytest.approx(1.0)
     assert maps["map50_delta"] == pytest.approx(0.0, abs=1e-6) and maps["images"] == 3
     assert ec.load(tmp_path / "det.onnx").metadata["detection_map"]["map50"] == maps["map50"]
+
+
+def _raw(scores: list[tuple[float, float]]) -> dict[str, np.ndarray]:
+    """A chain of class-0 anchors A, B, C (IoU(A, B) = IoU(B, C) = 0.54, IoU(A, C) = 0.25)
+    plus one far away, as a yolo head."""
+    boxes = np.array([[20, 20, 10, 10], [23, 20, 10, 10], [26, 20, 10, 10], [60, 60, 8, 8]],
+                     np.float32).T
+    cls = np.array([[s0 for s0, _ in scores], [s1 for _, s1 in scores]], np.float32)
+    return {"output": np.concatenate([boxes, cls])[None]}
+
+
+def test_nms_ties_within_the_output_tolerance_are_not_disagreements():
+    from edgecompress.export.detect_metric import detection_agreement
+
+    head = ec.DetectionHead("yolo", score_threshold=0.25, iou_threshold=0.5).to_dict()
+    ref = _raw([(0.800, 0.1), (0.799, 0.1), (0.798, 0.1), (0.9, 0.1)])  # NMS keeps A and C
+    out = _raw([(0.799, 0.1), (0.800, 0.1), (0.798, 0.1), (0.9, 0.1)])  # B first: only B
+    tied, record = detection_agreement(ref, out, head, tie_margin=0.01)
+    assert record["strict_agreement"] == pytest.approx(2 / 3)  # C is lost to the tie flip
+    assert tied == 1.0 and record["optional_reference"] == 1
+    assert detection_agreement(ref, out, head, tie_margin=0.0)[0] == pytest.approx(2 / 3)
+    far_lost = _raw([(0.800, 0.1), (0.799, 0.1), (0.798, 0.1), (0.2, 0.1)])
+    # the far box is lost for real: A and C match, it does not
+    assert detection_agreement(ref, far_lost, head, tie_margin=0.01)[0] == pytest.approx(2 / 3)
+
+
+def test_a_detection_at_the_score_threshold_is_optional():
+    from edgecompress.export.detect_metric import detection_agreement
+
+    head = ec.DetectionHead("yolo", score_threshold=0.25, iou_threshold=0.5).to_dict()
+    ref = _raw([(0.8, 0.1), (0.1, 0.1), (0.1, 0.1), (0.255, 0.1)])  # the far box just passes
+    out = _raw([(0.8, 0.1), (0.1, 0.1), (0.1, 0.1), (0.245, 0.1)])  # ...and just misses here
+    value, record = detection_agreement(ref, out, head, tie_margin=0.02)
+    assert value == 1.0 and record["strict_agreement"] == 0.5
+    assert record["optional_reference"] == 1
+    assert detection_agreement(ref, out, head, tie_margin=0.001)[0] == 0.5

@@ -90,6 +90,11 @@ def test_ultralytics_yolov8n_is_recognised_and_detects_through_onnx(tmp_path):
                          preprocess=Preprocess(resize="letterbox"))
     dm = ec.Pipeline([], measure=False).run(yolo, data)  # task inferred from the model
     assert dm.info["detection"]["kind"] == "yolo" and dm.info["detection"]["normalized"]
+    with torch.no_grad():  # the raw head (C2f blocks split for pruning) computes the same
+        want = yolo(x)[0]
+        assert torch.allclose(dm.model(x), torch.cat([want[:, :4] / 64, want[:, 4:]], 1),
+                              atol=1e-5)
+    assert sum(type(m).__name__ == "SplitC2f" for m in dm.model.modules()) == 8
     art = dm.export("onnx", tmp_path / "yolo.onnx", benchmark_runs=0)
     assert art.parity.task == "detect" and art.parity.passed
     runner = ec.load(tmp_path / "yolo.onnx")
@@ -109,6 +114,13 @@ def test_torchvision_ssdlite_exports_its_raw_head_and_detects(tmp_path):
                                                                        val=[(x, None)]))
     spec = dm.info["detection"]
     assert spec["kind"] == "boxes_scores" and spec["multi_label"]
+    raw = dm.model
+    with torch.no_grad():  # the batched decode is torchvision's box coding
+        reg = torch.randn(1, raw.anchor_sizes.shape[0], 4) * 0.5
+        anchors = torch.cat([raw.anchor_centres - raw.anchor_sizes / 2,
+                             raw.anchor_centres + raw.anchor_sizes / 2], 1)
+        want = (ssd.box_coder.decode_single(reg[0], anchors) / 64).clamp(0, 1)
+    assert torch.allclose(raw.decode(reg)[0], want, atol=1e-5)
     art = dm.export("onnx", tmp_path / "ssd.onnx", benchmark_runs=0)
     # NMS now runs in the runtime on the raw head: FP32 agrees (task23 saw 63.5 % with
     # torchvision's in-graph NMS on tied scores)

@@ -54,7 +54,7 @@ SERVE_AND_PREDICT = textwrap.dedent("""
     for path in sys.argv[1:]:
         runner = ec.load(path)
         stats = runner.benchmark(warmup=2, runs=10)
-        app = create_app(ServeConfig(path, state_dir=path + ".state", workers=1, queue=4))
+        app = create_app(ServeConfig(path, state_dir=path + ".state", infer_threads=1, queue=4))
         buf = io.BytesIO()
         Image.fromarray((np.arange(256).reshape(16, 16)).astype("uint8")).save(buf, "PNG")
         with LiveServer(app) as url:

@@ -19,7 +19,7 @@ from edgecompress.quant.simulate import QuantLayer, act_quantizers
 
 METHODS = ("minmax", "percentile", "entropy")
 FAST = Measure(latency=False, macs=False)
-INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "QGemm", "ConvInteger")
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "QGemm", "ConvInteger")
 
 
 def _collect(method: str, *batches: torch.Tensor) -> tuple[list[float] | None, RangeCollector]:
@@ -222,22 +222,24 @@ def test_timm_lcnet_saturated_gates_calibrate(images, tmp_path):
 
 def test_hf_vit_quantizes_and_names_what_fx_cannot_trace(images, tmp_path):
     """HF ViT reads ``projection.weight.dtype`` in its forward and cannot be traced by
-    torch.fx: the parts fx cannot follow are named in the report instead of an error."""
+    torch.fx: the parts fx cannot follow are named in the report instead of an error, and the
+    file quantizes what the layer-by-layer simulation does (every layer on int8 kernels, the
+    attention matmuls float), so it passes parity (before: 47 steps, refused)."""
     transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(image_size=32, patch_size=8, num_hidden_layers=1,
                                     hidden_size=32, num_attention_heads=2,
                                     intermediate_size=64, num_labels=4)
     model = _Logits(transformers.ViTForImageClassification(config), "logits")
-    # the file quantizes attention matmuls the untraceable simulation cannot: parity fails
-    # (max|diff| 0.04–0.05, issue #23), so the file is kept marked FAIL to count its kernels
-    dm, art = _ptq_onnx(model, images, tmp_path / "vit.onnx", on_parity_fail="keep")
-    assert art.metadata.get("verification", "").startswith("FAIL") or art.parity.passed
+    dm, art = _ptq_onnx(model, images, tmp_path / "vit.onnx")
+    assert art.parity.passed, art.parity
+    assert dm.quant_recipe.layers_only and art.notes["quantized_op_types"] == ["Conv", "MatMul", "Gemm"]
     assert sum(isinstance(m, QuantLayer) for m in dm.model.modules()) == 8  # conv, q k v o, 2 mlp, head
     untraced = dm.report.stages[-1].notes["untraced_by_torch_fx"]
     assert any("patch_embeddings" in part for part in untraced), untraced
     kernels = _int8_kernels(art)
-    assert kernels.get("QGemm", 0) + kernels.get("QLinearMatMul", 0) >= 6, kernels
+    assert kernels.get("QGemm", 0) + kernels.get("MatMulIntegerToFloat", 0) == 7, kernels
     assert kernels.get("QLinearConv", 0) == 1, kernels
+    assert not kernels.get("QLinearMatMul") and not kernels.get("QLinearSoftmax"), kernels
 
 
 class _DataDependent(nn.Module):

@@ -62,7 +62,7 @@ class FakeTemperature:
 
 def _config(tmp_path, artifact, **kw) -> ServeConfig:
     kw.setdefault("token", TOKEN)
-    return ServeConfig(artifact, workers=2, queue=32, state_dir=tmp_path / "state", **kw)
+    return ServeConfig(artifact, infer_threads=2, queue=32, state_dir=tmp_path / "state", **kw)
 
 
 @pytest.fixture()

@@ -56,7 +56,7 @@ def lookup_onnx(tmp_path_factory):
 
 
 def _serve(tmp_path, artifact, **kw):
-    config = ServeConfig(artifact, workers=1, queue=32, state_dir=tmp_path / "state", **kw)
+    config = ServeConfig(artifact, infer_threads=1, queue=32, state_dir=tmp_path / "state", **kw)
     return LiveServer(create_app(config))
 
 

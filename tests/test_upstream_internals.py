@@ -132,3 +132,20 @@ def test_torch_pruning_checks_the_group_just_before_rounding_it():
     before = sum(p.numel() for p in skipped.model.parameters())
     skipped.step()
     assert sum(p.numel() for p in skipped.model.parameters()) == before
+
+
+def test_uvicorn_internals_the_handed_over_connections_use():
+    """serve/workers.py overrides ``uvicorn.Server.startup`` and builds the HTTP protocol itself
+    (as uvicorn's own startup does): the pieces it relies on must still be there."""
+    uvicorn = pytest.importorskip("uvicorn")
+    server = uvicorn.Server(uvicorn.Config(lambda scope, receive, send: None, lifespan="on"))
+    assert inspect.iscoroutinefunction(uvicorn.Server.startup)
+    server.config.load()
+    assert hasattr(server.config, "http_protocol_class")
+    params = inspect.signature(server.config.http_protocol_class.__init__).parameters
+    assert {"config", "server_state", "app_state", "_loop"} <= set(params), sorted(params)
+    assert hasattr(server, "server_state")
+    assert "self.lifespan" in inspect.getsource(uvicorn.Server._serve)  # set before startup()
+    lifespan = server.config.lifespan_class(server.config)
+    assert inspect.iscoroutinefunction(lifespan.startup)
+    assert hasattr(lifespan, "should_exit") and hasattr(lifespan, "state")

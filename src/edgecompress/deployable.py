@@ -9,7 +9,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from . import ecm_file, registry
@@ -17,7 +16,7 @@ from ._version import __version__
 from .ecm_file import ECM_FORMAT, ECM_VERSION, Builder, ExportedProgramModule
 from .errors import ArtifactError, ExportError
 from .forms import Form
-from .data.inputs import head, to_device
+from .data.inputs import apply, head, to_device
 from .job import ExportJob
 from .quant_recipe import QuantRecipe
 from .report import Report
@@ -202,11 +201,12 @@ def _check_named_inputs(job: ExportJob, fmt: str) -> None:
                           f"one of {', '.join(NAMED_INPUT_FORMATS)}")
 
 
-def _calibration(dm: DeployableModel, recipe: QuantRecipe | None) -> torch.Tensor | None:
+def _calibration(dm: DeployableModel, recipe: QuantRecipe | None) -> Any:
     if recipe is None or recipe.scheme != "static":
         return None
-    if recipe.calib_samples is not None:
-        return recipe.calib_samples.detach().float().cpu()
+    if recipe.calib_samples is not None:  # float inputs as float32; ids and masks keep their dtype
+        return apply(recipe.calib_samples, lambda t: (t.float() if t.is_floating_point() else t)
+                     .detach().cpu())
     if dm.data is None:
         return None
     log.warning("the INT8 recipe carries no calibration samples; calibrating on %d samples of "

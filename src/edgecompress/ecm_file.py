@@ -23,6 +23,7 @@ from ._ecm_archive import (TRUSTED_REBUILD_HOOKS, check_hashes, check_structure,
                            trusted_builder, version_ok)
 from ._io import atomic_path, ensure_free_space
 from ._version import __version__
+from .data.inputs import is_inputs
 from .errors import ArtifactError
 from .metadata import check_destination
 from .quant_recipe import QuantRecipe
@@ -139,6 +140,9 @@ def _from_checked(manifest: dict[str, Any], blobs: dict[str, bytes],
         calib = None
         if "calib_samples.pt" in blobs:
             calib = safe_tensors(blobs["calib_samples.pt"], p, "calib_samples.pt")["x"]
+            if not is_inputs(calib):  # a tensor, or a tuple / dict of them (several inputs)
+                raise ArtifactError(f"{p}: calib_samples.pt holds {type(calib).__name__}, not "
+                                    f"model inputs; the file is corrupt or crafted")
         recipe = QuantRecipe.from_metadata(manifest["quant_recipe"], calib)
     model = _rebuild_from_recipe(recipe, float_model, weights)
     if model is None:

@@ -35,7 +35,8 @@ class ExportJob:
         parity_inputs: real inputs for the parity check (same structure as ``example``).
         eval_data: labelled batches for the artifact's accuracy (None: not measured).
         calibration: inputs to calibrate a static recipe with (the recipe's own samples, else
-            samples of the bundle; None for float and dynamic exports).
+            samples of the bundle; the structure of ``example``; None for float and dynamic
+            exports).
         metadata: the model-level metadata every artifact carries (input, classes, recipe...).
         saved: what a ``.ecm`` file records besides the weights (history, report, info...).
         float_model: the float model a recipe was derived from (``.ecm`` files keep it).
@@ -50,7 +51,7 @@ class ExportJob:
     example: Any
     parity_inputs: Any
     eval_data: Iterable[Any] | None = None
-    calibration: torch.Tensor | None = None
+    calibration: Any = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     saved: Mapping[str, Any] = field(default_factory=dict)
     float_model: nn.Module | None = None

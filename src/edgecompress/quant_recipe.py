@@ -13,8 +13,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
-import torch
-
 from .quant.fakequant import W_QMAX
 
 RECIPE_VERSION = 2
@@ -24,7 +22,8 @@ RECIPE_VERSION = 2
 class QuantRecipe:
     """What a quantization pass decided, independent of any export format (the common part).
 
-    ``calib_samples`` are kept so each exporter can calibrate with its own tool; ``ranges``
+    ``calib_samples`` (model inputs: a tensor, or a tuple / dict of tensors for a model that
+    takes several) are kept so each exporter can calibrate with its own tool; ``ranges``
     holds learned (QAT) or observed activation ranges by tensor name (``<layer>:in/out``).
     """
 
@@ -40,7 +39,7 @@ class QuantRecipe:
     # order: how exporters match layers to graph nodes
     reduce_range: bool = False  # 7-bit weights (x86 CPUs without VNNI saturate ORT's u8s8 kernels)
     rebuild: str | None = None  # "module:function" rebuilding the quantized model of a saved file
-    calib_samples: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    calib_samples: Any = field(default=None, compare=False, repr=False)
     ranges: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,6 +53,13 @@ class QuantRecipe:
     def precision(self) -> str:
         """The artifact precision this recipe asks for ('int8-static' or 'int8-dynamic')."""
         return f"int{self.bits}-{self.scheme}"
+
+    @property
+    def calib_count(self) -> int:
+        """How many calibration samples the recipe carries (0: none)."""
+        from .data.inputs import batch_size
+
+        return 0 if self.calib_samples is None else batch_size(self.calib_samples)
 
     def replace(self, **changes: Any) -> "QuantRecipe":
         return dataclasses.replace(self, **changes)
@@ -72,12 +78,12 @@ class QuantRecipe:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "calib_samples"}
         d["ranges"] = {k: v for k, v in self.ranges.items() if _plain(v)}
         d.update(scheme=self.scheme, version=RECIPE_VERSION,
-                 calib_count=0 if self.calib_samples is None else int(self.calib_samples.shape[0]))
+                 calib_count=self.calib_count)
         return _lists(d)
 
     @classmethod
     def from_metadata(cls, d: Mapping[str, Any],
-                      calib_samples: torch.Tensor | None = None) -> "QuantRecipe":
+                      calib_samples: Any = None) -> "QuantRecipe":
         """The recipe of a manifest of version 2, or of version 1 (``extra`` dict)."""
         data = dict(d)
         target = {"static": StaticRecipe, "weight": WeightOnlyRecipe}.get(
@@ -98,7 +104,7 @@ class QuantRecipe:
                              "layers": list(getattr(self, "layers", ())), "source": self.source,
                              "extra": _lists(self.facts())}
         d["ranges_count"] = len([v for v in self.ranges.values() if _plain(v)])
-        d["calib_count"] = 0 if self.calib_samples is None else int(self.calib_samples.shape[0])
+        d["calib_count"] = self.calib_count
         return d
 
     def facts(self) -> dict[str, Any]:  # pragma: no cover - overridden
@@ -115,6 +121,9 @@ class StaticRecipe(QuantRecipe):
     weight_qmax: int = W_QMAX
     one_quantizer_per_tensor: int = 0  # version of quantizer sharing (0: each layer its own)
     calibrated_after_training: tuple[str, ...] | None = None  # QAT: ranges calibrated at the end
+    # fx could not trace the model: the simulation quantizes each Conv / Linear (weights, input;
+    # a Conv's output too) and nothing between them, and exporters quantize no more than that
+    layers_only: bool = False
 
     def facts(self) -> dict[str, Any]:
         """What artifacts record of the recipe, in the order artifacts always had it."""
@@ -130,6 +139,8 @@ class StaticRecipe(QuantRecipe):
         if self.calibrated_after_training is not None:
             d["calibrated_after_training"] = list(self.calibrated_after_training)
         d["one_quantizer_per_tensor"] = self.one_quantizer_per_tensor
+        if self.layers_only:  # recorded only when set: older artifacts keep their layout
+            d["layers_only"] = True
         return d
 
 

@@ -35,6 +35,13 @@ def head_on(model: Any) -> DetectionHead | None:
     return head if isinstance(head, DetectionHead) else None
 
 
+def detector_head_modules(model: Any) -> list[str]:
+    """Names of the modules forming a wrapped detector's head (what pruning keeps whole by
+    default: box and class branches pruned apart lose the coupling their outputs share)."""
+    names = getattr(model, "head_modules", None)
+    return list(names()) if callable(names) and head_on(model) is not None else []
+
+
 def recognised(model: Any) -> str | None:
     """``"ultralytics"``, ``"torchvision_ssd"`` or None: which known detector ``model`` is."""
     layers = getattr(model, "model", None)
@@ -103,11 +110,19 @@ def _ssd_head(model: Any) -> DetectionHead:
 
 class YOLORawHead(nn.Module):
     """An Ultralytics detector returning only its decoded head (N, 4 + C, A), boxes as
-    fractions of the input size so boxes and scores share one INT8 output scale."""
+    fractions of the input size so boxes and scores share one INT8 output scale. Its C2f
+    blocks are rewritten for pruning (:mod:`.yolo_blocks`; the wrapped model is the pipeline's
+    copy, never the user's)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
+        from .yolo_blocks import split_c2f
+
+        split_c2f(model)  # same outputs; lets structured pruning follow C2f's channels
         self.model = model
+
+    def head_modules(self) -> list[str]:
+        return [f"model.model.{len(self.model.model) - 1}"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
@@ -126,7 +141,7 @@ class SSDRawHead(nn.Module):
         super().__init__()
         from torchvision.models.detection.image_list import ImageList
 
-        self.backbone, self.head, self.box_coder = ssd.backbone, ssd.head, ssd.box_coder
+        self.backbone, self.head = ssd.backbone, ssd.head
         t = ssd.transform
         self.register_buffer("mean", torch.tensor(t.image_mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(t.image_std).view(1, -1, 1, 1))
@@ -135,21 +150,36 @@ class SSDRawHead(nn.Module):
         with torch.no_grad():
             feats = self._features((probe - self.mean) / self.std)
             anchors = ssd.anchor_generator(ImageList(probe, [(h, w)]), feats)[0]
-        self.register_buffer("anchors", anchors)
-        self.register_buffer("scale", torch.tensor([w, h, w, h], dtype=torch.float32))
+        # anchors as centre and size, (A, 2) each: the decode below broadcasts them over the
+        # batch with no strided slicing (ncnn has no layer for Tensor.slice with a step)
+        wh = anchors[:, 2:] - anchors[:, :2]
+        self.register_buffer("anchor_centres", anchors[:, :2] + 0.5 * wh)
+        self.register_buffer("anchor_sizes", wh)
+        self.register_buffer("weights", torch.tensor(ssd.box_coder.weights, dtype=torch.float32))
+        self.clip = float(ssd.box_coder.bbox_xform_clip)
+        self.register_buffer("scale", torch.tensor([w, h], dtype=torch.float32))
+
+    def head_modules(self) -> list[str]:
+        return ["head"]
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.backbone(x)
         return list(feats.values()) if isinstance(feats, dict) else [feats]
 
+    def decode(self, regression: torch.Tensor) -> torch.Tensor:
+        """SSD's box coding (torchvision's ``BoxCoder.decode_single``, batched): offsets of
+        the centre in anchor sizes, log size ratios; corners as fractions of the input."""
+        offsets, log_sizes = regression.split(2, dim=-1)
+        centres = offsets / self.weights[:2] * self.anchor_sizes + self.anchor_centres
+        sizes = torch.exp((log_sizes / self.weights[2:]).clamp(max=self.clip)) * self.anchor_sizes
+        corners = torch.cat([centres - 0.5 * sizes, centres + 0.5 * sizes], dim=-1)
+        return (corners / self.scale.repeat(2)).clamp(0.0, 1.0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.head(self._features((x - self.mean) / self.std))
-        n = x.shape[0]
-        anchors = self.anchors.unsqueeze(0).expand(n, -1, -1).reshape(-1, 4)
-        boxes = self.box_coder.decode_single(out["bbox_regression"].reshape(-1, 4), anchors)
-        boxes = (boxes.reshape(n, -1, 4) / self.scale).clamp(0.0, 1.0)
         scores = torch.softmax(out["cls_logits"], dim=-1)[..., 1:]
-        return torch.cat([boxes, scores], dim=-1)
+        return torch.cat([self.decode(out["bbox_regression"]), scores], dim=-1)
 
 
-__all__ = ["HEAD_ATTR", "SSDRawHead", "YOLORawHead", "head_on", "prepare", "recognised"]
+__all__ = ["HEAD_ATTR", "SSDRawHead", "YOLORawHead", "detector_head_modules", "head_on", "prepare",
+           "recognised"]

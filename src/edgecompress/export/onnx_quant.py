@@ -25,9 +25,11 @@ import numpy as np
 from ..errors import ExportError
 from ..quant.mapping import map_layers
 from ..quant.calibrate import CalibrationResult
+from .detect_quant import float_tail
+from .onnx_scope import layer_scope, layers_only
 from .ort_calibrate import (calibration_notes, equal_batch_size, mask_nodes, supports_cache,
                             write_calibration_cache)
-from .ort_quant import SAME_SCALE_OPS, CalibrationReader, calibration_method
+from .ort_quant import SAME_SCALE_OPS, CalibrationReader, calibration_method, sample_count
 
 if TYPE_CHECKING:
     from ..job import ExportJob
@@ -54,7 +56,10 @@ def quantize_onnx(float_path: Path, out_path: Path, job: "ExportJob", opts: Any)
         if recipe.scheme == "dynamic":
             notes = _dynamic(proto, prepared, out_path, recipe)
         else:
-            notes = _static(proto, prepared, out_path, recipe, job.calibration, opts.quant_format)
+            feeds = calibration_feeds(job.calibration, proto, job.signature.input_names)
+            # a detector's decode tail stays float (export/detect_quant.py): det24lib, #24
+            tail = float_tail(proto) if job.metadata.get("detection") else []
+            notes = _static(proto, prepared, out_path, recipe, feeds, opts.quant_format, tail)
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
@@ -157,43 +162,69 @@ def _scale_source(tensor: str, producers: dict[str, Any]) -> str:
     return tensor
 
 
-def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe", calibration: Any,
-            quant_format: str = "qdq") -> dict[str, Any]:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+def calibration_feeds(calibration: Any, proto: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """The calibration samples as ORT feeds them, ``{graph input: array}``: float inputs as
+    float32, integer ids and masks in their own dtype (a model with several inputs gives them
+    in call order, named by the signature). ExportError when there are none."""
+    from ..data.inputs import batch_size, tensors
 
-    if calibration is None or calibration.shape[0] == 0:
+    if calibration is None or batch_size(calibration) == 0:
         raise ExportError("the static INT8 recipe carries no calibration samples, so ONNX "
                           "Runtime cannot calibrate; re-run QuantizePTQ/QuantizeQAT with data, "
                           "or save the model with DeployableModel.save(..., keep_samples=True) "
                           "to re-export it from the .ecm file")
+    values = tensors(calibration)
+    if len(values) == 1:
+        names = [proto.graph.input[0].name]
+    graph_inputs = [i.name for i in proto.graph.input]
+    feeds = {n: (t.float() if t.is_floating_point() else t).cpu().numpy()
+             for n, t in zip(names, values) if n in graph_inputs}
+    missing = [n for n in graph_inputs if n not in feeds]
+    if missing:
+        raise ExportError(f"the ONNX graph reads inputs {missing} that the calibration samples "
+                          f"do not hold (they hold {names}); give DataBundle(calib=...) batches "
+                          f"with every input the model takes")
+    return feeds
+
+
+def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
+            samples: dict[str, np.ndarray], quant_format: str = "qdq",
+            keep_float: list[str] | None = None) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     mapping, missing = _layer_nodes(proto, recipe)
     exclude = _excluded_nodes(mapping, recipe)
     overrides = _overrides(proto, mapping, recipe) if recipe.ranges_kind == "learned" else {}
     method = calibration_method(recipe.method)
     # u8 activations with s8 weights is ORT's fast x86 path (VNNI); s8/s8 for ARM
     act = QuantType.QUInt8 if recipe.backend == "x86" else QuantType.QInt8
-    samples = calibration.float().numpy()
     reduce = recipe.reduce_range
     fmt = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
     with tempfile.TemporaryDirectory() as work, _quiet():
-        reader, cache, found = _calibration(src, samples, proto.graph.input[0].name,
-                                            recipe.method, Path(work))
+        reader, cache, found = _calibration(src, samples, recipe.method, Path(work))
         masked = [n for n in mask_nodes(proto, found) if n not in exclude]
-        exclude = exclude + masked
+        tail = [n for n in keep_float or () if n not in exclude and n not in masked]
+        exclude = exclude + masked + tail
+        # byom23: a model fx cannot trace is simulated layer by layer; ORT quantizes as much
+        ops, unlayered, extra = layer_scope(proto) if layers_only(recipe) else (None, [], {})
+        exclude = exclude + [n for n in unlayered if n not in exclude]
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
         quantize_static(str(src), str(out), reader,
                         quant_format=fmt, per_channel=recipe.per_channel,
                         reduce_range=reduce, activation_type=act, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=method,
-                        extra_options={"TensorQuantOverrides": overrides} if overrides else None,
-                        **cache)
+                        op_types_to_quantize=ops, extra_options=extra or None, **cache)
     notes: dict[str, Any] = {
         "quantizer": f"onnxruntime.quantization.quantize_static ({fmt.name})",
-        "calibration": f"{recipe.method} on {samples.shape[0]} samples",
+        "calibration": f"{recipe.method} on {sample_count(samples)} samples",
         "activation_type": "uint8" if recipe.backend == "x86" else "int8",
         "weight_type": f"int8 {'per-channel' if recipe.per_channel else 'per-tensor'}"
                        f"{' (reduce_range: 7-bit values, no VNNI)' if reduce else ''}",
         "float_nodes": exclude, "learned_ranges_written": len(overrides),
-        **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {})}
+        **({"quantized_op_types": ops} if ops else {}),
+        **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {}),
+        **({"float_detection_tail": len(tail)} if tail else {})}
     if missing:
         notes["layers_not_matched"] = missing
         if overrides:
@@ -203,17 +234,16 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe", calibration
     return notes
 
 
-def _calibration(src: Path, samples: np.ndarray, input_name: str, method: str,
+def _calibration(src: Path, samples: dict[str, np.ndarray], method: str,
                  work: Path) -> tuple[Any, dict[str, Any], CalibrationResult | None]:
     """The reader and calibration-cache argument for ``quantize_static``, and what our robust
     calibration left out (see :mod:`.ort_calibrate`). ONNX Runtime without a calibration cache
     calibrates itself, on batches of equal size (its histogram collector needs them)."""
     if supports_cache():
-        cache, found = write_calibration_cache(src, samples, input_name, method, work)
-        return (CalibrationReader(samples, input_name), {"calibration_cache_path": str(cache)},
-                found)
-    batch = equal_batch_size(len(samples))
-    return CalibrationReader(samples, input_name, batch_size=batch), {}, None
+        cache, found = write_calibration_cache(src, samples, None, method, work)
+        return CalibrationReader(samples), {"calibration_cache_path": str(cache)}, found
+    batch = equal_batch_size(sample_count(samples))
+    return CalibrationReader(samples, batch_size=batch), {}, None
 
 
 def _dynamic(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[str, Any]:

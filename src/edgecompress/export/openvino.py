@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .._extras import require
+from ..data.inputs import batch_size, tensors
 from ..errors import ExportError
 from ..metadata import write_sidecar
 from ..options import option
@@ -94,16 +95,21 @@ def nncf_quantize_ir(float_xml: Path, out_dir: Path, calibration: Any,
     """Quantize the float IR with NNCF on the job's calibration samples; write int8 IR."""
     ov = require("openvino", "openvino", "Exporting to OpenVINO")
     nncf = require("nncf", "openvino", "Quantizing with NNCF")
-    if calibration is None or calibration.shape[0] == 0:
+    if calibration is None or batch_size(calibration) == 0:
         raise ExportError("the static INT8 recipe carries no calibration samples, so NNCF "
                           "cannot calibrate; re-run QuantizePTQ with data")
-    samples = calibration.float().numpy()
+    count = batch_size(calibration)
     model = ov.Core().read_model(str(float_xml))
     ignored = (nncf.IgnoredScope(patterns=[re.escape(n) + ".*" for n in skipped_nodes],
                                  validate=False) if skipped_nodes else None)
-    # one sample per item: NNCF's statistics are per-sample; the input is dynamic in batch
-    dataset = nncf.Dataset([samples[i:i + 1] for i in range(samples.shape[0])])
-    kwargs: dict[str, Any] = {"subset_size": int(samples.shape[0]),
+    # one sample per item: NNCF's statistics are per-sample; the input is dynamic in batch.
+    # byom23: a model with several inputs gets every one, by the IR's input names in call order
+    values = [(t.float() if t.is_floating_point() else t).numpy() for t in tensors(calibration)]
+    names = [i.get_any_name() for i in model.inputs]
+    items = ([values[0][i:i + 1] for i in range(count)] if len(values) == 1 else
+             [{n: v[i:i + 1] for n, v in zip(names, values)} for i in range(count)])
+    dataset = nncf.Dataset(items)
+    kwargs: dict[str, Any] = {"subset_size": count,
                               "preset": nncf.QuantizationPreset.PERFORMANCE}
     if ignored is not None:
         kwargs["ignored_scope"] = ignored
@@ -111,7 +117,7 @@ def nncf_quantize_ir(float_xml: Path, out_dir: Path, calibration: Any,
         quantized = nncf.quantize(model, dataset, **kwargs)
     save_ir(quantized, out_dir, False, metadata)
     return {"quantizer": f"nncf.quantize {getattr(nncf, '__version__', '?')} (preset performance)",
-            "calibration": f"NNCF min-max/mean statistics on {samples.shape[0]} samples",
+            "calibration": f"NNCF min-max/mean statistics on {count} samples",
             "float_nodes": skipped_nodes}
 
 

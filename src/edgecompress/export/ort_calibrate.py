@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..quant.calibrate import CalibrationResult, RangeCollector
-from .ort_quant import calibration_method
+from .ort_quant import Samples, as_feeds, calibration_method, sample_count
 
 log = logging.getLogger("edgecompress")
 
@@ -38,11 +38,12 @@ def equal_batch_size(n: int, limit: int = 32) -> int:
     return max(b for b in range(1, min(limit, n) + 1) if n % b == 0)
 
 
-def write_calibration_cache(model_path: Path, samples: np.ndarray, input_name: str,
+def write_calibration_cache(model_path: Path, samples: Samples, input_name: str | None,
                             method: str, work: Path,
                             batch_size: int = 32) -> tuple[Path, CalibrationResult]:
-    """Calibrate ``model_path`` on ``samples``; write ORT's calibration cache; its path and
-    what calibration left out."""
+    """Calibrate ``model_path`` on ``samples`` (one input's array under ``input_name``, or a
+    dict naming each input of a model with several); write ORT's calibration cache; its path
+    and what calibration left out."""
     from onnxruntime.quantization.calibrate import (TensorData, TensorsData, create_calibrator,
                                                     save_tensors_data)
 
@@ -53,10 +54,11 @@ def write_calibration_cache(model_path: Path, samples: np.ndarray, input_name: s
     names = [o.name for o in calibrator.infer_session.get_outputs()]
     wanted = set(calibrator.tensors_to_calibrate)
     collector = RangeCollector(method)
+    feeds = as_feeds(samples, input_name)  # byom23: several named inputs (int64 ids + mask)
     for _ in range(collector.passes):
-        for start in range(0, len(samples), batch_size):
+        for start in range(0, sample_count(feeds), batch_size):
             outputs = calibrator.infer_session.run(
-                None, {input_name: samples[start:start + batch_size]})
+                None, {k: v[start:start + batch_size] for k, v in feeds.items()})
             for name, value in zip(names, outputs):
                 if name in wanted:
                     collector.add(name, value)

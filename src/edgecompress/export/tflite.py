@@ -104,11 +104,6 @@ class TfliteExporter(Exporter):
         self._check_options(opts, precision)
         model = job.source.eval().cpu()
         example = job.example
-        if precision == "int8-static" and job.several_inputs:
-            raise ExportError("static INT8 TFLite of a model with several inputs is not "
-                              "supported (the quantizer calibrates one input tensor); export "
-                              "it to 'onnx' (static INT8 with named inputs), or quantize with "
-                              "QuantizeDynamic for a dynamic INT8 TFLite file")
         if precision == "fp32":
             notes = convert_float(model, example, tmp, job.signature)
         else:
@@ -122,11 +117,16 @@ class TfliteExporter(Exporter):
                     assert job.recipe is not None
                     aeq.recipe(job.recipe, opts.int8_io)
                 calib = job.calibration
-                if (opts.recipe_ranges and precision == "int8-static" and calib is not None
-                        and calib.shape[0]):
+                # byom23: the recipe's ranges are matched on one input tensor; a model with
+                # several inputs is calibrated by ai-edge-quantizer on all of them instead
+                if (opts.recipe_ranges and precision == "int8-static"
+                        and isinstance(calib, torch.Tensor) and calib.shape[0]):
                     assert job.recipe is not None
                     aeq.import_ranges(model, calib[:1], job.recipe)
                 notes.update(aeq.run(tmp, calib, opts.calib_threads))
+                if precision == "int8-static" and job.several_inputs:
+                    notes["activation_ranges"] = ("min/max over all calibration samples (the "
+                                                  "recipe's ranges are matched on one input)")
         if opts.compact_names:
             notes["tensors_renamed"] = compact_tensor_names(tmp)
         notes.update(self._check_written(tmp, precision, example, job.layout))

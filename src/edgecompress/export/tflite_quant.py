@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .._extras import require
+from ..data.inputs import batch_size, tensors
 from ..errors import ExportError
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ log = logging.getLogger("edgecompress")
 # ops whose second input is a weight tensor (what "int8 weights" means in a .tflite)
 _WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV",
                  "CONV_3D", "BATCH_MATMUL", "EMBEDDING_LOOKUP")
+# the ops a torch Conv / Linear becomes (a layers-only static recipe quantizes these alone)
+_LAYER_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE")
 
 
 @contextlib.contextmanager
@@ -139,9 +142,13 @@ class AiEdgeQuantizer:
         granularity = (self.qtyping.QuantGranularity.CHANNELWISE if recipe.per_channel
                        else self.qtyping.QuantGranularity.TENSORWISE)
         if recipe.scheme == "static":
-            self.manager.add_static_config(regex=".*", operation_name=self._all,
-                                           activation_num_bits=8, weight_num_bits=recipe.bits,
-                                           weight_granularity=granularity)
+            # byom23: a recipe simulated layer by layer (fx could not trace the model) is
+            # realised on the layers' ops only, the rest of the graph staying float as there
+            ops = _LAYER_OPS if getattr(recipe, "layers_only", False) else (self._all,)
+            for op in ops:
+                self.manager.add_static_config(regex=".*", operation_name=op,
+                                               activation_num_bits=8, weight_num_bits=recipe.bits,
+                                               weight_granularity=granularity)
             self.notes["quant_scheme"] = ("static: int8 weights and activations, activation "
                                           "ranges from the recipe or calibrated on its samples")
             if not int8_io:
@@ -215,7 +222,7 @@ class AiEdgeQuantizer:
         calib.calibrate({"serving_default": samples}, self.manager)
         return calib.get_model_qsvs()
 
-    def run(self, out: Path, calib: torch.Tensor | None, threads: int | None) -> dict[str, Any]:
+    def run(self, out: Path, calib: Any, threads: int | None) -> dict[str, Any]:
         from ai_edge_quantizer import quantizer
 
         from .tflite_ranges import apply_ranges
@@ -225,13 +232,11 @@ class AiEdgeQuantizer:
         result = None
         try:
             if qt.need_calibration:
-                if calib is None or calib.shape[0] == 0:
+                if calib is None or batch_size(calib) == 0:
                     raise ExportError("static INT8 for TFLite needs calibration samples, but the "
                                       "recipe has none and no DataBundle is attached. Re-run the "
                                       "quantization pass with data")
-                name = inspect_tflite(self.float_path)["signature_inputs"][0]
-                samples = [{name: calib[i:i + 1].numpy().astype(np.float32)}
-                           for i in range(calib.shape[0])]
+                samples = signature_samples(self.float_path, calib)
                 with quiet_tools():
                     result = self._calibrate(samples, threads or os.cpu_count() or 1)
                 self.notes["calib_count"] = len(samples)
@@ -247,6 +252,24 @@ class AiEdgeQuantizer:
                               f"recipe with their own quantizers") from exc
         out.write_bytes(bytes(quantized.quantized_model))
         return self.notes
+
+
+def signature_samples(path: Path, calib: Any) -> list[dict[str, np.ndarray]]:
+    """One feed per sample (the converted graph has batch 1) by the file's signature input
+    names in call order, each in the dtype the file takes: a model with several inputs gets
+    every one (LiteRT narrows int64 ids and masks to int32)."""
+    litert = require("ai_edge_litert.interpreter", "tflite", "Inspecting .tflite files")
+    runner = litert.Interpreter(model_path=str(path)).get_signature_runner()
+    details = runner.get_input_details()
+    names = sorted(details, key=lambda n: int(m.group(1)) if (m := re.search(r"args_(\d+)", n))
+                   else 0)
+    values = tensors(calib)
+    if len(values) != len(names):
+        raise ExportError(f"the TFLite file takes {len(names)} inputs ({', '.join(names)}) but "
+                          f"the calibration samples hold {len(values)}; give DataBundle(calib=...) "
+                          f"batches with every input the model takes")
+    arrays = [(n, v.numpy().astype(details[n]["dtype"])) for n, v in zip(names, values)]
+    return [{n: a[i:i + 1] for n, a in arrays} for i in range(batch_size(calib))]
 
 
 def _ranges_note(imported: int | None) -> dict[str, Any]:

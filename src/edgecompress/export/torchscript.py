@@ -271,7 +271,8 @@ class TorchScriptExporter(Exporter):
         if precision == "int8-static" and job.several_inputs:
             raise ExportError("static INT8 TorchScript of a model with several inputs is not "
                               "supported (torch.ao's FX calibration takes one input tensor); "
-                              "export it to 'onnx', or quantize with QuantizeDynamic")
+                              "export it to 'onnx' or 'tflite' (static INT8 with every named "
+                              "input), or quantize with QuantizeDynamic")
         notes: dict[str, Any] = {"torch": torch.__version__, "machine": platform.machine()}
         engine = engine_for(recipe, opts.engine) if precision.startswith("int8") else None
         with warnings.catch_warnings(), quantized_engine(engine):

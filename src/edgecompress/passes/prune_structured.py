@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import inputs as model_inputs
-from ..data.inputs import call_model, to_device
+from ..convert.detector import detector_head_modules
+from ..data.inputs import call_model, head as first_samples, to_device
 from ..errors import ConfigError, PassError
 from ..forms import Form
 from ..measure import count_macs, count_params
@@ -87,6 +87,9 @@ class StructuredPrune(Pass):
                                   "turns rounding off.", low=1)
     ignore: tuple[str, ...] = option((), "Names of layers (or containers) to keep whole; the "
                                      "layers producing the outputs are always kept.")
+    keep_detector_head: bool = option(True, "Keep a recognised detector's whole head (its box "
+                                      "and class branches: Ultralytics' Detect, SSD's head) "
+                                      "unpruned; False prunes inside it too.")
     max_layer_ratio: float = option(0.9, "No layer loses more than this fraction of its channels.",
                                     low=0, high=1, low_open=True, high_open=True)
     steps: int = option(1, "Iterative pruning: reach the goal in this many steps, fine-tuning "
@@ -119,12 +122,13 @@ class StructuredPrune(Pass):
 
     def _prune(self, model: nn.Module, ctx: PassContext) -> StageOutput:
         stage = self.name
-        # a tensor, a tuple or a dict of named inputs (ids + attention mask), batch of one
-        example = to_device(model_inputs.head(ctx.data.example_input, 1), first_param_device(model))
+        # a tensor, or a tuple / dict of tensors (token ids and a mask): one sample of each
+        example = to_device(first_samples(ctx.data.example_input, 1), first_param_device(model))
         facts = trace_forward(model.eval(), example, stage)
         resolve_ignored(model, self.ignore, stage)  # unknown names fail here, before any work
         head = [module_name(model, m) for m in facts.heads]
-        keep = [*head, *self.ignore]
+        keep = [*head, *self.ignore, *(detector_head_modules(model) if self.keep_detector_head
+                                       else ())]
         cfg = StepConfig(importance=self.importance, global_scope=self.scope == "global",
                          round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
                          ignored=keep, time_limit=self.time_limit)

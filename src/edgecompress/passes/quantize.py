@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
+from ..data.inputs import apply, batch_size, head
 from ..errors import ConfigError, DataError
 from ..fold import fold_batchnorm
 from ..forms import Form
@@ -25,7 +25,8 @@ from ..quant.calibrate import CalibrationResult, calibrate
 from ..quant.dynamic import DYNAMIC_TYPES, dynamic_layers, quantize_dynamic_torch
 from ..quant.mapping import execution_order
 from ..quant.sharing import untraceable_parts
-from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni, output_modes,
+from ..quant.simulate import (W_QMAX, W_QMAX_REDUCED, act_quantizers, cpu_has_vnni,
+                              layer_output_modes, output_modes,
                               quantizable_layers, ranges_of, resolve_skip, set_observing,
                               set_ranges, share_quantizers, unwrap, wrap)
 from ..quant_recipe import DynamicRecipe, StaticRecipe
@@ -61,18 +62,18 @@ def _static_layers(model: nn.Module, skip: tuple[str, ...], who: str) -> tuple[d
     return layers, skipped
 
 
-def _static_recipe(p: Any, source: str, method: str, calib: torch.Tensor,
+def _static_recipe(p: Any, source: str, method: str, calib: Any,
                    sim: nn.Module, skipped: set[str], order: list[list[Any]],
                    ranges_kind: str, outputs: dict[str, str | None], shared: int,
                    calibrated: list[str] | None = None) -> StaticRecipe:
     return StaticRecipe(
         bits=8, per_channel=p.per_channel, method=method, backend=p.backend,
-        skip=tuple(p.skip), source=source, calib_samples=calib.detach().cpu(),
+        skip=tuple(p.skip), source=source, calib_samples=apply(calib, lambda t: t.detach().cpu()),
         ranges=ranges_of(sim), skipped_layers=tuple(sorted(skipped)),
         layer_order=tuple(order), rebuild=REBUILD, ranges_kind=ranges_kind,
         outputs=dict(outputs or {}), weight_qmax=_weight_qmax(p),
         reduce_range=_weight_qmax(p) != W_QMAX, one_quantizer_per_tensor=shared,
-        calibrated_after_training=calibrated)
+        calibrated_after_training=calibrated, layers_only=not shared)
 
 
 def _weight_qmax(p: Any) -> int:
@@ -105,6 +106,11 @@ class StaticQuantOptions:
     reduce_range: bool | None = option(None, "7-bit weights, which x86 CPUs without VNNI need "
                                              "to avoid int16 saturation in ORT's u8s8 kernels "
                                              "(None: on for x86 when this CPU lacks VNNI).")
+    layers_only: bool = option(False, "Quantize only the Conv / Linear layers (weights, input, a "
+                                      "Conv's output) and keep every op between them float (Add, "
+                                      "Softmax, attention's matmuls); used anyway when torch.fx "
+                                      "cannot trace the model. Try it when a graph-wide INT8 "
+                                      "file fails its parity check.")
 
 
 @dataclass
@@ -130,17 +136,15 @@ class QuantizePTQ(Pass, StaticQuantOptions):
         float_model = copy.deepcopy(model).eval()
         folded = fold_batchnorm(float_model)
         layers, skipped = _static_layers(float_model, self.skip, "QuantizePTQ")
-        calib = ctx.data.calibration_inputs(self.samples)[:self.samples]
+        calib = head(ctx.data.calibration_inputs(self.samples), self.samples)
         order = execution_order(float_model, calib, layers)
-        outputs = output_modes(float_model, set(layers) - skipped)
-        sim, shared = share_quantizers(wrap(copy.deepcopy(float_model), self.per_channel,
-                                            skipped, outputs, _weight_qmax(self)))
+        sim, outputs, shared = _simulated(self, float_model, skipped)
         found = calibrate(sim, act_quantizers(sim), calib, self.method, desc="PTQ calibration")
         recipe = _static_recipe(self, "ptq", self.method, calib, sim, skipped, order,
                                 "observed", outputs, shared)
         _note_static(ctx, layers, skipped, calib, folded)
         _note_calibration(ctx, found)
-        _note_untraced(ctx, float_model, shared)
+        _note_untraced(ctx, float_model, shared, self.layers_only)
         return StageOutput(sim.eval(), recipe=recipe, float_model=float_model)
 
 
@@ -155,22 +159,41 @@ def _note_calibration(ctx: PassContext, *found: CalibrationResult) -> None:
         ctx.note(key, value)
 
 
-def _note_untraced(ctx: PassContext, model: nn.Module, shared: int) -> None:
+def _simulated(p: Any, float_model: nn.Module,
+               skipped: set[str]) -> tuple[nn.Module, dict[str, str | None], int]:
+    """The simulated model (uncalibrated), its layers' output modes and the quantizer-sharing
+    version: what ORT's graph quantizes, traced by fx; each layer on its own with
+    ``layers_only`` or when fx cannot trace the model (version 0)."""
+    layers = set(quantizable_layers(float_model)) - skipped
+    modes = layer_output_modes if p.layers_only else output_modes
+    outputs = modes(float_model, layers)
+    wrapped = wrap(copy.deepcopy(float_model).eval(), p.per_channel, skipped, outputs,
+                   _weight_qmax(p))
+    if p.layers_only:
+        return wrapped, outputs, 0
+    sim, shared = share_quantizers(wrapped)
+    return sim, outputs, shared
+
+
+def _note_untraced(ctx: PassContext, model: nn.Module, shared: int, layers_only: bool) -> None:
     """When torch.fx cannot follow the model, name the parts it cannot trace: there each layer
-    quantizes its own input in the simulation (ORT's graph quantizes each tensor once; the
-    export's parity check measures the difference)."""
-    if not shared:
+    is quantized on its own in the simulation, and the exports quantize the same (nothing
+    between the layers); ``layers_only=True`` asks for that on purpose."""
+    if layers_only:
+        ctx.note("layers_only", True)
+    elif not shared:
         parts = untraceable_parts(model)
         ctx.note("untraced_by_torch_fx", parts)
         log.warning("QuantizePTQ/QAT: torch.fx cannot trace %s; the simulated INT8 model "
-                    "quantizes each layer's own input there", "; ".join(parts) or "the model")
+                    "quantizes each layer on its own, and the exports quantize the same",
+                    "; ".join(parts) or "the model")
 
 
 def _note_static(ctx: PassContext, layers: dict[str, Any], skipped: set[str],
-                 calib: torch.Tensor, folded: int) -> None:
+                 calib: Any, folded: int) -> None:
     ctx.note("quantized_layers", len(layers) - len(skipped))
     ctx.note("float_layers", sorted(skipped))
-    ctx.note("calibration_samples", int(calib.shape[0]))
+    ctx.note("calibration_samples", batch_size(calib))
     ctx.note("batchnorm_folded", folded)
 
 
@@ -255,7 +278,7 @@ class QuantizeQAT(Pass, StaticQuantOptions):
         # per-channel scale), so BN can train unfolded; per-tensor needs the folded weights
         folded = 0 if self.per_channel else fold_batchnorm(float_model)
         layers, skipped = _static_layers(float_model, self.skip, "QuantizeQAT")
-        calib = ctx.data.calibration_inputs(self.samples)[:self.samples]
+        calib = head(ctx.data.calibration_inputs(self.samples), self.samples)
         sim = wrap(copy.deepcopy(float_model), self.per_channel, skipped, None, _weight_qmax(self))
         found = calibrate(sim, act_quantizers(sim), calib, self.method,
                           desc="QAT initial ranges")
@@ -278,20 +301,17 @@ class QuantizeQAT(Pass, StaticQuantOptions):
                                 outputs, shared, calibrated)
         _note_static(ctx, layers, skipped, calib, folded)
         _note_calibration(ctx, found, *late)
-        _note_untraced(ctx, trained_float, shared)
+        _note_untraced(ctx, trained_float, shared, self.layers_only)
         ctx.note("qat_schedule", schedule.events)
         return StageOutput(final, recipe=recipe, float_model=trained_float)
 
     def _final_model(self, trained_float: nn.Module, trained: nn.Module, skipped: set[str],
-                     calib: torch.Tensor) -> tuple[nn.Module, dict[str, str | None], list[str], int,
+                     calib: Any) -> tuple[nn.Module, dict[str, str | None], list[str], int,
                                                    tuple[CalibrationResult, ...]]:
         """The BN-folded simulated model with the learned ranges. Tensors that had no quantizer
         in training (a layer's output while a BatchNorm still followed it, a residual sum read
         only by pooling) are calibrated now on the float model, as ORT calibrates them."""
-        outputs = output_modes(trained_float, set(quantizable_layers(trained_float)) - skipped)
-        final, shared = share_quantizers(wrap(copy.deepcopy(trained_float).eval(),
-                                              self.per_channel, skipped, outputs,
-                                              _weight_qmax(self)))
+        final, outputs, shared = _simulated(self, trained_float, skipped)
         set_ranges(final, ranges_of(trained))
         missing = {n: q for n, q in act_quantizers(final).items() if not q.ready}
         late = (calibrate(final, missing, calib, self.method, desc="QAT output ranges"),) \

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._progress import progress
+from ..data import inputs as model_inputs
 from .fakequant import MASK_FILL, ActQuant, float_numerics
 
 log = logging.getLogger("edgecompress")
@@ -175,9 +176,12 @@ def _finite_values(collector: RangeCollector, name: str, x: Any) -> np.ndarray |
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, quantizers: dict[str, ActQuant], samples: torch.Tensor,
+def calibrate(model: nn.Module, quantizers: dict[str, ActQuant], samples: Any,
               method: str, batch_size: int = 32, desc: str = "calibrate") -> CalibrationResult:
     """Run ``samples`` through ``model`` as its float model, set each quantizer's range.
+
+    ``samples`` are model inputs: a tensor, or a tuple / dict of tensors for a model that takes
+    several (token ids and an attention mask), sliced alike into batches.
 
     All ranges come from float activations with float weights, as ORT calibrates the float
     graph; the other quantizers keep their ranges. A quantizer whose tensor had no finite
@@ -205,7 +209,7 @@ def calibrate(model: nn.Module, quantizers: dict[str, ActQuant], samples: torch.
         if name in result.ranges:
             q.set_range(*result.ranges[name])
     log.info("calibrated %d activation ranges on %d samples (%s)", len(result.ranges),
-             samples.shape[0], method)
+             model_inputs.batch_size(samples), method)
     if result.unquantized or result.ignored_values:
         log.info("calibration left %d tensors unquantized (%s) and ignored non-finite values "
                  "in %d", len(result.unquantized), ", ".join(sorted(result.unquantized)[:8]),
@@ -213,7 +217,7 @@ def calibrate(model: nn.Module, quantizers: dict[str, ActQuant], samples: torch.
     return result
 
 
-def _observe(model: nn.Module, samples: torch.Tensor, collector: RangeCollector,
+def _observe(model: nn.Module, samples: Any, collector: RangeCollector,
              batch_size: int, desc: str) -> None:
     """Run the samples through the float model once per collector pass."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -221,11 +225,13 @@ def _observe(model: nn.Module, samples: torch.Tensor, collector: RangeCollector,
     model.eval()
     try:
         with float_numerics(model):
-            starts = range(0, samples.shape[0], batch_size)
+            starts = range(0, model_inputs.batch_size(samples), batch_size)
             for stage in range(collector.passes):
                 label = desc if collector.passes == 1 else f"{desc} ({stage + 1}/{collector.passes})"
                 for start in progress(starts, desc=label, total=len(starts)):
-                    model(samples[start:start + batch_size].to(device))
+                    stop = start + batch_size
+                    batch = model_inputs.apply(samples, lambda t, a=start, b=stop: t[a:b].to(device))
+                    model_inputs.call_model(model, batch)
                 collector.next_pass()
     finally:
         model.train(was_training)

@@ -46,11 +46,11 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
     only), which simulates ORT less closely — the export's parity check measures how much.
     """
     wanted = set(layers)
+    modules = dict(model.named_modules())
     try:
         graph = torch.fx.symbolic_trace(copy.deepcopy(model)).graph  # tracing can touch caches
     except Exception:  # noqa: BLE001 - fx raises many kinds of errors
-        return {name: None for name in wanted}
-    modules = dict(model.named_modules())
+        return layer_output_modes(model, wanted)
     modes: dict[str, str | None] = {}
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in wanted:
@@ -71,6 +71,16 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
         else:
             modes[node.target] = "plain"
     return modes
+
+
+def layer_output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | None]:
+    """Output modes when each layer is quantized on its own (fx cannot trace the model, or
+    ``layers_only=True``): a Conv's output is quantized as it leaves the layer (before any
+    ReLU), so ORT, told to quantize layers only (``export/onnx_scope.py``), runs it as
+    QLinearConv; a Linear's output stays float (ORT: QGemm / MatMulIntegerToFloat, float out)."""
+    modules = dict(model.named_modules())
+    return {name: "plain" if isinstance(modules.get(name), nn.modules.conv._ConvNd) else None
+            for name in layers}
 
 
 class _LeafTracer(torch.fx.Tracer):

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .fakequant import (QUANTIZABLE, W_QMAX, W_QMAX_REDUCED, ActQuant, QuantLayer, act_qparams,
                         fake_quant_bias, fake_quant_plain, fake_quant_weight, float_numerics,
                         weight_scale)
-from .sharing import SHARING_VERSION, output_modes, share_quantizers
+from .sharing import SHARING_VERSION, layer_output_modes, output_modes, share_quantizers
 
 log = logging.getLogger("edgecompress")
 
@@ -165,6 +165,7 @@ def rebuild(float_model: nn.Module, recipe: "QuantRecipe", weights: dict[str, An
 
 __all__ = ["QUANTIZABLE", "SHARING_VERSION", "W_QMAX", "W_QMAX_REDUCED", "ActQuant", "QuantLayer",
            "act_qparams", "act_quantizers", "build_simulated", "cpu_has_vnni", "fake_quant_bias",
-           "fake_quant_plain", "fake_quant_weight", "float_numerics", "output_modes",
+           "fake_quant_plain", "fake_quant_weight", "float_numerics", "layer_output_modes",
+           "output_modes",
            "quantizable_layers", "ranges_of", "rebuild", "resolve_skip", "set_observing",
            "set_ranges", "share_quantizers", "unwrap", "weight_scale", "wrap"]

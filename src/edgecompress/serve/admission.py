@@ -52,19 +52,25 @@ class Admission:
     :meth:`predict` and :meth:`submit` run work on a worker when there is room and raise
     :class:`Rejected` otherwise, so memory is bounded by ``workers + queue`` requests in flight.
     Predictions that wait are stacked into one runner call of up to ``max_batch`` rows (see
-    :mod:`~edgecompress.serve.batching`).
+    :mod:`~edgecompress.serve.batching`). ``inline`` runs each prediction on the event loop
+    itself: for a model that takes less time than the hand-off to a thread, in a worker
+    process that has a core to itself (``--workers`` = cores); requests then wait in their
+    connections, one at a time per process, and none is refused for the queue.
     """
 
-    def __init__(self, workers: int, queue: int, max_batch: int = 1, batch_wait_ms: float = 0.0):
+    def __init__(self, workers: int, queue: int, max_batch: int = 1, batch_wait_ms: float = 0.0,
+                 observer: Callable[[int, int], None] | None = None, inline: bool = False):
         if workers < 1 or queue < 0:
             raise ValueError(f"workers must be >= 1 and queue >= 0 (got {workers}, {queue})")
         self.workers = workers
         self.queue = queue
+        self.inline = inline  # run predictions on the calling (event loop) thread
         self.batcher = Batcher(workers, max_batch, batch_wait_ms)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._rate: RateLimit | None = None
         self._ema_s = 0.01  # smoothed service time, for Retry-After
+        self.observer = observer  # told (in flight, waiting) on each change: shared metrics
 
     @property
     def in_flight(self) -> int:
@@ -94,11 +100,15 @@ class Admission:
                 raise Rejected(f"queue full ({self.queue} waiting, {self.workers} running)",
                                retry_after=max(1, math.ceil(wait)))
             self._in_flight += 1
+            if self.observer is not None:
+                self.observer(self._in_flight, self.waiting)
 
     def _done(self, seconds: float) -> None:
         with self._lock:
             self._in_flight -= 1
             self._ema_s = 0.9 * self._ema_s + 0.1 * seconds
+            if self.observer is not None:
+                self.observer(self._in_flight, self.waiting)
 
     async def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on a worker thread; :class:`Rejected` when there is no room."""
@@ -107,8 +117,21 @@ class Admission:
     async def predict(self, model: Any, x: np.ndarray) -> tuple[np.ndarray, float, int]:
         """``model.run(x)`` on a worker, stacked with other waiting requests when it can be:
         the output rows of ``x``, the seconds of the runner call and the rows that call held.
-        :class:`Rejected` when there is no room."""
+        :class:`Rejected` when there is no room. With ``inline``, the call runs right here on
+        the event loop (no hand-off to a thread, no stacking)."""
+        if self.inline:
+            return self._run_inline(model, x)
         return await self._enqueue(model=model, x=x)
+
+    def _run_inline(self, model: Any, x: np.ndarray) -> tuple[np.ndarray, float, int]:
+        self._admit()
+        t0 = time.perf_counter()
+        try:
+            out = model.run(x)
+        finally:
+            seconds = time.perf_counter() - t0
+            self._done(seconds)
+        return out, seconds, len(x)
 
     async def _enqueue(self, **work: Any) -> Any:
         self._admit()

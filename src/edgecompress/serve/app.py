@@ -154,10 +154,12 @@ def _add_error_handlers(app: FastAPI, s: ServerState) -> None:
 def _add_info_routes(app: FastAPI, s: ServerState) -> None:
     @app.get("/health")
     async def get_health() -> dict[str, Any]:
+        await s.refresh()
         return await run_in_threadpool(health, s)
 
     @app.get("/model")
     async def get_model() -> dict[str, Any]:
+        await s.refresh()
         return {**s.slot.current.describe(), **s.slot.describe()}
 
     @app.get("/events")
@@ -166,7 +168,8 @@ def _add_info_routes(app: FastAPI, s: ServerState) -> None:
 
     @app.get("/metrics")
     async def get_metrics() -> Response:
-        return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        await s.refresh()
+        return Response(await run_in_threadpool(s.metrics.render), media_type=CONTENT_TYPE_LATEST)
 
 
 def _add_swap_route(app: FastAPI, s: ServerState) -> None:

@@ -22,9 +22,8 @@ def process_rss_mb() -> float | None:
 
 def health(state: Any) -> dict[str, Any]:
     model = state.slot.current
-    watchdog = state.watchdog
-    temp = watchdog.last_c if watchdog and watchdog.last_c is not None else cpu_temperature_c()
-    hot = bool(watchdog and watchdog.hot)
+    temp, hot = state.thermal()
+    temp = temp if temp is not None else cpu_temperature_c()
     return {
         "status": "degraded" if hot else "ok",
         "model_loaded": model is not None,
@@ -36,5 +35,6 @@ def health(state: Any) -> dict[str, Any]:
         "temperature_c": temp, "throttling": throttling(), "thermal_hot": hot,
         "rate_limit_rps": state.admission.rate,
         "in_flight": state.admission.in_flight, "queue_length": state.admission.waiting,
-        "workers": state.admission.workers, "queue_limit": state.admission.queue,
+        "workers": state.config.workers, "pid": os.getpid(),
+        "infer_threads": state.admission.workers, "queue_limit": state.admission.queue,
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,7 @@ def decode_raw(data: bytes, headers: Any, model: LoadedModel) -> np.ndarray:
         dtype = np.dtype(headers.get("x-dtype", model.runner.inputs[0].dtype))
     except (ValueError, TypeError) as exc:
         raise RequestError(400, f"bad X-Shape/X-Dtype header: {exc}") from exc
-    expected_bytes = int(np.prod(shape)) * dtype.itemsize
+    expected_bytes = math.prod(shape) * dtype.itemsize
     if len(data) != expected_bytes:
         raise RequestError(400, f"X-Shape {list(shape)} of {dtype} needs {expected_bytes} bytes; "
                                 f"the body has {len(data)}")

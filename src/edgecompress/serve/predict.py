@@ -190,6 +190,8 @@ class PredictEndpoint:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         body = await read_body(receive, headers, self._limit)
         k = requested_top(scope, s.config.top_k)
+        if s.slot.shared is not None:  # several workers: serve what one of them swapped in
+            await s.refresh()
         with s.slot.acquire() as model:  # in flight on this model, even across a swap
             x, as_image = await decode_input(scope, headers, body, model)
             try:

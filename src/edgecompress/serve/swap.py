@@ -3,24 +3,29 @@ model when anything fails, and keep the last N versions on disk.
 
 Requests hold a reference to the :class:`LoadedModel` they started on, so a swap never
 disturbs one in flight: the old model's runtime is closed when its last request is done.
+With several server processes the slot follows the shared view
+(:class:`~edgecompress.serve.shared.SharedState`): a swap verifies and publishes under its
+lock, and every other process loads what was published before its next request.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .._io import atomic_path
 from ..errors import EdgeCompressError
 from ..metadata import sidecar_path
 from .events import EventLog
-from .verify import LoadedModel, check_path, load_verified
+from .shared import SharedState, Stamp
+from .verify import LoadedModel, check_path, load_published, load_verified
 
 log = logging.getLogger("edgecompress")
 
@@ -101,7 +106,7 @@ class ModelSlot:
 
     def __init__(self, primary: LoadedModel, events: EventLog, store: VersionStore,
                  fallback: LoadedModel | None = None, threads: int | None = None,
-                 max_latency_ms: float | None = None):
+                 max_latency_ms: float | None = None, shared: SharedState | None = None):
         self.primary = primary
         self.fallback = fallback
         self.events = events
@@ -110,7 +115,52 @@ class ModelSlot:
         self.max_latency_ms = max_latency_ms
         self.on_fallback = False
         self._lock = threading.Lock()  # guards which model is current
-        self._swap_lock = threading.Lock()  # one swap at a time
+        self._swap_lock = threading.Lock()  # one swap (or sync) at a time
+        self.shared = shared
+        self.applied: Stamp | None = None  # the shared view this slot serves
+        self.on_change: Callable[[dict[str, Any]], None] | None = None  # rate, temperature
+
+    # -- several processes -------------------------------------------------------------------
+    def stale(self) -> bool:
+        """True when another process published a change this slot does not serve yet."""
+        return self.shared is not None and self.shared.stamp() != self.applied
+
+    def sync(self) -> None:
+        """Serve what the shared view says: a version another process verified and published
+        is loaded here (its sha256 checked), the fallback flag and the thermal fields followed."""
+        if self.shared is None:
+            return
+        with self._swap_lock:
+            fields, stamp = self.shared.read()
+            try:
+                self._apply(fields)
+            except (EdgeCompressError, OSError, ValueError) as exc:
+                # marked as applied all the same: a broken version folder must not be reloaded
+                # on every request; this process keeps serving what it had, and says so
+                self.events.record("sync_failed", f"process {os.getpid()} keeps version "
+                                   f"{self.primary.version}: {exc}", published=fields.get("version"))
+            self.applied = stamp
+
+    def _apply(self, fields: dict[str, Any]) -> None:
+        version = fields.get("version")
+        if version is not None and version != self.primary.version:
+            new = load_published(Path(fields["path"]), version, fields["sha256"],
+                                 self.threads, fields.get("verification") or {})
+            with self._lock:
+                old, self.primary = self.primary, new
+            old.retire()
+            log.info("now serving version %d (published by process %s)", version,
+                     fields.get("published_by"))
+        with self._lock:
+            self.on_fallback = bool(fields.get("on_fallback")) and self.fallback is not None
+        if self.on_change is not None:
+            self.on_change(fields)
+
+    def published(self) -> dict[str, Any]:
+        """What the shared view holds about the primary model."""
+        p = self.primary
+        return {"version": p.version, "path": str(p.path.resolve()), "sha256": p.sha256,
+                "verification": p.verification}
 
     @property
     def current(self) -> LoadedModel:
@@ -139,7 +189,10 @@ class ModelSlot:
     def swap(self, candidate: Path, expected_sha256: str | None = None,
              source: str = "upload") -> LoadedModel:
         """Verify ``candidate`` and serve it; on any failure keep the current model and raise."""
-        with self._swap_lock:
+        shared = self.shared.transaction() if self.shared else contextlib.nullcontext(({}, None))
+        with self._swap_lock, shared as (fields, publish):
+            if fields:  # another process may have swapped since: number after its version
+                self._apply(fields)
             version = self.store.next_version(self.primary.version)
             stored = self.store.add(candidate, version)
             try:
@@ -154,6 +207,8 @@ class ModelSlot:
                 raise
             with self._lock:
                 old, self.primary = self.primary, new
+            if publish is not None:
+                self.applied = publish(**self.published())
             old.retire()
             removed = self.store.prune({self.primary.path, *(
                 [self.fallback.path] if self.fallback else [])})

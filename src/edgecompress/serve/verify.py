@@ -222,3 +222,14 @@ def load_verified(path: str | Path, version: int, threads: int | None = None,
                     "latency_p50_ms": round(stats.p50_ms, 4), "latency_p99_ms": round(stats.p99_ms, 4),
                     "verify_seconds": round(time.perf_counter() - t0, 3)}
     return LoadedModel(runner, path, sha, version, verification)
+
+
+def load_published(path: Path, version: int, sha256: str, threads: int | None,
+                   verification: dict[str, Any]) -> LoadedModel:
+    """Load a version another server process verified and published: only its sha256 is
+    checked again (the file is the one that passed), then it loads."""
+    sha = file_sha256(path)
+    if sha != sha256:
+        raise VerificationError(f"{path}: sha256 {sha[:16]}… is not the {sha256[:16]}… that "
+                                f"was verified and published; the version folder was changed")
+    return LoadedModel(load(path, threads=threads), path, sha, version, verification)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...data.inputs import call_model, named
+from ...data.inputs import call_model, tensors
 from ...errors import ConfigError, PassError
 from ...signature import flatten_outputs
 
@@ -50,14 +50,7 @@ def record_producers(model: nn.Module, producers: dict[Any, nn.Module]) -> list[
             if not any(True for _ in m.children()) and any(True for _ in m.parameters(False))]
 
 
-def describe_inputs(x: Any) -> str:
-    """The shapes of model inputs, for messages: ``(1, 3, 64, 64)`` or ``input_ids (1, 16), ...``."""
-    if isinstance(x, torch.Tensor):
-        return str(tuple(x.shape))
-    return ", ".join(f"{k} {tuple(t.shape)}" for k, t in named(x).items())
-
-
-def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts:
+def trace_forward(model: nn.Module, x: Any, stage: str) -> ForwardFacts:
     """Run ``model`` once with autograd on; PassError unless an output is tied to its weights."""
     producers: dict[Any, nn.Module] = {}
     hooks = record_producers(model, producers)
@@ -65,8 +58,10 @@ def trace_forward(model: nn.Module, x: torch.Tensor, stage: str) -> ForwardFacts
         with torch.enable_grad():
             out = call_model(model, x)
     except Exception as exc:
+        shapes = [tuple(t.shape) for t in tensors(x)]
         raise PassError(f"{stage}: the model fails on the example input "
-                        f"{describe_inputs(x)}: {type(exc).__name__}: {str(exc)[:300]}", stage) from exc
+                        f"{shapes[0] if len(shapes) == 1 else shapes}: {type(exc).__name__}: "
+                        f"{str(exc)[:300]}", stage) from exc
     finally:
         for h in hooks:
             h.remove()

@@ -52,7 +52,7 @@ class ForwardFailure:
     producers: list[str] = field(default_factory=list)  # layers whose outputs fed it
 
 
-def failing_block(model: nn.Module, x: torch.Tensor) -> ForwardFailure | None:
+def failing_block(model: nn.Module, x: Any) -> ForwardFailure | None:
     """Run ``model``; None when it runs, else where it failed."""
     stack: list[tuple[nn.Module, Any]] = []
 

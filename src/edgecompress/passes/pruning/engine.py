@@ -98,13 +98,13 @@ def _pruner_class() -> type:
     return _Pruner
 
 
-def _call(model: nn.Module, example: torch.Tensor) -> Any:
+def _call(model: nn.Module, example: Any) -> Any:
     # Torch-Pruning's default tries model(*example) first, which runs a batch-of-one input
     # unbatched on models that accept both
     return call_model(model, example)
 
 
-def build_pruner(model: nn.Module, example: torch.Tensor, ratio: float, cfg: StepConfig,
+def build_pruner(model: nn.Module, example: Any, ratio: float, cfg: StepConfig,
                  stage: str) -> Any:
     """A pruner over ``model``'s dependency graph (PassError when it cannot be traced)."""
     extra = adapters.pruner_options(model)
