@@ -36,6 +36,7 @@ from ..metadata import write_sidecar
 from ..options import option
 from ..job import ExportJob
 from .base import Exporter, ExportOptions
+from .flat import job_graph_model
 
 log = logging.getLogger("edgecompress")
 
@@ -131,8 +132,15 @@ class NcnnExporter(Exporter):
     Options = NcnnOptions
 
     def write(self, job: ExportJob, tmp: Path, opts: Any, precision: str) -> dict[str, Any]:
-        model = job.source
-        example = job.example
+        names = job.signature.output_names
+        if len(names) != 1:
+            raise ExportError(f"{type(job.source).__name__} gives {len(names)} outputs "
+                              f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) and "
+                              f"the ncnn exporter writes single-output models; export to one of "
+                              f"onnx, tflite, torchscript (they keep every named output)")
+        # a single output inside a dict / tuple / ModelOutput (torchvision's {"out": ...}) is
+        # traced as the flat tuple every graph format converts
+        model, (example,) = job_graph_model(job)
         tmp.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix="ec_pnnx_") as scratch:
             work = Path(scratch)
@@ -145,7 +153,8 @@ class NcnnExporter(Exporter):
             raise ExportError(f"the ncnn graph has inputs {inputs} and outputs {outputs}; "
                               f"edgecompress runs single-input, single-output models")
         with torch.no_grad():
-            out_shape = list(copy.deepcopy(model).cpu().eval()(example).shape)
+            out = copy.deepcopy(model).cpu().eval()(example)
+        out_shape = list((out[0] if isinstance(out, tuple) else out).shape)
         import ncnn
         import pnnx
 

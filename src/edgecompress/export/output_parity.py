@@ -7,7 +7,8 @@ over max − min of the reference) and by cosine similarity, and is held to a bo
   ``rel``);
 - INT8: max |diff| ≤ ``INT8_MAX_STEPS`` steps and mean |diff| ≤ ``INT8_MEAN_STEPS`` steps of the
   output's own quantization step — the recipe's range of the layer producing it when the recipe
-  has one that covers the reference, else the reference output's range / 255. An INT8 artifact
+  has one that covers the reference, else the reference output's range (widened to hold 0,
+  as every INT8 range is) / 255. An INT8 artifact
   differs from its simulated model by rounding (one step at a time, accumulated through the
   layers); a wrong scale or a broken layer costs many steps. An output of more than
   ``LARGE_OUTPUT`` elements (a detector's raw head: thousands of anchors; a segmentation map) is
@@ -86,7 +87,9 @@ def output_step(ref: np.ndarray, recipe_range: Any = None) -> tuple[float, str]:
         slack = 1e-3 * max(1.0, r_hi - r_lo)
         if r_hi > r_lo and lo >= r_lo - slack and hi <= r_hi + slack:
             return (r_hi - r_lo) / 255.0, "recipe range"
-    return max(hi - lo, 1e-12) / 255.0, "reference range / 255"
+    # an INT8 tensor's range always holds 0 (ORT and LiteRT widen it to), so a near-constant
+    # output far from 0 (a random-init classifier's logits) still has a step of |value| / 255
+    return max(max(hi, 0.0) - min(lo, 0.0), 1e-12) / 255.0, "reference range / 255"
 
 
 def compare_output(name: str, ref: np.ndarray, out: np.ndarray, precision: str,

@@ -222,7 +222,14 @@ def to_torchscript(model: nn.Module, example: Any, method: str,
     takes several inputs or gives structured outputs is traced through
     :class:`~edgecompress.export.flat.FlatModule` (positional inputs, a flat tuple out)."""
     errors = []
-    traced, args = graph_model(model, example, signature or Signature.of(model, example))
+    signature = signature or Signature.of(model, example)
+    if len(Signature.of(model, example).outputs) != len(signature.outputs):
+        # a detector's list of per-image dicts: a trace would fix the number of images
+        raise ExportError(f"{type(model).__name__} gives one set of outputs per image (a list "
+                          f"of {len(signature.outputs)} tensors for one image, more for more), "
+                          f"which a TorchScript trace would fix to the traced batch; export "
+                          f"it to 'onnx', which keeps the detector's outputs per image")
+    traced, args = graph_model(model, example, signature)
     for how in (("trace", "script") if method == "auto" else (method,)):
         try:
             with torch.no_grad():

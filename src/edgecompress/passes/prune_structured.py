@@ -31,6 +31,7 @@ from .pruning.analysis import (
     resolve_ignored,
     same_outputs,
     trace_forward,
+    unknown_weight_layers,
     width_changes,
 )
 from .pruning.diagnose import Unprunable, culprits, failing_block
@@ -143,7 +144,9 @@ class StructuredPrune(Pass):
         if count_groups(pruner) == 0:
             raise PassError(f"{stage}: {type(model).__name__} has no prunable layers (Conv or "
                             f"Linear layers whose output channels can be removed, other than "
-                            f"the classifier head and ignore={list(self.ignore)})", stage)
+                            f"the classifier head and ignore={list(self.ignore)})"
+                            f"{unknown_weight_layers(model)}. Use UnstructuredPrune (masks "
+                            f"weights in any layer) or QuantizeDynamic instead", stage)
         for step in range(1, self.steps + 1):
             if step == 1 and kind == "ratio":  # reuse the graph traced for the check above
                 seed_everything(ctx.seed)

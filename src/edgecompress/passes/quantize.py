@@ -350,7 +350,9 @@ class QuantizeDynamic(Pass):
         layers = dynamic_layers(float_model, self.layers)
         if not layers:
             raise ConfigError(f"QuantizeDynamic: {type(model).__name__} has no "
-                              f"{'/'.join(self.layers)} layer to quantize")
+                              f"{'/'.join(self.layers)} layer to quantize (dynamic INT8 "
+                              f"quantizes those weights only); for convolutions use "
+                              f"QuantizePTQ (static INT8)")
         skipped = resolve_skip(float_model, self.skip, layers)
         example = ctx.data.samples("val", 1)
         order = execution_order(float_model, example, layers)

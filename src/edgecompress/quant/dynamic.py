@@ -12,12 +12,37 @@ from torch import nn
 DYNAMIC_TYPES: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU}
 
 
+# Linear subclasses that compute exactly ``nn.Linear`` (timm's only casts dtypes under
+# TorchScript): quantized as Linear. Any other subclass may change forward and stays float.
+PLAIN_LINEAR_SUBCLASSES = ("timm.layers.linear.Linear",)
+
+
+def _plain_linear(m: nn.Module) -> bool:
+    return type(m) is not nn.Linear and isinstance(m, nn.Linear) and \
+        f"{type(m).__module__}.{type(m).__qualname__}" in PLAIN_LINEAR_SUBCLASSES
+
+
 def dynamic_layers(model: nn.Module, layers: Iterable[str]) -> dict[str, nn.Module]:
     """Modules of the requested kinds, by name (``nn.MultiheadAttention``'s ``out_proj`` is a
     Linear subclass torch declines to quantize dynamically; it stays float)."""
     kinds = tuple(DYNAMIC_TYPES[k] for k in layers)
+    linear = nn.Linear in kinds
     return {n: m for n, m in model.named_modules()
-            if n and type(m) in kinds}
+            if n and (type(m) in kinds or linear and _plain_linear(m))}
+
+
+def _as_plain_linears(model: nn.Module, names: Iterable[str]) -> None:
+    """Replace the :data:`PLAIN_LINEAR_SUBCLASSES` modules in ``names`` with ``nn.Linear``
+    holding the same parameters (torch's dynamic quantizer swaps exact types only)."""
+    for name in names:
+        module = model.get_submodule(name)
+        if not _plain_linear(module):
+            continue
+        plain = nn.Linear(module.in_features, module.out_features, module.bias is not None,
+                          device=module.weight.device, dtype=module.weight.dtype)
+        plain.weight, plain.bias = module.weight, module.bias
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, plain)
 
 
 def quantize_dynamic_torch(float_model: nn.Module, layers: Iterable[str],
@@ -32,6 +57,7 @@ def quantize_dynamic_torch(float_model: nn.Module, layers: Iterable[str],
     model = copy.deepcopy(float_model).eval()
     spec = {name: default_dynamic_qconfig for name in dynamic_layers(model, layers)
             if name not in skip}
+    _as_plain_linears(model, spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notices
         quantized = torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8).eval()

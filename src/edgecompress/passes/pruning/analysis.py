@@ -140,3 +140,20 @@ def module_name(model: nn.Module, module: Any) -> str:
         if m is module:
             return name
     raise KeyError(f"{type(module).__name__} is not part of {type(model).__name__}")
+
+
+_KNOWN_WEIGHTS = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.LayerNorm,
+                  nn.modules.batchnorm._NormBase, nn.GroupNorm)
+
+
+def unknown_weight_layers(model: nn.Module) -> str:
+    """``; its layers with weights Torch-Pruning cannot cut: Conv1D ×8`` (transformers' GPT-2
+    projections are ``Conv1D``, not ``nn.Linear``), or "" when there are none."""
+    kinds: dict[str, int] = {}
+    for m in model.modules():
+        weight = getattr(m, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() >= 2 and \
+                not isinstance(m, _KNOWN_WEIGHTS):
+            kinds[type(m).__name__] = kinds.get(type(m).__name__, 0) + 1
+    shown = ", ".join(f"{k} ×{n}" for k, n in kinds.items())
+    return f"; its layers with weights Torch-Pruning cannot cut: {shown}" if kinds else ""
