@@ -67,6 +67,7 @@ def _epoch_losses(dm, key):
 def test_qat_fine_tunes_a_detector_with_the_given_loss(shapes):
     loss = CentreCellLoss()
     qat = ec.passes.QuantizeQAT(samples=16, finetune=ec.FineTune(epochs=3, lr=3e-3, loss=loss))
+    torch.manual_seed(0)  # the model's init, whatever tests ran before
     dm = ec.Pipeline([qat], measure=False).run(TinyDetector(), shapes)
     assert loss.label_types == {"list"}  # the per-image target dicts reached the loss
     losses = _epoch_losses(dm, "QAT_history")
@@ -75,6 +76,7 @@ def test_qat_fine_tunes_a_detector_with_the_given_loss(shapes):
 
 
 def test_prune_recovery_fine_tunes_a_detector_with_the_given_loss(shapes):
+    torch.manual_seed(0)
     model = TinyDetector()
     before = copy.deepcopy(model.body[3].weight.shape)
     prune = ec.passes.StructuredPrune(ratio=0.3, finetune=ec.FineTune(
