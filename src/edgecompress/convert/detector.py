@@ -124,12 +124,25 @@ class YOLORawHead(nn.Module):
     def head_modules(self) -> list[str]:
         return [f"model.model.{len(self.model.model) - 1}"]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         out = self.model(x)
+        if self.training:  # Ultralytics' training outputs, what its loss reads
+            return out
         y = out[0] if isinstance(out, (tuple, list)) else out
         h, w = int(x.shape[-2]), int(x.shape[-1])
         size = torch.tensor([w, h, w, h], dtype=y.dtype, device=y.device)
-        return torch.cat([y[:, :4] / size.view(1, 4, 1), y[:, 4:]], 1)
+        return torch.cat([y[:, :4] / size.view(1, 4, 1), _class_scores(out, y)], 1)
+
+
+def _class_scores(out: Any, y: torch.Tensor) -> torch.Tensor:
+    """The per-class scores from the class logits when the head hands them out (Ultralytics
+    8.4: ``(y, {"scores": logits, ...})``), not from ``y``: ``y`` joins pixel boxes and scores in
+    one tensor, which INT8 gives one scale (~1.25 px per step at 320 px), rounding every score
+    to 0 or 1.25 (measured on a trained YOLOv8n: mAP 0.0)."""
+    raw = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
+    if isinstance(raw, dict) and isinstance(raw.get("scores"), torch.Tensor):
+        return raw["scores"].sigmoid()
+    return y[:, 4:]
 
 
 class SSDRawHead(nn.Module):
