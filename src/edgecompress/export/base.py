@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from .. import ecm_file
 from .._io import atomic_path, disk_full_is_clear, ensure_free_space, path_size
 from ..artifact import Artifact
-from ..errors import ConfigError, ExportError, ParityError
+from ..errors import ArtifactError, ConfigError, ExportError, ParityError
 from ..job import ExportJob, artifact_metadata
 from ..measure import compressed_sizes
 from ..metadata import check_destination
@@ -146,7 +146,7 @@ class Exporter:
         checked: Verification | None = None
         try:
             if opts.verify:
-                checked = self.check(self.open_runner(tmp, opts, metadata), job, precision, opts)
+                checked = self._checked(tmp, opts, metadata, job, precision, path)
                 self.record(artifact, checked)
                 if not judge(artifact, opts, self.failure_message(artifact)
                              + failure_advice(artifact, job.recipe)):
@@ -157,6 +157,19 @@ class Exporter:
         if opts.compressed:
             artifact.compressed_bytes = _compressed(tmp)
         return artifact
+
+    def _checked(self, tmp: Path, opts: Any, metadata: dict[str, Any], job: ExportJob,
+                 precision: str, path: Path) -> Verification:
+        """:meth:`check` of the fresh file; a file its own runner cannot run is refused."""
+        try:
+            return self.check(self.open_runner(tmp, opts, metadata), job, precision, opts)
+        except ArtifactError as exc:
+            raise ExportError(f"the {self.spec.name} {precision} file was written but its "
+                              f"runner cannot run it on your samples, so it was not kept "
+                              f"(nothing at {path} changed): "
+                              f"{str(exc).replace(str(tmp), str(path))}. Try another precision "
+                              f"or format, or keep the failing part in float (skip=[...])"
+                              ) from exc
 
     def check(self, runner: Runner, job: ExportJob, precision: str, opts: Any) -> Verification:
         """Verify the fresh artifact through ``runner`` (closed afterwards): parity, accuracy,

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ExportError
 from ..quant.calibrate import CalibrationResult, RangeCollector
 from .ort_quant import Samples, as_feeds, calibration_method, sample_count
 
@@ -57,8 +58,8 @@ def write_calibration_cache(model_path: Path, samples: Samples, input_name: str 
     feeds = as_feeds(samples, input_name)  # byom23: several named inputs (int64 ids + mask)
     for _ in range(collector.passes):
         for start in range(0, sample_count(feeds), batch_size):
-            outputs = calibrator.infer_session.run(
-                None, {k: v[start:start + batch_size] for k, v in feeds.items()})
+            outputs = _run_augmented(calibrator.infer_session,
+                                     {k: v[start:start + batch_size] for k, v in feeds.items()})
             for name, value in zip(names, outputs):
                 if name in wanted:
                     collector.add(name, value)
@@ -73,6 +74,17 @@ def write_calibration_cache(model_path: Path, samples: Samples, input_name: str 
     if result.notes():
         log.info("ONNX calibration: %s", {k: len(v) for k, v in result.notes().items()})
     return path, result
+
+
+def _run_augmented(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """One calibration batch through ORT's augmented graph; ORT's own failure, said plainly."""
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:  # ORT raises its own types (Fail, InvalidArgument, ...)
+        raise ExportError(f"ONNX Runtime cannot run the exported graph with every tensor as an "
+                          f"output, which static INT8 calibration needs: {str(exc).strip()[:600]}"
+                          f". Try QuantizeDynamic, another format, or keep the failing part in "
+                          f"float (skip=[...])") from exc
 
 
 def mask_nodes(proto: Any, result: CalibrationResult | None) -> list[str]:

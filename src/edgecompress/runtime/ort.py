@@ -64,8 +64,16 @@ class OrtRunner(Runner):
         self._output_name = self.outputs[0].name
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self._output_name], {self._input_name: x})[0]
+        return self._session_run([self._output_name], {self._input_name: x})[0]
 
     def _run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
-        return dict(zip(names, self.session.run(names, feeds)))
+        return dict(zip(names, self._session_run(names, feeds)))
+
+    def _session_run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(names, feeds)
+        except Exception as exc:  # ORT raises its own types (Fail, InvalidArgument, ...)
+            shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
+            raise ArtifactError(f"ONNX Runtime failed running {self.path} on inputs {shapes}: "
+                                f"{str(exc).strip()[:600]}") from exc
