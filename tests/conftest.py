@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("EDGECOMPRESS_PROGRESS", "0")
+# Ultralytics (test-only): no network, no pip installs of its own (on an image Pillow cannot read
+# it tries to install pi-heif from inside its patched Image.open), settings outside ~/.config
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edgecompress-tests-yolo-"))
 
 import edgecompress as ec  # noqa: E402
 from edgecompress.models import small_cnn, small_resnet  # noqa: E402

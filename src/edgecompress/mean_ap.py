@@ -134,7 +134,8 @@ def _backend(name: str) -> tuple[str, Any, Any]:
             return candidate, COCO, COCOeval
         except ImportError:
             continue
-    raise MissingExtraError("detect", "faster_coco_eval", "computing detection mAP")
+    package = "pycocotools" if name == "pycocotools" else "faster_coco_eval"
+    raise MissingExtraError("detect", package, "computing detection mAP")
 
 
 def _evaluate(coco: Any, cocoeval: Any, gt: dict[str, Any], results: list[dict[str, Any]]) -> Any:

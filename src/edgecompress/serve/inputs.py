@@ -52,8 +52,11 @@ def decode_image(data: bytes, model: LoadedModel) -> np.ndarray:
             raise RequestError(413, f"image of {img.width}x{img.height} pixels exceeds "
                                     f"{MAX_IMAGE_PIXELS:,} pixels; resize it before sending")
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = "unknown file type" if isinstance(exc, UnidentifiedImageError) else str(exc)
+    except RequestError:
+        raise
+    except Exception as exc:  # also a Pillow plugin that fails (another library's patched opener)
+        reason = ("unknown file type" if isinstance(exc, UnidentifiedImageError)
+                  else f"{type(exc).__name__}: {exc}")
         raise RequestError(415, f"the upload ({len(data):,} bytes) is not an image Pillow can "
                                 f"read ({reason}); send PNG, JPEG, BMP, GIF or WebP") from exc
     try:
