@@ -41,6 +41,9 @@ def failure_advice(artifact: Artifact, recipe: Any) -> str:
         tips.append("calibrate with another method (QuantizePTQ(method='percentile' or "
                     "'entropy' or 'minmax'))")
         tips.append(f"keep sensitive layers in float (skip={_skip_hint(recipe)})")
+        if artifact.format == "onnx":
+            tips.append("let ONNX Runtime calibrate every tensor on its own values "
+                        "(export option calibration='onnxruntime')")
         if not getattr(recipe, "layers_only", False):  # byom23: DeiT 35 steps -> 9e-8 with it
             tips.append("quantize the layers only, keeping the ops between them float "
                         "(QuantizePTQ(layers_only=True))")

@@ -49,6 +49,14 @@ class OnnxOptions(ExportOptions):
                                "QLinear ops directly: the kernels ORT's CPU provider runs either "
                                "way, in a smaller file; CPU ONNX Runtime only).",
                                choices=("qdq", "qoperator"))
+    calibration: str = option("reuse", "Where static INT8 activation ranges come from: reuse "
+                              "the ranges the simulated model measured on the recipe's samples "
+                              "(calibrated once; ONNX Runtime runs the graph only for tensors "
+                              "the simulation has no quantizer for) or onnxruntime (ORT "
+                              "calibrates every tensor again on the same samples with the same "
+                              "method, on its own float values: try it when a model's parity "
+                              "check fails by a few steps).",
+                              choices=("reuse", "onnxruntime"))
     fp16: bool = option(False, "Store weights and compute in fp16 (inputs and outputs stay "
                                "float32) for GPU/NPU execution providers (CUDA, TensorRT, "
                                "DirectML, CoreML). Refused when this ONNX Runtime has only the CPU "

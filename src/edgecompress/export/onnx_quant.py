@@ -2,7 +2,8 @@
 
 Static recipes: ``quantize_static`` on the float graph (QDQ by default, or QOperator for a
 smaller CPU-only file; per-channel int8 weights, activation
-ranges calibrated again on the recipe's samples with the recipe's method; layers the recipe keeps
+ranges the simulated model measured, reused (only tensors it has no quantizer for are
+calibrated again, on the recipe's samples with its method); layers the recipe keeps
 float become ``nodes_to_exclude``; QAT's learned ranges are written as ``TensorQuantOverrides``).
 Dynamic recipes: ``quantize_dynamic`` (Gemm rewritten as MatMul + Add first, which ORT's
 dynamic quantizer handles). The result is checked to really hold int8 weights, and the graph
@@ -27,9 +28,10 @@ from ..quant.mapping import map_layers
 from ..quant.calibrate import CalibrationResult
 from .detect_quant import float_tail
 from .onnx_scope import layer_scope, layers_only
+from .recipe_ranges import quant_overrides, tensor_ranges
 from .ort_calibrate import (calibration_notes, equal_batch_size, mask_nodes, supports_cache,
                             write_calibration_cache)
-from .ort_quant import SAME_SCALE_OPS, CalibrationReader, calibration_method, sample_count
+from .ort_quant import CalibrationReader, calibration_method, sample_count
 
 if TYPE_CHECKING:
     from ..job import ExportJob
@@ -59,7 +61,9 @@ def quantize_onnx(float_path: Path, out_path: Path, job: "ExportJob", opts: Any)
             feeds = calibration_feeds(job.calibration, proto, job.signature.input_names)
             # a detector's decode tail stays float (export/detect_quant.py): det24lib, #24
             tail = float_tail(proto) if job.metadata.get("detection") else []
-            notes = _static(proto, prepared, out_path, recipe, feeds, opts.quant_format, tail)
+            reuse = getattr(opts, "calibration", "reuse") == "reuse"
+            notes = _static(proto, prepared, out_path, recipe, feeds, opts.quant_format, tail,
+                            reuse)
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
@@ -111,58 +115,6 @@ def _excluded_nodes(mapping: dict[str, Any], recipe: "QuantRecipe") -> list[str]
     return [mapping[s].name for s in skipped]
 
 
-def _overrides(proto: Any, mapping: dict[str, Any],
-               recipe: "QuantRecipe") -> dict[str, list[dict[str, Any]]]:
-    """Learned (QAT) ranges as ORT TensorQuantOverrides, keyed by ONNX tensor name.
-
-    ``<layer>:in`` is the node's input; ``<layer>:out`` its output, or the output of the Relu
-    consuming it when the recipe fused one (ORT removes that Relu and quantizes to its range).
-    Two layers reading one tensor (a residual block's input) share one ONNX quantizer: it gets
-    the union of their ranges. An input reached through Flatten, Reshape, … gets its range on
-    the tensor before them, whose scale ORT reuses for their output.
-    """
-    consumers: dict[str, list[Any]] = {}
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    for node in proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = recipe.outputs
-    merged: dict[str, list[float]] = {}
-    for key, (lo, hi) in recipe.ranges.items():
-        layer, _, side = key.rpartition(":")
-        node = mapping.get(layer)
-        if node is None:
-            continue
-        tensor = node.input[0] if side == "in" else node.output[0]
-        if side == "in":
-            tensor = _scale_source(tensor, producers)
-        if side == "out" and outputs.get(layer) in ("relu", "relu6"):  # ReLU6 is a Clip in ONNX
-            relu = [n for n in consumers.get(tensor, []) if n.op_type in ("Relu", "Clip")]
-            if len(relu) != 1:
-                continue
-            tensor = relu[0].output[0]
-        old = merged.get(tensor)
-        merged[tensor] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
-    # QOperator drops a Relu and keeps the quantization of its input (calibrated to the Relu's
-    # range), so the range must be on that input too; QDQ renames the input to the Relu's
-    # output. Measured: without it QOperator ran every ReLU output on ORT's calibrated range.
-    for tensor, value in list(merged.items()):
-        relu = producers.get(tensor)
-        if relu is not None and relu.op_type in ("Relu", "Clip") \
-                and len(consumers[relu.input[0]]) == 1:
-            merged.setdefault(relu.input[0], value)
-    return {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in merged.items()}
-
-
-def _scale_source(tensor: str, producers: dict[str, Any]) -> str:
-    """The tensor whose scale ``tensor`` shares in ORT's graph (through Flatten, Reshape, …)."""
-    node = producers.get(tensor)
-    while node is not None and node.op_type in SAME_SCALE_OPS and node.input:
-        tensor = node.input[0]
-        node = producers.get(tensor)
-    return tensor
-
-
 def calibration_feeds(calibration: Any, proto: Any, names: list[str]) -> dict[str, np.ndarray]:
     """The calibration samples as ORT feeds them, ``{graph input: array}``: float inputs as
     float32, integer ids and masks in their own dtype (a model with several inputs gives them
@@ -190,19 +142,23 @@ def calibration_feeds(calibration: Any, proto: Any, names: list[str]) -> dict[st
 
 def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
             samples: dict[str, np.ndarray], quant_format: str = "qdq",
-            keep_float: list[str] | None = None) -> dict[str, Any]:
+            keep_float: list[str] | None = None, reuse: bool = True) -> dict[str, Any]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     mapping, missing = _layer_nodes(proto, recipe)
     exclude = _excluded_nodes(mapping, recipe)
-    overrides = _overrides(proto, mapping, recipe) if recipe.ranges_kind == "learned" else {}
+    # calibrated once, in the simulated model; a Relu ORT quantizes takes its input's range to
+    # its output's (adjust_tensor_ranges), which layers_only's op types leave out
+    known = tensor_ranges(proto, mapping, recipe, relu_inputs=not layers_only(recipe))
+    overrides = quant_overrides(known) if recipe.ranges_kind == "learned" else {}
     method = calibration_method(recipe.method)
     # u8 activations with s8 weights is ORT's fast x86 path (VNNI); s8/s8 for ARM
     act = QuantType.QUInt8 if recipe.backend == "x86" else QuantType.QInt8
     reduce = recipe.reduce_range
     fmt = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
     with tempfile.TemporaryDirectory() as work, _quiet():
-        reader, cache, found = _calibration(src, samples, recipe.method, Path(work))
+        reader, cache, found, sources = _calibration(src, samples, recipe.method, Path(work),
+                                                     known if reuse else {})
         masked = [n for n in mask_nodes(proto, found) if n not in exclude]
         tail = [n for n in keep_float or () if n not in exclude and n not in masked]
         exclude = exclude + masked + tail
@@ -224,7 +180,8 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
                        f"{' (reduce_range: 7-bit values, no VNNI)' if reduce else ''}",
         "float_nodes": exclude, "learned_ranges_written": len(overrides),
         **({"quantized_op_types": ops} if ops else {}),
-        **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {}),
+        **sources, **calibration_notes(found),
+        **({"float_mask_nodes": masked} if masked else {}),
         **({"float_detection_tail": len(tail)} if tail else {})}
     if missing:
         notes["layers_not_matched"] = missing
@@ -235,16 +192,19 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
     return notes
 
 
-def _calibration(src: Path, samples: dict[str, np.ndarray], method: str,
-                 work: Path) -> tuple[Any, dict[str, Any], CalibrationResult | None]:
-    """The reader and calibration-cache argument for ``quantize_static``, and what our robust
-    calibration left out (see :mod:`.ort_calibrate`). ONNX Runtime without a calibration cache
-    calibrates itself, on batches of equal size (its histogram collector needs them)."""
+def _calibration(src: Path, samples: dict[str, np.ndarray], method: str, work: Path,
+                 known: dict[str, list[float]]
+                 ) -> tuple[Any, dict[str, Any], CalibrationResult | None, dict[str, int]]:
+    """The reader and calibration-cache argument for ``quantize_static``, what our robust
+    calibration left out and where its ranges came from (``known``: the recipe's, reused; see
+    :mod:`.ort_calibrate`). ONNX Runtime without a calibration cache calibrates everything
+    itself, on batches of equal size (its histogram collector needs them)."""
     if supports_cache():
-        cache, found = write_calibration_cache(src, samples, None, method, work)
-        return CalibrationReader(samples), {"calibration_cache_path": str(cache)}, found
+        cache, found, sources = write_calibration_cache(src, samples, None, method, work,
+                                                        known=known)
+        return CalibrationReader(samples), {"calibration_cache_path": str(cache)}, found, sources
     batch = equal_batch_size(sample_count(samples))
-    return CalibrationReader(samples, batch_size=batch), {}, None
+    return CalibrationReader(samples, batch_size=batch), {}, None, {}
 
 
 def _dynamic(proto: Any, src: Path, out: Path, recipe: "QuantRecipe") -> dict[str, Any]:

@@ -157,17 +157,42 @@ def symmetric_qdq(float_path: Path, out_path: Path, job: ExportJob) -> dict[str,
     samples = job.calibration.float().cpu().numpy()
     prepared = out_path.with_name("prepared.onnx")
     quant_pre_process(str(float_path), str(prepared), skip_optimization=True)
-    # equal batches: ORT's histogram collector cannot stack a smaller last batch
-    reader = CalibrationReader(samples, INPUT_NAME, batch_size=equal_batch_size(len(samples)))
-    quantize_static(str(prepared), str(out_path), reader,
-                    quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
-                    reduce_range=False, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=calibration_method(recipe.method),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    with tempfile.TemporaryDirectory() as work:
+        cache, sources = _cache(prepared, samples, recipe, Path(work))
+        # equal batches: ORT's histogram collector cannot stack a smaller last batch
+        reader = CalibrationReader(samples, INPUT_NAME, batch_size=equal_batch_size(len(samples)))
+        quantize_static(str(prepared), str(out_path), reader,
+                        quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+                        reduce_range=False, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=calibration_method(recipe.method),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                        **cache)
     prepared.unlink(missing_ok=True)
     check_symmetric_int8(out_path)
     return {"quantizer": "onnxruntime quantize_static, symmetric int8 Q/DQ for TensorRT",
-            "calibration": f"{recipe.method} on {samples.shape[0]} samples of the recipe"}
+            "calibration": f"{recipe.method} on {samples.shape[0]} samples of the recipe",
+            **sources}
+
+
+def _cache(prepared: Path, samples: Any, recipe: Any,
+           work: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """The recipe's ranges as ORT's calibration cache (calibrated once: only tensors the
+    simulated model has no quantizer for are calibrated here); ORT's own calibration when this
+    ONNX Runtime reads no cache."""
+    import onnx
+
+    from .onnx_quant import _layer_nodes
+    from .ort_calibrate import supports_cache, write_calibration_cache
+    from .recipe_ranges import tensor_ranges
+
+    if not supports_cache():
+        return {}, {}
+    proto = onnx.load(str(prepared))
+    known = tensor_ranges(proto, _layer_nodes(proto, recipe)[0], recipe)
+    path, _, sources = write_calibration_cache(prepared, samples, INPUT_NAME, recipe.method,
+                                               work, known=known)
+    return {"calibration_cache_path": str(path)}, sources
 
 
 def check_symmetric_int8(path: Path) -> int:
