@@ -57,7 +57,7 @@ def build(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, ec.Data
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
     data = ec.data.image_folder(args.data, image_size=224, limit=2 * args.calib, calib_size=args.calib)
     return model, data
 

@@ -109,7 +109,7 @@ def ort_direct(float_path: Path, out: Path, calib: np.ndarray, recommended: bool
 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from edgecompress.export.onnx_quant import _Samples
+    from edgecompress.export.ort_quant import CalibrationReader
     from edgecompress.quant.simulate import cpu_has_vnni
 
     logging.getLogger().setLevel(logging.ERROR)
@@ -118,7 +118,7 @@ def ort_direct(float_path: Path, out: Path, calib: np.ndarray, recommended: bool
                   weight_type=QuantType.QInt8, reduce_range=not cpu_has_vnni())
     else:
         kw = {}
-    quantize_static(str(float_path), str(out), _Samples(calib, "input"),
+    quantize_static(str(float_path), str(out), CalibrationReader(calib, "input"),
                     quant_format=QuantFormat.QDQ, **kw)
 
 
