@@ -8,6 +8,7 @@ quantizer for.
 from __future__ import annotations
 
 import numpy as np
+import torch
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -77,3 +78,27 @@ def test_tensors_without_a_quantizer_are_calibrated_at_export(trained_resnet, di
     assert art.parity.passed, art.parity
     assert 0 < notes["ranges_calibrated_at_export"] <= 4, notes
     assert notes["ranges_from_recipe"] > 4 * notes["ranges_calibrated_at_export"], notes
+
+
+def test_reference_outputs_are_computed_once_per_model_state_and_samples(trained_cnn, digits):
+    """Exporting one model to several formats runs the reference once on the same samples; new
+    samples or weights changed in place compute them again."""
+    from edgecompress.export import verify
+
+    calls = []
+    real = verify._reference_outputs
+    verify._reference_outputs = lambda m, x: calls.append(1) or real(m, x)
+    try:
+        x = digits.samples("val", 16)
+        first = verify.reference_outputs(trained_cnn, x)
+        again = verify.reference_outputs(trained_cnn, x.clone())
+        assert len(calls) == 1
+        np.testing.assert_array_equal(first["output"], again["output"])
+        verify.reference_outputs(trained_cnn, x[:8])
+        assert len(calls) == 2
+        with torch.no_grad():
+            next(trained_cnn.parameters()).mul_(2.0)
+        changed = verify.reference_outputs(trained_cnn, x[:8])
+        assert len(calls) == 3 and not np.allclose(changed["output"], first["output"][:8])
+    finally:
+        verify._reference_outputs = real

@@ -5,6 +5,8 @@ on the evaluation data, latency. Exporters do not verify themselves; the base cl
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -56,9 +58,40 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return (t.float() if t.is_floating_point() else t).numpy()
 
 
-@torch.no_grad()
+# reference outputs already computed, per model: exporting one model to several formats (or
+# ec.select's candidates) runs the (slow, simulated INT8) reference once on the same samples
+_REFERENCES: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], dict[str, np.ndarray]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _digest(tensors: Iterable[Any]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):  # a module's extra state: not a tensor
+            h.update(repr(t).encode())
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def reference_outputs(model: nn.Module, x: Any) -> dict[str, np.ndarray]:
-    """The reference model's named outputs on ``x`` (named by :func:`flatten_outputs`)."""
+    """The reference model's named outputs on ``x`` (named by :func:`flatten_outputs`),
+    computed once per model state and inputs (both hashed: weights changed in place or other
+    samples compute them again)."""
+    from ..data.inputs import tensors
+
+    key = (_digest(model.state_dict().values()), _digest(tensors(x)))
+    memo = _REFERENCES.setdefault(model, {})
+    if key not in memo:
+        memo.clear()  # one entry per model: the newest
+        memo[key] = _reference_outputs(model, x)
+    return {name: value.copy() for name, value in memo[key].items()}
+
+
+@torch.no_grad()
+def _reference_outputs(model: nn.Module, x: Any) -> dict[str, np.ndarray]:
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     out = call_model(model, _to_torch(x, device))
