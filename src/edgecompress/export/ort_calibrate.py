@@ -107,7 +107,7 @@ def wide(lo: float, hi: float, steps: int = 2048) -> bool:
     return bool(hi - lo >= steps * np.spacing(magnitude))
 
 
-def _augmented_session(proto: Any, tensors: set[str], work: Path) -> tuple[Any, list[str]]:
+def _augmented_session(proto: Any, tensors: set[str], work: Path) -> tuple[Any | None, list[str]]:
     """A session over the float graph with ``tensors`` as extra outputs (only those: ORT keeps
     its fusions everywhere else, so the run costs about one inference), and their names."""
     import onnx
@@ -116,6 +116,8 @@ def _augmented_session(proto: Any, tensors: set[str], work: Path) -> tuple[Any, 
     infos = {vi.name: vi for vi in proto.graph.value_info}
     outputs = {o.name for o in proto.graph.output}
     fetch = sorted(t for t in tensors if t in infos or t in outputs)
+    if not fetch:  # nothing ORT can hand out (no shape information): ORT's own path skips them too
+        return None, []
     augmented = onnx.ModelProto()
     augmented.CopyFrom(proto)
     augmented.graph.output.extend(infos[t] for t in fetch if t not in outputs)
