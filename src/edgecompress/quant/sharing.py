@@ -20,6 +20,7 @@ from torch import nn
 
 from .fakequant import ActQuant, QuantLayer
 from .graph_ops import activation_mode, zero_pad
+from .integer_graph import use_integer_kernels
 
 log = logging.getLogger("edgecompress")
 
@@ -45,8 +46,8 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
     """
     wanted = set(layers)
     modules = dict(model.named_modules())
-    try:
-        graph = torch.fx.symbolic_trace(copy.deepcopy(model)).graph  # tracing can touch caches
+    try:  # tracing can touch caches: a copy
+        graph = _LayerLeaves(wanted).trace(copy.deepcopy(model))
     except Exception:  # noqa: BLE001 - fx raises many kinds of errors
         return layer_output_modes(model, wanted)
     modes: dict[str, str | None] = {}
@@ -79,6 +80,20 @@ def layer_output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str
     modules = dict(model.named_modules())
     return {name: "plain" if isinstance(modules.get(name), nn.modules.conv._ConvNd) else None
             for name in layers}
+
+
+class _LayerLeaves(torch.fx.Tracer):
+    """Traces a float model keeping each layer to quantize whole: a subclass of nn.Linear with
+    a forward of its own (timm's classifier ``Linear``) is otherwise traced through, and the
+    layer got no output mode (its output was left unquantized while ORT quantizes it)."""
+
+    def __init__(self, layers: set[str]):
+        super().__init__()
+        self.layers = layers
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.layers or \
+            super().is_leaf_module(m, module_qualified_name)
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -256,6 +271,7 @@ def _share(model: nn.Module, graph: Any, version: int) -> nn.Module:
     modules = dict(model.named_modules())
     through = version >= 2
     quantized: set[Any] = set()  # source nodes whose output is quantized once, where produced
+    routed = 0
     for source, consumers in _readers(graph, modules, through).items():
         layers = [_quant_layer(c, modules) for c in consumers]
         producer = _quant_layer(source, modules)
@@ -271,8 +287,9 @@ def _share(model: nn.Module, graph: Any, version: int) -> nn.Module:
             layer.act_in, layer.input_quantized = shared, True
     if through:
         _quantize_op_tensors(model, graph, modules, quantized)
-    if any(n.op == "call_module" and isinstance(modules.get(n.target), ActQuant)
-           for n in graph.nodes):
+        routed = use_integer_kernels(model, graph)
+    if routed or any(n.op == "call_module" and isinstance(modules.get(n.target), ActQuant)
+                     for n in graph.nodes):
         model = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
     return model
 

@@ -1,0 +1,126 @@
+"""The simulated model's fx graph routed through :mod:`.integer`'s kernels: each Add and global
+average pooling between quantizers becomes QLinearAdd / QLinearGlobalAveragePool's arithmetic,
+hard-swish and hard-sigmoid ONNX's order of float operations (ORT runs them in float between a
+DequantizeLinear and a QuantizeLinear)."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from .fakequant import ActQuant, QuantLayer
+from .graph_ops import activation_mode
+from .integer import integer_add, integer_add_relu, integer_mean, ort_hardsigmoid, ort_hardswish
+
+_ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_POOL_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+
+
+def _module(node: Any, modules: dict[str, nn.Module]) -> nn.Module | None:
+    return modules.get(node.target) if node.op == "call_module" else None
+
+
+def _quantizer_of(node: Any, modules: dict[str, nn.Module]) -> ActQuant | None:
+    """The quantizer whose grid ``node``'s value lies on (an ActQuant call, or a layer that
+    quantizes its output, seen through Identity / Dropout and the ReLU the layer fused)."""
+    while True:
+        module = _module(node, modules)
+        if isinstance(module, (nn.Identity, nn.Dropout)) and node.args:
+            node = node.args[0]
+            continue
+        if activation_mode(node, modules) is not None and node.args:
+            inner = _module(node.args[0], modules)
+            if isinstance(inner, QuantLayer) and inner.output == activation_mode(node, modules):
+                node = node.args[0]
+                continue
+        break
+    if isinstance(module, ActQuant):
+        return module
+    if isinstance(module, QuantLayer) and module.act_out is not None:
+        return module.act_out
+    return None
+
+
+def _is_add(node: Any) -> bool:
+    tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
+    return node.op in ("call_function", "call_method") and node.target in _ADDS \
+        and len(node.args) == 2 and len(tensors) == 2 and not node.kwargs
+
+
+def _is_global_pool(node: Any, modules: dict[str, nn.Module]) -> bool:
+    module = _module(node, modules)
+    if isinstance(module, _POOLS):
+        size = module.output_size
+        return all(v == 1 for v in (size if isinstance(size, tuple) else (size,)))
+    return node.op == "call_function" and node.target in _POOL_FUNCTIONS \
+        and node.args[1:2] in ((1,), ((1, 1),), ((1, 1, 1),))
+
+
+_HARD = {nn.Hardswish: ort_hardswish, nn.Hardsigmoid: ort_hardsigmoid,
+         F.hardswish: ort_hardswish, F.hardsigmoid: ort_hardsigmoid}
+
+
+def _follow_onnx_activations(model: nn.Module, graph: Any) -> None:
+    """Hard-swish and hard-sigmoid computed in ONNX's order of float operations."""
+    modules = dict(model.named_modules())
+    for node in list(graph.nodes):
+        module = _module(node, modules)
+        fn = _HARD.get(type(module)) if module is not None else \
+            _HARD.get(node.target) if node.op == "call_function" else None
+        if fn is None or not node.args:
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(fn, (node.args[0],))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+
+def use_integer_kernels(model: nn.Module, graph: Any) -> int:
+    """Route each Add and global average pooling whose inputs and output are quantized through
+    :func:`integer_add` / :func:`integer_mean` (QLinearAdd / QLinearGlobalAveragePool's
+    arithmetic); how many were routed. A ReLU between the Add and its quantizer is the clamp
+    at the grid's zero (ORT removes it the same way)."""
+    _follow_onnx_activations(model, graph)
+    modules = dict(model.named_modules())
+    names = {id(m): n for n, m in model.named_modules()}
+    routed = 0
+    for node in list(graph.nodes):
+        out_q = _module(node, modules)
+        if not isinstance(out_q, ActQuant) or not node.args:
+            continue
+        op = node.args[0]
+        relu = activation_mode(op, modules) == "relu" and len(op.users) == 1 and op.args
+        if relu:
+            op = op.args[0]
+        if len(op.users) != 1:
+            continue
+        if _is_add(op):
+            args, fn = list(op.args), integer_add
+        elif _is_global_pool(op, modules):
+            args, fn = [op.args[0]], integer_mean
+        else:
+            continue
+        quantizers = [_quantizer_of(a, modules) for a in args]
+        if any(q is None for q in quantizers) or (relu and fn is not integer_add):
+            continue
+        with graph.inserting_before(node):
+            refs = [graph.get_attr(names[id(q)]) for q in quantizers + [out_q]]
+            fn_name = "integer_add_relu" if relu else fn.__name__
+            new = graph.call_function(_FUNCTIONS[fn_name], tuple(args) + tuple(refs))
+        chain = list(dict.fromkeys([node, node.args[0], op]))  # quantizer, ReLU (if any), op
+        node.replace_all_uses_with(new)
+        for dead in chain:
+            if not dead.users:
+                graph.erase_node(dead)
+        routed += 1
+    return routed
+
+
+_FUNCTIONS = {"integer_add": integer_add, "integer_mean": integer_mean,
+              "integer_add_relu": integer_add_relu}
