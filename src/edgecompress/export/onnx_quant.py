@@ -29,6 +29,7 @@ from .detect_quant import float_tail
 from .onnx_scope import layer_scope, layers_only
 from .ort_calibrate import (calibration_notes, equal_batch_size, mask_nodes, supports_cache,
                             write_calibration_cache)
+from .ort_ranges import recipe_overrides
 from .ort_quant import SAME_SCALE_OPS, CalibrationReader, calibration_method, sample_count
 
 if TYPE_CHECKING:
@@ -59,7 +60,11 @@ def quantize_onnx(float_path: Path, out_path: Path, job: "ExportJob", opts: Any)
             feeds = calibration_feeds(job.calibration, proto, job.signature.input_names)
             # a detector's decode tail stays float (export/detect_quant.py): det24lib, #24
             tail = float_tail(proto) if job.metadata.get("detection") else []
-            notes = _static(proto, prepared, out_path, recipe, feeds, opts.quant_format, tail)
+            exact, matched = recipe_overrides(proto, job.reference, job.calibration, feeds,
+                                              signed=recipe.backend != "x86")
+            notes = _static(proto, prepared, out_path, recipe, feeds, opts.quant_format, tail,
+                            exact)
+            notes["simulated_quantizers_written"] = matched
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
@@ -190,12 +195,15 @@ def calibration_feeds(calibration: Any, proto: Any, names: list[str]) -> dict[st
 
 def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
             samples: dict[str, np.ndarray], quant_format: str = "qdq",
-            keep_float: list[str] | None = None) -> dict[str, Any]:
+            keep_float: list[str] | None = None,
+            exact: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     mapping, missing = _layer_nodes(proto, recipe)
     exclude = _excluded_nodes(mapping, recipe)
-    overrides = _overrides(proto, mapping, recipe) if recipe.ranges_kind == "learned" else {}
+    learned = _overrides(proto, mapping, recipe) if recipe.ranges_kind == "learned" else {}
+    # the simulated model's own scales and zero points where its quantizers were found
+    overrides = {**learned, **(exact or {})}
     method = calibration_method(recipe.method)
     # u8 activations with s8 weights is ORT's fast x86 path (VNNI); s8/s8 for ARM
     act = QuantType.QUInt8 if recipe.backend == "x86" else QuantType.QInt8
@@ -222,13 +230,13 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
         "activation_type": "uint8" if recipe.backend == "x86" else "int8",
         "weight_type": f"int8 {'per-channel' if recipe.per_channel else 'per-tensor'}"
                        f"{' (reduce_range: 7-bit values, no VNNI)' if reduce else ''}",
-        "float_nodes": exclude, "learned_ranges_written": len(overrides),
+        "float_nodes": exclude, "learned_ranges_written": len(learned),
         **({"quantized_op_types": ops} if ops else {}),
         **calibration_notes(found), **({"float_mask_nodes": masked} if masked else {}),
         **({"float_detection_tail": len(tail)} if tail else {})}
     if missing:
         notes["layers_not_matched"] = missing
-        if overrides:
+        if learned:
             log.warning("ONNX INT8: %d layers could not be matched to graph nodes; their input "
                         "ranges were calibrated by ONNX Runtime instead of the QAT ranges",
                         len(missing))
