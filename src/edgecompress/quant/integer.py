@@ -89,11 +89,12 @@ def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def integer_add(a: torch.Tensor, b: torch.Tensor, qa: Quantizer, qb: Quantizer,
-                qc: Quantizer) -> torch.Tensor:
-    """QLinearAdd as MLAS' AVX2 kernel computes it on the raw u8 values:
+                qc: Quantizer, reader_quantizes: bool = False) -> torch.Tensor:
+    """QLinearAdd as MLAS' AVX2 kernel computes it on the raw u8 values (``reader_quantizes``:
+    ``qc`` is the input quantizer of the one layer reading the sum, which applies it itself):
     ``round(fma(a, s_a/s_c, fma(b, s_b/s_c, zp_c - (s_a/s_c·zp_a + s_b/s_c·zp_b))))``."""
     if not _ready(qa, qb, qc):
-        return qc(a + b)
+        return a + b if reader_quantizes else qc(a + b)
     ai, sa, za = integers(a, qa)
     bi, sb, zb = integers(b, qb)
     sc, zc = act_qparams(qc.lo, qc.hi)
@@ -106,11 +107,13 @@ def integer_add(a: torch.Tensor, b: torch.Tensor, qa: Quantizer, qb: Quantizer,
     return ((q - zc.float()) * sc).to(a.dtype)
 
 
-def integer_mean(x: torch.Tensor, qx: Quantizer, qy: Quantizer) -> torch.Tensor:
+def integer_mean(x: torch.Tensor, qx: Quantizer, qy: Quantizer,
+                 reader_quantizes: bool = False) -> torch.Tensor:
     """QLinearGlobalAveragePool: the int32 sum of ``x - zp_x`` over the spatial dimensions,
     requantized with float32 ``s_x / (s_y · n)``."""
     if not _ready(qx, qy):
-        return qy(x.mean(dim=tuple(range(2, x.dim())), keepdim=True))
+        mean = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        return mean if reader_quantizes else qy(mean)
     xi, sx, _ = integers(x, qx)
     n = 1
     for size in x.shape[2:]:

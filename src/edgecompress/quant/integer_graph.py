@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fakequant import ActQuant, QuantLayer
-from .graph_ops import activation_mode
+from .graph_ops import activation_mode, past_identities
 from .integer import integer_add, integer_add_relu, integer_mean, ort_hardsigmoid, ort_hardswish
 
 _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
@@ -40,6 +40,8 @@ def _quantizer_of(node: Any, modules: dict[str, nn.Module]) -> ActQuant | None:
                 node = node.args[0]
                 continue
         break
+    if node.op == "call_function" and node.target in _FUNCTIONS.values():
+        module = modules.get(node.args[-1].target)  # an op already routed: its output quantizer
     if isinstance(module, ActQuant):
         return module
     if isinstance(module, QuantLayer) and module.act_out is not None:
@@ -68,7 +70,7 @@ _HARD = {nn.Hardswish: ort_hardswish, nn.Hardsigmoid: ort_hardsigmoid,
 
 def _follow_onnx_activations(model: nn.Module, graph: Any) -> None:
     """Hard-swish and hard-sigmoid computed in ONNX's order of float operations."""
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))  # shared quantizers: every name
     for node in list(graph.nodes):
         module = _module(node, modules)
         fn = _HARD.get(type(module)) if module is not None else \
@@ -87,39 +89,63 @@ def use_integer_kernels(model: nn.Module, graph: Any) -> int:
     arithmetic); how many were routed. A ReLU between the Add and its quantizer is the clamp
     at the grid's zero (ORT removes it the same way)."""
     _follow_onnx_activations(model, graph)
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))  # shared quantizers: every name
     names = {id(m): n for n, m in model.named_modules()}
     routed = 0
-    for node in list(graph.nodes):
-        out_q = _module(node, modules)
-        if not isinstance(out_q, ActQuant) or not node.args:
-            continue
-        op = node.args[0]
-        relu = activation_mode(op, modules) == "relu" and len(op.users) == 1 and op.args
-        if relu:
-            op = op.args[0]
-        if len(op.users) != 1:
-            continue
+    for op in list(graph.nodes):
         if _is_add(op):
             args, fn = list(op.args), integer_add
         elif _is_global_pool(op, modules):
             args, fn = [op.args[0]], integer_mean
         else:
             continue
+        last, out_q, relu = _output_quantizer(op, modules)
         quantizers = [_quantizer_of(a, modules) for a in args]
-        if any(q is None for q in quantizers) or (relu and fn is not integer_add):
+        if out_q is None or any(q is None for q in quantizers) or (relu and fn is not integer_add):
             continue
-        with graph.inserting_before(node):
+        with graph.inserting_before(last):
             refs = [graph.get_attr(names[id(q)]) for q in quantizers + [out_q]]
             fn_name = "integer_add_relu" if relu else fn.__name__
-            new = graph.call_function(_FUNCTIONS[fn_name], tuple(args) + tuple(refs))
-        chain = list(dict.fromkeys([node, node.args[0], op]))  # quantizer, ReLU (if any), op
-        node.replace_all_uses_with(new)
-        for dead in chain:
+            reader = {"reader_quantizes": True} if last is not _quantizer_node(last, out_q,
+                                                                               modules) else {}
+            new = graph.call_function(_FUNCTIONS[fn_name], tuple(args) + tuple(refs), reader)
+        chain = [last]
+        while chain[-1] is not op:
+            chain.append(chain[-1].args[0])
+        last.replace_all_uses_with(new)
+        for dead in chain:  # the quantizer (if a node of its own), the ReLU (if any), the op
             if not dead.users:
                 graph.erase_node(dead)
         routed += 1
     return routed
+
+
+def _quantizer_node(node: Any, quantizer: Any, modules: dict[str, nn.Module]) -> Any:
+    """``node`` when it is a call of ``quantizer`` itself, else None."""
+    return node if _module(node, modules) is quantizer else None
+
+
+def _output_quantizer(op: Any, modules: dict[str, nn.Module]) -> tuple[Any, Any, bool]:
+    """(the last node the routed call replaces, the quantizer of ``op``'s output, a ReLU
+    between them): an ActQuant call after ``op`` (or after its ReLU), or the input quantizer of
+    the one layer reading it (that layer quantizes the already quantized value again, which
+    changes nothing)."""
+    node, relu = op, False
+    ahead = past_identities(op, modules)
+    if len(ahead.users) == 1:
+        user = next(iter(ahead.users))
+        if activation_mode(user, modules) == "relu" and user.args and user.args[0] is ahead:
+            node, relu = user, True
+    if len(node.users) != 1:
+        return node, None, relu
+    user = next(iter(node.users))
+    module = _module(user, modules)
+    if isinstance(module, ActQuant):
+        return user, module, relu
+    if isinstance(module, QuantLayer) and not module.input_quantized and not relu \
+            and user.args and user.args[0] is node:
+        return node, module.act_in, relu
+    return node, None, relu
 
 
 _FUNCTIONS = {"integer_add": integer_add, "integer_mean": integer_mean,

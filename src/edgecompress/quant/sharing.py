@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fakequant import ActQuant, QuantLayer
-from .graph_ops import activation_mode, zero_pad
+from .graph_ops import activation_mode, past_identities, zero_pad
 from .integer_graph import use_integer_kernels
 
 log = logging.getLogger("edgecompress")
@@ -338,9 +338,11 @@ def _quantize_op_tensors(model: nn.Module, graph: Any, modules: dict[str, nn.Mod
     for node in list(graph.nodes):
         if not _ort_quantized_op(node, modules):
             continue
-        out = node
-        if len(node.users) == 1 and _is_relu(next(iter(node.users)), modules):
-            out = next(iter(node.users))  # ORT drops the ReLU and quantizes to its range
+        out = past_identities(node, modules)
+        if len(out.users) == 1 and _is_relu(next(iter(out.users)), modules):
+            out = next(iter(out.users))  # ORT drops the ReLU and quantizes to its range
+        else:
+            out = node
         for tensor in [_source(a, modules, True) for a in _tensor_args(node)] + [out]:
             if tensor in quantized or _is_quantized(tensor, modules):
                 continue
