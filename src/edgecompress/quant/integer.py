@@ -144,3 +144,41 @@ def ort_hardsigmoid(x: torch.Tensor) -> torch.Tensor:
 def ort_hardswish(x: torch.Tensor) -> torch.Tensor:
     """HardSwish as ORT runs it: the ONNX function ``x · HardSigmoid(x)``."""
     return x * ort_hardsigmoid(x)
+
+
+def integer_mul(a: torch.Tensor, b: torch.Tensor, qa: Quantizer, qb: Quantizer,
+                qc: Quantizer, reader_quantizes: bool = False) -> torch.Tensor:
+    """QLinearMul as MLAS computes it: the exact integer product ``(a - zp_a)(b - zp_b)``,
+    times float32 ``(s_a · s_b) / s_c``, plus the u8 zero point in float32, rounded half to
+    even (broadcasting as the kernel's scalar-B path does)."""
+    if not _ready(qa, qb, qc):
+        return a * b if reader_quantizes else qc(a * b)
+    ai, sa, _ = integers(a, qa)
+    bi, sb, _ = integers(b, qb)
+    sc, zc = act_qparams(qc.lo, qc.hi)
+    v = (ai * bi).float() * ((sa * sb) / sc) + (zc.float() + U8_OFFSET)
+    q = torch.clamp(torch.round(v), 0.0, 255.0) - U8_OFFSET
+    return ((q - zc.float()) * sc).to(a.dtype)
+
+
+# MLAS' logistic (the Eigen rational approximation), as its FMA3 kernel evaluates it on x86
+_P = (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03,
+      2.48287947061529e-01)
+_Q = (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
+      1.16817656904453e-01, 9.93151921023180e-01)
+
+
+def ort_logistic(x: torch.Tensor) -> torch.Tensor:
+    """Sigmoid as ONNX Runtime computes it on x86 (QLinearSigmoid builds its 256-entry table
+    with it): clamp to [-18, 18], an odd rational polynomial in fused multiply-adds."""
+    v = torch.clamp(x.float(), -18.0, 18.0)
+    v2 = v * v
+    consts = [torch.tensor(c, dtype=torch.float32) for c in _P + _Q]
+    p = _fma(v2, consts[0], consts[1])
+    for c in consts[2:5]:
+        p = _fma(p, v2, c)
+    p = p * v
+    q = _fma(v2, consts[5], consts[6])
+    for c in consts[7:]:
+        q = _fma(q, v2, c)
+    return torch.clamp(p / q + 0.5, 0.0, 1.0).to(x.dtype)

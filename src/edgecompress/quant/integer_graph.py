@@ -15,9 +15,12 @@ from torch import nn
 
 from .fakequant import ActQuant, QuantLayer
 from .graph_ops import activation_mode, past_identities
-from .integer import integer_add, integer_add_relu, integer_mean, ort_hardsigmoid, ort_hardswish
+from .integer import (integer_add, integer_add_relu, integer_mean, integer_mul, ort_hardsigmoid,
+                      ort_hardswish, ort_logistic)
 
 _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+_MULS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+_SIGMOIDS = (torch.sigmoid, F.sigmoid, "sigmoid")
 _POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _POOL_FUNCTIONS = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
 
@@ -49,9 +52,9 @@ def _quantizer_of(node: Any, modules: dict[str, nn.Module]) -> ActQuant | None:
     return None
 
 
-def _is_add(node: Any) -> bool:
+def _is_add(node: Any, ops: Any = None) -> bool:
     tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
-    return node.op in ("call_function", "call_method") and node.target in _ADDS \
+    return node.op in ("call_function", "call_method") and node.target in (ops or _ADDS) \
         and len(node.args) == 2 and len(tensors) == 2 and not node.kwargs
 
 
@@ -66,19 +69,27 @@ def _is_global_pool(node: Any, modules: dict[str, nn.Module]) -> bool:
 
 _HARD = {nn.Hardswish: ort_hardswish, nn.Hardsigmoid: ort_hardsigmoid,
          F.hardswish: ort_hardswish, F.hardsigmoid: ort_hardsigmoid}
+_SILU = (nn.SiLU, F.silu)
 
 
-def _follow_onnx_activations(model: nn.Module, graph: Any) -> None:
-    """Hard-swish and hard-sigmoid computed in ONNX's order of float operations."""
-    modules = dict(model.named_modules(remove_duplicate=False))  # shared quantizers: every name
+def follow_onnx_activations(model: nn.Module, graph: Any) -> None:
+    """Activations written as the ONNX ops ORT runs: hard-swish and hard-sigmoid in ONNX's order
+    of float operations, SiLU as ``x * sigmoid(x)`` (torch's exporter writes Sigmoid and Mul,
+    which ORT quantizes as QLinearSigmoid and QLinearMul: the sigmoid's output gets a quantizer
+    of its own, as it does there)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
     for node in list(graph.nodes):
         module = _module(node, modules)
-        fn = _HARD.get(type(module)) if module is not None else \
-            _HARD.get(node.target) if node.op == "call_function" else None
-        if fn is None or not node.args:
+        kind = type(module) if module is not None else \
+            node.target if node.op == "call_function" else None
+        if not node.args or (kind not in _HARD and kind not in _SILU):
             continue
         with graph.inserting_before(node):
-            new = graph.call_function(fn, (node.args[0],))
+            if kind in _HARD:
+                new = graph.call_function(_HARD[kind], (node.args[0],))
+            else:
+                gate = graph.call_function(torch.sigmoid, (node.args[0],))
+                new = graph.call_function(operator.mul, (node.args[0], gate))
         node.replace_all_uses_with(new)
         graph.erase_node(node)
 
@@ -88,13 +99,15 @@ def use_integer_kernels(model: nn.Module, graph: Any) -> int:
     :func:`integer_add` / :func:`integer_mean` (QLinearAdd / QLinearGlobalAveragePool's
     arithmetic); how many were routed. A ReLU between the Add and its quantizer is the clamp
     at the grid's zero (ORT removes it the same way)."""
-    _follow_onnx_activations(model, graph)
     modules = dict(model.named_modules(remove_duplicate=False))  # shared quantizers: every name
     names = {id(m): n for n, m in model.named_modules()}
     routed = 0
+    _logistic_as_ort(graph, modules)
     for op in list(graph.nodes):
         if _is_add(op):
             args, fn = list(op.args), integer_add
+        elif _is_add(op, _MULS):
+            args, fn = list(op.args), integer_mul
         elif _is_global_pool(op, modules):
             args, fn = [op.args[0]], integer_mean
         else:
@@ -118,6 +131,20 @@ def use_integer_kernels(model: nn.Module, graph: Any) -> int:
                 graph.erase_node(dead)
         routed += 1
     return routed
+
+
+def _logistic_as_ort(graph: Any, modules: dict[str, nn.Module]) -> None:
+    """Every sigmoid computed with ORT's logistic approximation (after the quantizers were
+    placed around it: they are found by the sigmoid op)."""
+    for node in list(graph.nodes):
+        sigmoid = isinstance(_module(node, modules), nn.Sigmoid) or \
+            (node.op in ("call_function", "call_method") and node.target in _SIGMOIDS)
+        if not sigmoid or not node.args or node.kwargs:
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(ort_logistic, (node.args[0],))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
 
 
 def _quantizer_node(node: Any, quantizer: Any, modules: dict[str, nn.Module]) -> Any:
@@ -148,5 +175,5 @@ def _output_quantizer(op: Any, modules: dict[str, nn.Module]) -> tuple[Any, Any,
     return node, None, relu
 
 
-_FUNCTIONS = {"integer_add": integer_add, "integer_mean": integer_mean,
+_FUNCTIONS = {"integer_add": integer_add, "integer_mean": integer_mean, "integer_mul": integer_mul,
               "integer_add_relu": integer_add_relu}

@@ -20,7 +20,7 @@ from torch import nn
 
 from .fakequant import ActQuant, QuantLayer
 from .graph_ops import activation_mode, past_identities, zero_pad
-from .integer_graph import use_integer_kernels
+from .integer_graph import follow_onnx_activations, use_integer_kernels
 
 log = logging.getLogger("edgecompress")
 
@@ -286,6 +286,7 @@ def _share(model: nn.Module, graph: Any, version: int) -> nn.Module:
         for layer in layers:
             layer.act_in, layer.input_quantized = shared, True
     if through:
+        follow_onnx_activations(model, graph)
         _quantize_op_tensors(model, graph, modules, quantized)
         routed = use_integer_kernels(model, graph)
     if routed or any(n.op == "call_module" and isinstance(modules.get(n.target), ActQuant)
