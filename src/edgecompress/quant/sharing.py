@@ -127,13 +127,22 @@ _SAME_SCALE_MODULES = (nn.Flatten, nn.Unflatten, nn.MaxPool1d, nn.MaxPool2d, nn.
 def _same_scale(node: Any, modules: dict[str, nn.Module]) -> bool:
     if not node.args or not isinstance(node.args[0], torch.fx.Node):
         return False
-    if zero_pad(node, modules):
+    if zero_pad(node, modules) or _is_split(node):
         return True
     if node.op == "call_module":
         return isinstance(modules.get(node.target), _SAME_SCALE_MODULES)
     if node.op == "call_method":
         return node.target in _SAME_SCALE_METHODS
+    if node.op == "call_function" and node.target is operator.getitem:
+        return _is_split(node.args[0])  # one part of a chunk / split: ORT's Split keeps the scale
     return node.op == "call_function" and node.target in _SAME_SCALE_FUNCTIONS
+
+
+def _is_split(node: Any) -> bool:
+    """``torch.chunk`` / ``torch.split`` (or the methods): ShuffleNet's channel split, which ORT
+    runs on the quantized tensor (its parts keep its scale)."""
+    return (node.op == "call_method" and node.target in ("chunk", "split")) or \
+        (node.op == "call_function" and node.target in (torch.chunk, torch.split))
 
 
 def _source(node: Any, modules: dict[str, nn.Module], through_reshapes: bool = False) -> Any:
