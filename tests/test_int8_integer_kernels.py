@@ -106,3 +106,20 @@ def test_a_linear_subclass_with_its_own_forward_gets_its_output_quantized():
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), Linear(4 * 6 * 6, 10)).eval()
     assert output_modes(model, ["0", "2"]) == {"0": "plain", "2": "plain"}
+
+
+def test_files_saved_before_sharing_version_3_rebuild_with_the_quantizers_they_had():
+    from edgecompress.quant.fakequant import ActQuant
+    from edgecompress.quant.simulate import wrap
+    from edgecompress.quant.sharing import SHARING_VERSION, share_quantizers
+
+    def quantizers(version: int) -> set[str]:
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3)).eval()
+        sim, applied = share_quantizers(wrap(model, per_channel=True, skip=set()), version)
+        assert applied == version
+        return {n for n, m in sim.named_modules() if isinstance(m, ActQuant)}
+
+    assert SHARING_VERSION == 3
+    before, now = quantizers(2), quantizers(3)
+    assert before < now  # version 3 adds the sigmoid's output quantizer of SiLU = x·sigmoid(x)
+    assert len(now - before) == 1, now - before
