@@ -217,6 +217,10 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
         # byom23: a model fx cannot trace is simulated layer by layer; ORT quantizes as much
         ops, unlayered, extra = layer_scope(proto) if layers_only(recipe) else (None, [], {})
         exclude = exclude + [n for n in unlayered if n not in exclude]
+        # a BatchNorm left unfolded (RepVGG's identity branch) runs in float in the simulation,
+        # with float weights; ORT would round its scale to int8 (then run it in float anyway)
+        exclude = exclude + [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"
+                             and n.name and n.name not in exclude]
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         quantize_static(str(src), str(out), reader,
