@@ -216,11 +216,7 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
         exclude = exclude + masked + tail
         # byom23: a model fx cannot trace is simulated layer by layer; ORT quantizes as much
         ops, unlayered, extra = layer_scope(proto) if layers_only(recipe) else (None, [], {})
-        exclude = exclude + [n for n in unlayered if n not in exclude]
-        # a BatchNorm left unfolded (RepVGG's identity branch) runs in float in the simulation,
-        # with float weights; ORT would round its scale to int8 (then run it in float anyway)
-        exclude = exclude + [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"
-                             and n.name and n.name not in exclude]
+        exclude = exclude + [n for n in unlayered + _batchnorms(proto) if n not in exclude]
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         quantize_static(str(src), str(out), reader,
@@ -245,6 +241,12 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
                         "ranges were calibrated by ONNX Runtime instead of the QAT ranges",
                         len(missing))
     return notes
+
+
+def _batchnorms(proto: Any) -> list[str]:
+    """BatchNorms left unfolded (RepVGG's identity branch): the simulation runs them in float
+    with float weights; ORT would round their scale to int8 (and run them in float anyway)."""
+    return [n.name for n in proto.graph.node if n.op_type == "BatchNormalization" and n.name]
 
 
 def _calibration(src: Path, samples: dict[str, np.ndarray], method: str,
