@@ -30,9 +30,16 @@ def recipe_overrides(proto: Any, reference: nn.Module, samples: Any,
                      feeds: dict[str, np.ndarray], signed: bool,
                      n: int = 2) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """``{onnx tensor: [{"scale", "zero_point"}]}`` for every quantizer of ``reference`` (the
-    simulated INT8 model) found in the float graph ``proto``; and counts for the notes."""
-    captured = _quantizer_inputs(reference, samples, n)
-    tensors = _graph_tensors(proto, {k: v[:n] for k, v in feeds.items()})
+    simulated INT8 model) found in the float graph ``proto``; and counts for the notes. When
+    either model cannot be run so, nothing (ORT's own calibration then stands, and the parity
+    check measures the difference)."""
+    try:
+        captured = _quantizer_inputs(reference, samples, n)
+        tensors = _graph_tensors(proto, {k: v[:n] for k, v in feeds.items()})
+    except Exception as exc:  # noqa: BLE001 - torch and ORT raise many kinds of errors
+        log.info("ONNX INT8: the simulated model's scales were not written (%s: %s)",
+                 type(exc).__name__, str(exc)[:200])
+        return {}, {"quantizers": 0, "matched": 0, "error": type(exc).__name__}
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for name, value in tensors.items():
         by_shape.setdefault(value.shape, []).append(name)
