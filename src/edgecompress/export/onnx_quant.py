@@ -31,6 +31,7 @@ from .onnx_scope import layer_scope, layers_only
 from .recipe_ranges import quant_overrides, tensor_ranges
 from .ort_calibrate import (calibration_notes, equal_batch_size, mask_nodes, supports_cache,
                             write_calibration_cache)
+from .ort_ranges import recipe_overrides
 from .ort_quant import CalibrationReader, calibration_method, sample_count
 
 if TYPE_CHECKING:
@@ -62,8 +63,14 @@ def quantize_onnx(float_path: Path, out_path: Path, job: "ExportJob", opts: Any)
             # a detector's decode tail stays float (export/detect_quant.py): det24lib, #24
             tail = float_tail(proto) if job.metadata.get("detection") else []
             reuse = getattr(opts, "calibration", "reuse") == "reuse"
+            # the simulated model's own scales and zero points, and its ranges for the rest
+            # (calibrated once); calibration="onnxruntime": ORT's own calibration of every tensor
+            exact, matched = (recipe_overrides(proto, job.reference, job.calibration, feeds,
+                                               signed=recipe.backend != "x86")
+                              if reuse else ({}, {"quantizers": 0, "matched": 0}))
             notes = _static(proto, prepared, out_path, recipe, feeds, opts.quant_format, tail,
-                            reuse)
+                            exact, reuse)
+            notes["simulated_quantizers_written"] = matched
     quantized = onnx.load(str(out_path))
     notes["int8_check"] = check_int8(quantized, recipe.scheme)
     notes["ort_kernels"] = ort_kernels(out_path)
@@ -142,15 +149,15 @@ def calibration_feeds(calibration: Any, proto: Any, names: list[str]) -> dict[st
 
 def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
             samples: dict[str, np.ndarray], quant_format: str = "qdq",
-            keep_float: list[str] | None = None, reuse: bool = True) -> dict[str, Any]:
+            keep_float: list[str] | None = None,
+            exact: dict[str, list[dict[str, Any]]] | None = None,
+            reuse: bool = True) -> dict[str, Any]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     mapping, missing = _layer_nodes(proto, recipe)
     exclude = _excluded_nodes(mapping, recipe)
-    # calibrated once, in the simulated model; a Relu ORT quantizes takes its input's range to
-    # its output's (adjust_tensor_ranges), which layers_only's op types leave out
-    known = tensor_ranges(proto, mapping, recipe, relu_inputs=not layers_only(recipe))
-    overrides = quant_overrides(known) if recipe.ranges_kind == "learned" else {}
+    known, learned = _recipe_ranges(proto, mapping, recipe)
+    overrides = {**learned, **(exact or {})}  # the simulated model's own scales, where found
     method = calibration_method(recipe.method)
     # u8 activations with s8 weights is ORT's fast x86 path (VNNI); s8/s8 for ARM
     act = QuantType.QUInt8 if recipe.backend == "x86" else QuantType.QInt8
@@ -164,7 +171,7 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
         exclude = exclude + masked + tail
         # byom23: a model fx cannot trace is simulated layer by layer; ORT quantizes as much
         ops, unlayered, extra = layer_scope(proto) if layers_only(recipe) else (None, [], {})
-        exclude = exclude + [n for n in unlayered if n not in exclude]
+        exclude = exclude + [n for n in unlayered + _batchnorms(proto) if n not in exclude]
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         quantize_static(str(src), str(out), reader,
@@ -178,18 +185,34 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
         "activation_type": "uint8" if recipe.backend == "x86" else "int8",
         "weight_type": f"int8 {'per-channel' if recipe.per_channel else 'per-tensor'}"
                        f"{' (reduce_range: 7-bit values, no VNNI)' if reduce else ''}",
-        "float_nodes": exclude, "learned_ranges_written": len(overrides),
+        "float_nodes": exclude, "learned_ranges_written": len(learned),
         **({"quantized_op_types": ops} if ops else {}),
         **sources, **calibration_notes(found),
         **({"float_mask_nodes": masked} if masked else {}),
         **({"float_detection_tail": len(tail)} if tail else {})}
     if missing:
         notes["layers_not_matched"] = missing
-        if overrides:
+        if learned:
             log.warning("ONNX INT8: %d layers could not be matched to graph nodes; their input "
                         "ranges were calibrated by ONNX Runtime instead of the QAT ranges",
                         len(missing))
     return notes
+
+
+def _recipe_ranges(proto: Any, mapping: dict[str, Any], recipe: "QuantRecipe"
+                   ) -> tuple[dict[str, list[float]], dict[str, list[dict[str, Any]]]]:
+    """The recipe's ranges on the graph's tensors (calibrated once, in the simulated model),
+    and the learned ones as ORT overrides. A Relu ORT quantizes takes its input's range to its
+    output's (adjust_tensor_ranges); layers_only's op types leave Relu out."""
+    known = tensor_ranges(proto, mapping, recipe, relu_inputs=not layers_only(recipe))
+    learned = quant_overrides(known) if recipe.ranges_kind == "learned" else {}
+    return known, learned
+
+
+def _batchnorms(proto: Any) -> list[str]:
+    """BatchNorms left unfolded (RepVGG's identity branch): the simulation runs them in float
+    with float weights; ORT would round their scale to int8 (and run them in float anyway)."""
+    return [n.name for n in proto.graph.node if n.op_type == "BatchNormalization" and n.name]
 
 
 def _calibration(src: Path, samples: dict[str, np.ndarray], method: str, work: Path,

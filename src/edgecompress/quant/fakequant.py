@@ -19,43 +19,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .integer import integer_layer, layer_applies
+from .qparams import (ACT_QMAX, ACT_QMIN, W_QMAX, W_QMAX_REDUCED, act_qparams,  # noqa: F401
+                      weight_scale)
 
 log = logging.getLogger("edgecompress")
 
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
-W_QMAX = 127  # symmetric int8 weights in [-127, 127], as ORT's QDQ quantizer writes them
-ACT_QMIN, ACT_QMAX = -128, 127  # asymmetric 8-bit: u8 and s8 give the same grid (zp shifts by 128)
-W_QMAX_REDUCED = 64  # ORT's reduce_range: 7-bit weights in [-64, 64] (x86 CPUs without VNNI)
 # activations ORT's QDQ quantizer removes after a quantized op (its QDQRemovableActivation: Relu
 # and Clip), quantizing the op's output to the activation's range instead; TFLite fuses the same
 # two (RELU, RELU6). Output mode -> the function applied before the output quantizer.
 FUSED_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6}
 # older torch (before 2.6) lacks it: there a simulated INT8 model exports with a batch of 1 only
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-
-
-def act_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point of an asymmetric 8-bit range, as ONNX Runtime computes them."""
-    lo = torch.clamp(lo, max=0.0)
-    hi = torch.clamp(hi, min=0.0)
-    scale = (hi - lo) / float(ACT_QMAX - ACT_QMIN)
-    # ORT's compute_scale_zp: a scale below float32's smallest normal becomes 1 (a constant or
-    # all-zero tensor), else 1 / scale overflows
-    scale = torch.where(scale >= torch.finfo(torch.float32).tiny, scale, torch.ones_like(scale))
-    zero_point = torch.round(ACT_QMIN - lo / scale).clamp(ACT_QMIN, ACT_QMAX).to(torch.int32)
-    return scale.float(), zero_point
-
-
-def weight_scale(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX) -> torch.Tensor:
-    """Scale of symmetric int8 weights, max|w| / qmax as ORT computes it: one per output
-    channel, or a single-element tensor."""
-    if per_channel:
-        absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
-    else:
-        absmax = w.detach().abs().max().reshape(1)
-    return torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax)).float()
 
 
 def fake_quant_weight(w: torch.Tensor, per_channel: bool, qmax: int = W_QMAX,
@@ -86,6 +64,15 @@ def fake_quant_plain(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> 
     traces with a dynamic batch. No straight-through gradient: for inference graphs only."""
     zp = zp.to(x.dtype)
     q = torch.clamp(torch.round(x * (1.0 / scale)) + zp, ACT_QMIN, ACT_QMAX)
+    return (q - zp) * scale
+
+
+def quantize_divide(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    """QuantizeLinear as ONNX Runtime computes it, ``x / scale`` rounded half to even (torch's
+    fake quantization multiplies by ``1 / scale``, one float32 rounding apart: a value on a
+    rounding boundary lands on the other side), then dequantized."""
+    zp = zp.to(x.dtype)
+    q = torch.clamp(torch.round(x / scale) + zp, ACT_QMIN, ACT_QMAX)
     return (q - zp) * scale
 
 
@@ -161,6 +148,8 @@ class ActQuant(nn.Module):
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         scale, zp = act_qparams(self.lo, self.hi)
+        if not self.training:  # ORT's QuantizeLinear divides by the scale (MLAS, x86 and ARM)
+            return quantize_divide(x, scale, zp)
         if _is_exporting():
             # torch.export has no shape rule for fake_quantize with tensor qparams, so it could
             # only export a batch of 1 (saved .ecm programs then rejected larger batches)
@@ -214,6 +203,8 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_quantized:
             x = self.act_in(x)
+        if layer_applies(self):  # eval: QLinearConv / QGemm's own arithmetic
+            return integer_layer(self, x)
         y = self.layer(x) if self.float_weights else self._int8_layer(x)
         if self.act_out is None:
             return y

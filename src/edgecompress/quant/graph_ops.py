@@ -65,3 +65,21 @@ def zero_pad(node: Any, modules: dict[str, nn.Module]) -> bool:
         value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
         return mode == "constant" and not value
     return False
+
+
+_IDENTITIES = (nn.Identity, nn.Dropout)
+
+
+def past_identities(node: Any, modules: dict[str, nn.Module]) -> Any:
+    """The last of a chain of Identity / Dropout modules that alone read ``node`` (``node``
+    itself when there is none): ONNX has no node for them, so an activation after them
+    follows ``node`` directly there (timm's RepVGG: Add, then Identity attention and drop
+    path, then ReLU)."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if user.op == "call_module" and isinstance(modules.get(user.target), _IDENTITIES) \
+                and user.args and user.args[0] is node:
+            node = user
+            continue
+        break
+    return node

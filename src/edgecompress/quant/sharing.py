@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fakequant import ActQuant, QuantLayer
-from .graph_ops import activation_mode, zero_pad
+from .graph_ops import activation_mode, past_identities, zero_pad
+from .integer_graph import follow_onnx_activations, use_integer_kernels
 
 log = logging.getLogger("edgecompress")
 
@@ -45,8 +46,8 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
     """
     wanted = set(layers)
     modules = dict(model.named_modules())
-    try:
-        graph = torch.fx.symbolic_trace(copy.deepcopy(model)).graph  # tracing can touch caches
+    try:  # tracing can touch caches: a copy
+        graph = _LayerLeaves(wanted).trace(copy.deepcopy(model))
     except Exception:  # noqa: BLE001 - fx raises many kinds of errors
         return layer_output_modes(model, wanted)
     modes: dict[str, str | None] = {}
@@ -81,6 +82,20 @@ def layer_output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str
             for name in layers}
 
 
+class _LayerLeaves(torch.fx.Tracer):
+    """Traces a float model keeping each layer to quantize whole: a subclass of nn.Linear with
+    a forward of its own (timm's classifier ``Linear``) is otherwise traced through, and the
+    layer got no output mode (its output was left unquantized while ORT quantizes it)."""
+
+    def __init__(self, layers: set[str]):
+        super().__init__()
+        self.layers = layers
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.layers or \
+            super().is_leaf_module(m, module_qualified_name)
+
+
 class _LeafTracer(torch.fx.Tracer):
     """Traces the wrapped model, keeping QuantLayer and ActQuant calls whole."""
 
@@ -109,19 +124,28 @@ _SAME_SCALE_FUNCTIONS = (torch.flatten, torch.reshape, torch.squeeze, torch.unsq
 _SAME_SCALE_MODULES = (nn.Flatten, nn.Unflatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
-def _same_scale(node: Any, modules: dict[str, nn.Module]) -> bool:
+def _same_scale(node: Any, modules: dict[str, nn.Module], splits: bool = True) -> bool:
     if not node.args or not isinstance(node.args[0], torch.fx.Node):
         return False
-    if zero_pad(node, modules):
+    if zero_pad(node, modules) or (splits and _is_split(node)):
         return True
     if node.op == "call_module":
         return isinstance(modules.get(node.target), _SAME_SCALE_MODULES)
     if node.op == "call_method":
         return node.target in _SAME_SCALE_METHODS
+    if node.op == "call_function" and node.target is operator.getitem:
+        return splits and _is_split(node.args[0])  # one part of a chunk / split: ORT's Split keeps the scale
     return node.op == "call_function" and node.target in _SAME_SCALE_FUNCTIONS
 
 
-def _source(node: Any, modules: dict[str, nn.Module], through_reshapes: bool = False) -> Any:
+def _is_split(node: Any) -> bool:
+    """``torch.chunk`` / ``torch.split`` (or the methods): ShuffleNet's channel split, which ORT
+    runs on the quantized tensor (its parts keep its scale)."""
+    return (node.op == "call_method" and node.target in ("chunk", "split")) or \
+        (node.op == "call_function" and node.target in (torch.chunk, torch.split))
+
+
+def _source(node: Any, modules: dict[str, nn.Module], through_reshapes: int = 0) -> Any:
     """The node whose output tensor a layer reads: looks through no-op modules (a folded
     BatchNorm is an Identity), through a ReLU the producing QuantLayer already applied and,
     with ``through_reshapes``, through ops that keep their input's scale (Flatten, MaxPool…)."""
@@ -132,7 +156,7 @@ def _source(node: Any, modules: dict[str, nn.Module], through_reshapes: bool = F
             layer = _quant_layer(producer, modules)
             if layer is not None and layer.output == activation_mode(node, modules):
                 return producer
-        if not (through_reshapes and _same_scale(node, modules)):
+        if not (through_reshapes and _same_scale(node, modules, through_reshapes >= 3)):
             return node
         node = node.args[0]
 
@@ -203,7 +227,10 @@ def _ort_quantized_op(node: Any, modules: dict[str, nn.Module]) -> bool:
     return known
 
 
-SHARING_VERSION = 2  # recipes record it: 1 = layers' tensors only (files saved before 2)
+# recipes record it: 1 = layers' tensors only (files saved before 2); 3 = SiLU as x·sigmoid(x)
+# with the sigmoid quantized, a chunk / split keeping its input's quantizer, a ReLU after
+# Identity modules fused (files saved before 3 rebuild with the quantizers they were saved with)
+SHARING_VERSION = 3
 
 
 def share_quantizers(model: nn.Module, version: int = SHARING_VERSION) -> tuple[nn.Module, int]:
@@ -254,8 +281,11 @@ def _copy_tracer_constants(traced: nn.Module, work: nn.Module, graph: Any) -> No
 
 def _share(model: nn.Module, graph: Any, version: int) -> nn.Module:
     modules = dict(model.named_modules())
-    through = version >= 2
+    through = version if version >= 2 else 0
     quantized: set[Any] = set()  # source nodes whose output is quantized once, where produced
+    routed = 0
+    if version >= 3:  # before the readers are found: SiLU's product is what a layer reads
+        follow_onnx_activations(model, graph)
     for source, consumers in _readers(graph, modules, through).items():
         layers = [_quant_layer(c, modules) for c in consumers]
         producer = _quant_layer(source, modules)
@@ -270,9 +300,10 @@ def _share(model: nn.Module, graph: Any, version: int) -> nn.Module:
         for layer in layers:
             layer.act_in, layer.input_quantized = shared, True
     if through:
-        _quantize_op_tensors(model, graph, modules, quantized)
-    if any(n.op == "call_module" and isinstance(modules.get(n.target), ActQuant)
-           for n in graph.nodes):
+        _quantize_op_tensors(model, graph, modules, quantized, version)
+        routed = use_integer_kernels(model, graph)
+    if routed or any(n.op == "call_module" and isinstance(modules.get(n.target), ActQuant)
+                     for n in graph.nodes):
         model = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
     return model
 
@@ -315,16 +346,18 @@ def _is_quantized(node: Any, modules: dict[str, nn.Module]) -> bool:
 
 
 def _quantize_op_tensors(model: nn.Module, graph: Any, modules: dict[str, nn.Module],
-                         quantized: set[Any]) -> None:
+                         quantized: set[Any], version: int = SHARING_VERSION) -> None:
     """Give each tensor ORT quantizes around a non-layer op (see :func:`_ort_quantized_op`)
     and no quantizer holds yet a new :class:`ActQuant`, registered on ``model``."""
     for node in list(graph.nodes):
         if not _ort_quantized_op(node, modules):
             continue
-        out = node
-        if len(node.users) == 1 and _is_relu(next(iter(node.users)), modules):
-            out = next(iter(node.users))  # ORT drops the ReLU and quantizes to its range
-        for tensor in [_source(a, modules, True) for a in _tensor_args(node)] + [out]:
+        out = past_identities(node, modules) if version >= 3 else node
+        if len(out.users) == 1 and _is_relu(next(iter(out.users)), modules):
+            out = next(iter(out.users))  # ORT drops the ReLU and quantizes to its range
+        else:
+            out = node
+        for tensor in [_source(a, modules, version) for a in _tensor_args(node)] + [out]:
             if tensor in quantized or _is_quantized(tensor, modules):
                 continue
             quantized.add(tensor)
@@ -336,7 +369,7 @@ def _quantize_op_tensors(model: nn.Module, graph: Any, modules: dict[str, nn.Mod
 
 
 def _readers(graph: Any, modules: dict[str, nn.Module],
-             through_reshapes: bool = False) -> dict[Any, list[Any]]:
+             through_reshapes: int = 0) -> dict[Any, list[Any]]:
     """Source node → the QuantLayer calls reading its tensor. A layer called more than once
     (shared weights) keeps quantizing its own inputs: one quantizer cannot serve two tensors."""
     calls: dict[str, int] = {}
