@@ -2,7 +2,8 @@
 
 The Fuse pass, the static quantization passes and the TorchScript exporter all fold through
 here. Pairs are found by tracing with ``torch.fx`` (a BN whose producer has no other reader);
-a model fx cannot trace gets only the adjacent pairs inside ``nn.Sequential`` containers. The
+a model fx cannot trace is traced part by part (each largest submodule fx can follow), plus
+the adjacent pairs inside ``nn.Sequential`` containers. The
 module classes are kept (a folded BN becomes ``nn.Identity``), so the model still saves and
 reloads by structure.
 """
@@ -74,10 +75,23 @@ def fuse_pairs(model: nn.Module, pairs: list[tuple[str, str]]) -> int:
     return fused
 
 
+def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(producer, batchnorm) names to fold: traced at the largest scope fx can follow.
+
+    A model fx cannot trace as a whole (Ultralytics' YOLO: its C2f blocks iterate over a
+    chunk) is traced submodule by submodule, so a block like ``act(bn(conv(x)))`` still has
+    its pair found; the rule inside a submodule is the same (the BN is its producer's only
+    reader there, and a submodule that also returned the producer's output would give it a
+    second reader). Adjacent pairs of ``nn.Sequential`` containers are added in any case."""
+    try:
+        return _traced_pairs(model)
+    except Exception:  # noqa: BLE001 - fx raises many kinds of errors
+        pass
+    pairs = [(f"{name}.{a}", f"{name}.{b}") for name, child in model.named_children()
+             for a, b in batchnorm_pairs(child)]
+    return pairs + [p for p in _sequential_pairs(model) if p not in pairs]
+
+
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold BatchNorm into the preceding Conv/Linear in place; how many were folded."""
-    try:
-        pairs = _traced_pairs(model)
-    except Exception:  # noqa: BLE001 - untraceable models: only certain (Sequential) pairs
-        pairs = _sequential_pairs(model)
-    return fuse_pairs(model.eval(), pairs)
+    return fuse_pairs(model.eval(), batchnorm_pairs(model))
