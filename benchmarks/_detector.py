@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import tempfile
 import types
@@ -55,6 +56,50 @@ class YoloLoss:
         batch = yolo_batch(x, targets)
         loss, _ = self.criterion(ultralytics_model(model)(x), batch)
         return loss.sum()
+
+
+class DistillYoloLoss(YoloLoss):
+    """Ultralytics' loss plus output distillation from a frozen teacher (the unpruned model):
+    the student's class logits learn the teacher's scores (BCE, normalised by the teacher's
+    total score as Ultralytics normalises by its targets') and its box distributions the
+    teacher's (KL over the DFL bins, weighted by the teacher's best score at each anchor, so
+    background anchors do not dominate). Same gains as Ultralytics' cls / dfl terms."""
+
+    def __init__(self, model: torch.nn.Module, teacher: torch.nn.Module, weight: float = 1.0):
+        super().__init__(model)
+        self.teacher = copy.deepcopy(ultralytics_model(teacher)).eval().requires_grad_(False)
+        self.weight = weight
+        self.last: dict[str, float] = {}
+        self.calls = 0
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, targets: Sequence[dict]) -> torch.Tensor:
+        self.criterion.device = x.device
+        student = ultralytics_model(model)(x)
+        task, _ = self.criterion(student, yolo_batch(x, targets))
+        with torch.no_grad():
+            _, teacher = self.teacher.to(x.device)(x)
+        kd = distill_terms(student, teacher, self.criterion.reg_max)
+        self.last = {"task": float(task.sum()) / len(x), **{k: float(v) for k, v in kd.items()}}
+        self.calls += 1
+        if self.calls % 25 == 1:
+            logging.getLogger("detect").info("recovery step %d: %s", self.calls,
+                                             {k: round(v, 4) for k, v in self.last.items()})
+        return task.sum() + self.weight * len(x) * (0.5 * kd["cls"] + 1.5 * kd["dfl"])
+
+
+def distill_terms(student: dict, teacher: dict, reg_max: int) -> dict[str, torch.Tensor]:
+    """Per-image distillation terms between two YOLO raw heads (train-mode dicts)."""
+    import torch.nn.functional as F
+
+    t_prob = teacher["scores"].sigmoid()
+    cls = F.binary_cross_entropy_with_logits(student["scores"], t_prob, reduction="sum")
+    weight = t_prob.amax(1, keepdim=True)  # (B, 1, A)
+    b, _, a = student["boxes"].shape
+    s_bins = student["boxes"].view(b, 4, reg_max, a).log_softmax(2)
+    t_bins = teacher["boxes"].view(b, 4, reg_max, a).softmax(2)
+    kl = (t_bins * (t_bins.clamp_min(1e-9).log() - s_bins)).sum(2)  # (B, 4, A)
+    return {"cls": cls / t_prob.sum().clamp_min(1.0),
+            "dfl": (kl * weight).sum() / (4 * weight.sum()).clamp_min(1.0)}
 
 
 def ultralytics_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -65,7 +65,12 @@ def _args():
     ap.add_argument("--val", type=int, default=200, help="held-out images")
     ap.add_argument("--train", type=int, default=256, help="images for calibration / training")
     ap.add_argument("--qat-batches", type=int, default=48)
-    ap.add_argument("--recovery-batches", type=int, default=96)
+    ap.add_argument("--recovery-batches", type=int, default=96, help="cap per recovery epoch")
+    ap.add_argument("--recovery-epochs", type=int, default=1)
+    ap.add_argument("--recovery-lr", type=float, default=5e-4)
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="weight of output distillation from the unpruned model in the pruned "
+                         "model's recovery (0: Ultralytics' loss only)")
     ap.add_argument("--latency-runs", type=int, default=40)
     ap.add_argument("--formats", nargs="+", default=list(FORMATS))
     ap.add_argument("--plan", nargs="+", default=None, metavar="VARIANT:FMT,FMT",
@@ -86,9 +91,15 @@ def pipelines(model: torch.nn.Module, loss: D.YoloLoss, args) -> dict[str, list]
         # C2f's chunk + concat: Torch-Pruning cannot cut these consistently (the pass names
         # them and checked that keeping them whole works); the other layers lose 30 %
         "pruned": [P.StructuredPrune(ratio=0.3, ignore=C2F_UNPRUNABLE, finetune=ec.FineTune(
-            epochs=1, lr=5e-4, max_batches=args.recovery_batches, loss=loss, best_on_val=False)),
+            epochs=args.recovery_epochs, lr=args.recovery_lr, max_batches=args.recovery_batches,
+            loss=recovery_loss(model, loss, args), best_on_val=False)),
             P.QuantizePTQ(samples=64)],
     }
+
+
+def recovery_loss(model: torch.nn.Module, loss: D.YoloLoss, args):
+    """Ultralytics' loss, plus distillation from the unpruned model when --distill > 0."""
+    return D.DistillYoloLoss(model, model, args.distill) if args.distill > 0 else loss
 
 
 def images_of(data) -> np.ndarray:
@@ -210,6 +221,9 @@ def main() -> None:
                                                             head=head())
         stage_maps[name] = {"torch": torch_map(dm.model, x_val, val),
                             "seconds": round(time.time() - t0)}
+        if dm.float_model is not None and dm.float_model is not dm.model:
+            # what the quantization started from (the pruned + recovered float model)
+            stage_maps[name]["torch_float"] = torch_map(dm.float_model, x_val, val)
         log.info("%s pipeline: %s", name, stage_maps[name])
         rows += export_all(name, dm, args, x_val, val, log)
     result = {"rows": rows, "torch_models": stage_maps, "weights": str(args.weights),
@@ -258,7 +272,11 @@ def markdown(result: dict, run: Run) -> list[str]:
                          f"{r['verification'][:80]} |")
     lines += ["", "Torch models after each pipeline (mAP@0.5 / @0.5:0.95):", ""]
     lines += [f"- {k}: {v['torch']['map50']:.3f} / {v['torch']['map50_95']:.3f} "
-              f"({v['seconds']} s)" for k, v in result["torch_models"].items()]
+              f"({v['seconds']} s)" + (f"; its float model before INT8 "
+                                       f"{v['torch_float']['map50']:.3f} / "
+                                       f"{v['torch_float']['map50_95']:.3f}"
+                                       if "torch_float" in v else "")
+              for k, v in result["torch_models"].items()]
     lat = result.get("latency_onnx_320")
     if lat:
         lines += ["", f"ONNX latency at 320×320, batch 1, 1 thread, interleaved: FP32 "

@@ -2,7 +2,8 @@
 
 The Fuse pass, the static quantization passes and the TorchScript exporter all fold through
 here. Pairs are found by tracing with ``torch.fx`` (a BN whose producer has no other reader);
-a model fx cannot trace gets only the adjacent pairs inside ``nn.Sequential`` containers. The
+a model fx cannot trace is traced part by part (each largest submodule fx can follow), plus
+the adjacent pairs inside ``nn.Sequential`` containers. The
 module classes are kept (a folded BN becomes ``nn.Identity``), so the model still saves and
 reloads by structure.
 """
@@ -96,13 +97,22 @@ def _after_fold(bn: nn.Module) -> nn.Module | None:
     return None
 
 
+def batchnorm_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(producer, batchnorm) names to fold: traced at the largest scope fx can follow.
+
+    A model fx cannot trace as a whole (Ultralytics' YOLO: its C2f blocks iterate over a
+    chunk; timm's MobileViT: its transformer) is traced submodule by submodule, so a block like
+    ``act(bn(conv(x)))`` still has its pair found; adjacent pairs of ``nn.Sequential``
+    containers are added in any case."""
+    try:
+        return _traced_pairs(model)
+    except Exception:  # noqa: BLE001 - untraceable models: only certain pairs
+        return sorted(set(_sequential_pairs(model)) | set(_submodule_pairs(model)))
+
+
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold BatchNorm into the preceding Conv/Linear in place; how many were folded."""
-    try:
-        pairs = _traced_pairs(model)
-    except Exception:  # noqa: BLE001 - untraceable models: only certain pairs
-        pairs = sorted(set(_sequential_pairs(model)) | set(_submodule_pairs(model)))
-    return fuse_pairs(model.eval(), pairs)
+    return fuse_pairs(model.eval(), batchnorm_pairs(model))
 
 
 def _submodule_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:

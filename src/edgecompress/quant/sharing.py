@@ -75,11 +75,17 @@ def output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | Non
 def layer_output_modes(model: nn.Module, layers: Iterable[str]) -> dict[str, str | None]:
     """Output modes when each layer is quantized on its own (fx cannot trace the model, or
     ``layers_only=True``): a Conv's output is quantized as it leaves the layer (before any
-    ReLU), so ORT, told to quantize layers only (``export/onnx_scope.py``), runs it as
-    QLinearConv; a Linear's output stays float (ORT: QGemm / MatMulIntegerToFloat, float out)."""
+    ReLU; after its BatchNorm is folded, never before it), so ORT, told to quantize layers
+    only (``export/onnx_scope.py``), runs it as QLinearConv; a Linear's output stays float
+    (ORT: QGemm / MatMulIntegerToFloat, float out)."""
+    from ..fold import batchnorm_pairs
+
     modules = dict(model.named_modules())
-    return {name: "plain" if isinstance(modules.get(name), nn.modules.conv._ConvNd) else None
-            for name in layers}
+    # a Conv whose BatchNorm still follows (QAT before folding) is quantized after the fold,
+    # on the tensor ORT sees: quantizing before the BN would train ranges of another tensor
+    before_bn = {producer for producer, _ in batchnorm_pairs(model)}
+    return {name: "plain" if isinstance(modules.get(name), nn.modules.conv._ConvNd)
+            and name not in before_bn else None for name in layers}
 
 
 class _LayerLeaves(torch.fx.Tracer):
