@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import operator
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.fx
@@ -23,11 +23,6 @@ from .graph_ops import activation_mode, past_identities, zero_pad
 from .integer_graph import follow_onnx_activations, use_integer_kernels
 
 log = logging.getLogger("edgecompress")
-
-if TYPE_CHECKING:
-    pass
-
-
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
