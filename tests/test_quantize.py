@@ -261,14 +261,12 @@ def test_bad_inputs_fail_before_work(trained_cnn, digits):
 
 def _steps_from_qdq_graph(dm, path, x):
     """How many output quantization steps the simulated model is from the exported QDQ graph
-    run by ORT without optimisation (DequantizeLinear → float op → QuantizeLinear: the
-    numerics the simulated model stands for), logit by logit."""
+    run by ORT's integer kernels (QLinearConv, QLinearAdd…: the numerics the simulated model
+    follows in eval mode, see quant/integer.py), logit by logit."""
     import onnxruntime as ort
 
     art = dm.export("onnx", path, benchmark_runs=0)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(art.path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
     graph = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         sim = dm.model(x).numpy()

@@ -157,7 +157,7 @@ def _static(proto: Any, src: Path, out: Path, recipe: "QuantRecipe",
     mapping, missing = _layer_nodes(proto, recipe)
     exclude = _excluded_nodes(mapping, recipe)
     known, learned = _recipe_ranges(proto, mapping, recipe)
-    overrides = {**learned, **(exact or {})}  # the simulated model's own scales, where found
+    overrides = {**(exact or {}), **learned}  # the simulated model's scales; the recipe's win
     method = calibration_method(recipe.method)
     # u8 activations with s8 weights is ORT's fast x86 path (VNNI); s8/s8 for ARM
     act = QuantType.QUInt8 if recipe.backend == "x86" else QuantType.QInt8
